@@ -1,0 +1,27 @@
+# kuberec: `make pipeline-run` runs the pipelines, `make test` runs the tests; both set themselves up.
+SHELL := /bin/bash
+VENV := .venv
+KUBEREC := $(VENV)/bin/kuberec
+PIPELINE ?= all
+PYTEST_ARGS ?=
+
+.PHONY: setup test pipeline-run lock bench clean
+
+setup:
+	@scripts/setup.sh
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+pipeline-run: setup
+	$(KUBEREC) pipeline run $(PIPELINE)
+
+# Re-resolve the full pinned set after changing pyproject.toml's direct pins.
+lock:
+	$(VENV)/bin/python -m pip freeze --all --exclude-editable | grep -vE '^(-e|pip==|kuberec)' > constraints.txt
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py
+
+clean:
+	rm -rf .kuberec/lake .kuberec/data .kuberec/mlflow

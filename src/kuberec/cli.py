@@ -1,0 +1,75 @@
+"""The `kuberec` command: `kuberec <verb> <target> [options]`, one verb per pipeline step.
+
+Each area of the library declares its commands in a `commands.py` module (a `COMMANDS` list); this file only
+assembles them into argparse. Heavy imports (Spark, TensorFlow) happen inside the command functions so that
+`kuberec --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from kuberec.errors import KuberecError
+
+# Areas that contribute commands; each module defines COMMANDS: list[Command].
+COMMAND_MODULES: tuple[str, ...] = (
+    "kuberec.datasets.commands",
+    "kuberec.ingest.commands",
+    "kuberec.lake.commands",
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str  # e.g. "ingest"
+    target: str  # e.g. "fashion-mnist"
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kuberec", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    targets: dict[str, argparse._SubParsersAction] = {}
+    for module_name in COMMAND_MODULES:
+        for command in importlib.import_module(module_name).COMMANDS:
+            if command.verb not in targets:
+                verb_parser = verbs.add_parser(command.verb, help=f"{command.verb} ...")
+                targets[command.verb] = verb_parser.add_subparsers(dest="target", required=True, metavar="TARGET")
+            sub = targets[command.verb].add_parser(command.target, help=command.help, description=command.help)
+            command.add_arguments(sub)
+            sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.run(args) or 0)
+    except KuberecError as err:
+        # Expected failures (bad input, missing data): one clear line, no traceback.
+        print(f"kuberec {args.verb} {args.target}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run_step(step_main: Callable[[], int | None]) -> None:
+    """Run a step's `main` as a program (`python -m kuberec....`): user errors are one line and exit status 2."""
+    try:
+        code = step_main()
+    except KuberecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(int(code or 0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Source datasets: locating, downloading, verifying and reading them."""

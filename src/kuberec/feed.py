@@ -1,0 +1,126 @@
+"""Delta snapshot -> Petastorm -> tf.data (or numpy), sharded per Horovod rank.
+
+The reader is given exactly the Parquet files of the requested table version (from the Delta log), never the
+table directory: a directory also holds files of older versions, and reading it would mix snapshots. Petastorm
+shards by row group; kuberec's writers write several files per split so every rank gets some.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from kuberec.datasets.fashion_mnist import IMAGE_SIDE
+from kuberec.errors import KuberecError
+from kuberec.lake.delta import snapshot_files
+
+log = logging.getLogger(__name__)
+
+FEED_COLUMNS = ("item_id", "label", "image")
+
+
+class FeedError(KuberecError):
+    """The requested snapshot/shard cannot be read."""
+
+
+@dataclass(frozen=True)
+class FeedArrays:
+    images: np.ndarray  # uint8 [N,28,28]
+    labels: np.ndarray  # int32 [N], -1 = unlabelled
+    item_ids: np.ndarray  # int64 [N]
+    version: int  # the table version these rows are from
+
+
+def split_files(table_uri: str, version: int | None, split: str | None) -> tuple[int, list[str]]:
+    """(version, files) of one snapshot, optionally only one split's partition."""
+    version, files = snapshot_files(table_uri, version)
+    if split is not None:
+        files = [f for f in files if f"/split={split}/" in f]
+    if not files:
+        raise FeedError(f"{table_uri} v{version} has no rows" + (f" in split {split!r}" if split else ""))
+    return version, files
+
+
+@contextlib.contextmanager
+def _reader(files: list[str], shard: int, num_shards: int, num_epochs: int | None, shuffle: bool, seed: int | None):
+    from petastorm import make_batch_reader
+
+    # Petastorm 0.13 calls pyarrow APIs that pyarrow 14 deprecates; the calls work, the warnings are noise.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\..*")
+    warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
+    if not 0 <= shard < num_shards:
+        raise FeedError(f"shard {shard} is outside 0..{num_shards - 1}")
+    # Petastorm 0.13.1's thread pool sometimes drops the last row group of an epoch (a race between its
+    # ventilator finishing and a worker picking the item up: seen here losing whole files), so rows are read by
+    # the synchronous "dummy" pool; see benchmarks/feed_bench.py for its throughput.
+    reader = make_batch_reader(
+        files, schema_fields=list(FEED_COLUMNS), cur_shard=shard if num_shards > 1 else None,
+        shard_count=num_shards if num_shards > 1 else None, num_epochs=num_epochs,
+        shuffle_row_groups=shuffle, seed=seed, reader_pool_type="dummy")
+    try:
+        yield reader
+    finally:
+        reader.stop()
+        reader.join()
+
+
+def load_arrays(table_uri: str, *, version: int | None = None, split: str | None = None, shard: int = 0,
+                num_shards: int = 1) -> FeedArrays:
+    """All rows of one snapshot (one shard of it) as numpy arrays, sorted by item_id."""
+    version, files = split_files(table_uri, version, split)
+    images, labels, ids = [], [], []
+    with _reader(files, shard, num_shards, num_epochs=1, shuffle=False, seed=None) as reader:
+        for batch in reader:
+            ids.append(np.asarray(batch.item_id, dtype=np.int64))
+            labels.append(np.asarray(batch.label, dtype=np.int32))
+            images.append(_decode_images(batch.image))
+    if not ids:
+        raise FeedError(f"shard {shard}/{num_shards} of {table_uri} v{version} is empty: the snapshot has fewer "
+                        "Parquet row groups than shards")
+    item_ids = np.concatenate(ids)
+    order = np.argsort(item_ids, kind="stable")
+    return FeedArrays(np.concatenate(images)[order], np.concatenate(labels)[order], item_ids[order], version)
+
+
+def _decode_images(column) -> np.ndarray:
+    raw = b"".join(column)
+    if len(raw) != len(column) * IMAGE_SIDE * IMAGE_SIDE:
+        raise FeedError("an image in the table is not 784 bytes; the table is not a kuberec catalog table")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(column), IMAGE_SIDE, IMAGE_SIDE)
+
+
+@contextlib.contextmanager
+def make_dataset(table_uri: str, *, version: int | None = None, split: str | None = None, batch_size: int = 256,
+                 shard: int = 0, num_shards: int = 1, num_epochs: int | None = 1, shuffle: bool = False,
+                 seed: int | None = None, with_item_id: bool = False) -> Iterator:
+    """A tf.data.Dataset of `(image float32 [B,28,28,1] in [0,1], label int32 [B])` batches from one snapshot.
+
+    With `with_item_id`, elements are `(image, label, item_id)`. `num_epochs=None` repeats forever (training with
+    a fixed number of steps per epoch, so ranks with unequal shards stay in step). Use as a context manager: the
+    Petastorm reader's threads stop when the block ends.
+    """
+    import tensorflow as tf
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    version, files = split_files(table_uri, version, split)
+    log.info("feed: %s v%d split=%s shard %d/%d (%d files)", table_uri, version, split, shard, num_shards,
+             len(files))
+    with _reader(files, shard, num_shards, num_epochs, shuffle, seed) as reader:
+        def to_tensors(batch):
+            pixels = tf.io.decode_raw(batch.image, tf.uint8)
+            images = tf.reshape(tf.cast(pixels, tf.float32) / 255.0, (-1, IMAGE_SIDE, IMAGE_SIDE, 1))
+            labels = tf.cast(batch.label, tf.int32)
+            if with_item_id:
+                return images, labels, tf.cast(batch.item_id, tf.int64)
+            return images, labels
+
+        # Petastorm yields one row group per element; re-batch to the requested size.
+        dataset = (make_petastorm_dataset(reader).map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE)
+                   .unbatch().batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        yield dataset

@@ -1,0 +1,105 @@
+"""The catalog Delta table (`fashion_mnist`): schema, and the one MERGE every catalog writer goes through.
+
+Columns: item_id BIGINT (stable id), split STRING (train | test | catalog; the partition column), label INT
+(-1 = unlabelled: a null would change the column's type between Parquet files and break tf.data readers),
+label_name STRING (null when unlabelled), image BINARY (28x28 uint8, row-major), image_sha256 STRING,
+source STRING (where the row came from), ingested_at TIMESTAMP (when the row's content last changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from kuberec.datasets.fashion_mnist import IMAGE_SIDE, LABEL_NAMES
+from kuberec.lake.delta import table_exists, table_version
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "fashion_mnist"
+UNLABELLED = -1
+# Files per split when a table is created: enough row groups for Petastorm to shard across Horovod ranks.
+FILES_PER_WRITE = 8
+
+
+def catalog_schema():
+    from pyspark.sql import types as T
+
+    return T.StructType([
+        T.StructField("item_id", T.LongType(), False),
+        T.StructField("split", T.StringType(), False),
+        T.StructField("label", T.IntegerType(), False),
+        T.StructField("label_name", T.StringType(), True),
+        T.StructField("image", T.BinaryType(), False),
+        T.StructField("image_sha256", T.StringType(), False),
+        T.StructField("source", T.StringType(), False),
+        T.StructField("ingested_at", T.TimestampType(), False),
+    ])
+
+
+def catalog_rows(item_ids: Iterable[int], split: str, labels: Iterable[int], images: np.ndarray,
+                 sources: str | Sequence[str]) -> list[tuple]:
+    """Rows in catalog_schema order for uint8 images [N,28,28]; `sources` is one value for all rows or one each."""
+    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise ValueError(f"images must be uint8 [N,{IMAGE_SIDE},{IMAGE_SIDE}], got {images.dtype} {images.shape}")
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if isinstance(sources, str):
+        sources = [sources] * len(images)
+    rows = []
+    for item_id, label, image, source in zip(item_ids, labels, images, sources, strict=True):
+        raw = image.tobytes()
+        label = int(label)
+        rows.append((int(item_id), split, label, LABEL_NAMES[label] if label != UNLABELLED else None, raw,
+                     hashlib.sha256(raw).hexdigest(), source, now))
+    return rows
+
+
+def catalog_frame(spark: "SparkSession", rows: list[tuple]) -> "DataFrame":
+    """A DataFrame of catalog rows, sliced so that no Spark task carries more than ~1 MB of images."""
+    slices = max(1, len(rows) * (IMAGE_SIDE * IMAGE_SIDE + 200) // 1_000_000)
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), catalog_schema())
+
+
+def upsert(spark: "SparkSession", table_uri: str, updates: "DataFrame", key: str = "item_id") -> int:
+    """MERGE `updates` into the table on `key`; returns the table version afterwards.
+
+    Only rows that are new, or whose image/label differ, are written, so a re-run with the same input commits no
+    new version. The whole batch is one Delta commit: it lands completely or not at all.
+    """
+    from delta.tables import DeltaTable
+
+    if not table_exists(table_uri):
+        count = updates.count()
+        (updates.repartition(FILES_PER_WRITE).write.format("delta").partitionBy("split")
+         .option("delta.enableChangeDataFeed", "true").option("delta.enableDeletionVectors", "false")
+         .mode("errorifexists").save(table_uri))
+        version = table_version(table_uri)
+        log.info("created %s with %d rows (v%d)", table_uri, count, version)
+        return version
+    current = spark.read.format("delta").load(table_uri).select(key, "image_sha256", "label")
+    changed = (
+        updates.alias("s").join(current.alias("t"), on=key, how="left")
+        .where("t.image_sha256 IS NULL OR t.image_sha256 <> s.image_sha256 OR t.label <> s.label")
+        .select("s.*")
+    ).cache()
+    try:
+        count = changed.count()
+        if count == 0:
+            version = table_version(table_uri)
+            log.info("%s unchanged: every row is already there (v%d)", table_uri, version)
+            return version
+        (DeltaTable.forPath(spark, table_uri).alias("t")
+         .merge(changed.alias("s"), f"t.{key} = s.{key}")
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    finally:
+        changed.unpersist()
+    version = table_version(table_uri)
+    log.info("merged %d new or changed rows into %s (v%d)", count, table_uri, version)
+    return version

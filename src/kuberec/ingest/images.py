@@ -1,0 +1,166 @@
+"""Spark job: grow the catalog with new product images (PNG/JPEG) -> appended catalog rows.
+
+Each image becomes a 28x28 grayscale item like Fashion-MNIST's: fitted into a square on its background colour,
+resized, and inverted when its background is light (Fashion-MNIST has light garments on black). Every file is
+decoded before anything is written; one unreadable file fails the whole batch with its name, and the batch is a
+single Delta commit. An image already in the catalog (same pixels) is skipped and reported, so re-running a batch
+adds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from kuberec.datasets.fashion_mnist import IMAGE_SIDE, LABEL_NAMES
+from kuberec.errors import DataError
+from kuberec.ingest.catalog import TABLE_NAME, UNLABELLED, catalog_frame, catalog_rows
+from kuberec.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CATALOG_SPLIT = "catalog"
+
+
+@dataclass(frozen=True)
+class CatalogAddition:
+    version: int
+    added: dict[str, int]  # source path -> new item_id
+    skipped: dict[str, int]  # source path -> item_id of the identical image already in the catalog
+
+
+def to_catalog_image(data: bytes, name: str) -> np.ndarray:
+    """Decode a PNG/JPEG into a Fashion-MNIST-like uint8 [28,28] image (light item on a dark background)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened).convert("L")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"{name}: not a readable PNG/JPEG image ({err})") from err
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = int(np.median(border))
+    side = max(image.size)
+    square = Image.new("L", (side, side), background)
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    small = np.asarray(square.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS), dtype=np.uint8)
+    return 255 - small if background > 127 else small
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+    """Files named directly, plus PNG/JPEG files found under directories (sorted, so ids are reproducible)."""
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, _, names in os.walk(path):
+                files += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+        elif os.path.exists(path) or "://" in path:
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or directory")
+    if not files:
+        raise DataError(f"no PNG/JPEG files in {', '.join(paths)}")
+    return sorted(dict.fromkeys(files))
+
+
+def read_files(spark, files: list[str]) -> dict[str, bytes]:
+    """File contents through Spark's filesystems (local paths or s3a://)."""
+    uris = [f if "://" in f else "file://" + os.path.abspath(f) for f in files]
+    by_uri = dict(spark.sparkContext.binaryFiles(",".join(uris)).collect())
+    contents = {}
+    for original, uri in zip(files, uris):
+        content = by_uri.get(uri) or by_uri.get(uri.replace("file://", "file:"))
+        if content is None:
+            raise DataError(f"{original}: could not be read")
+        contents[original] = bytes(content)
+    return contents
+
+
+def ingest_images(spark, files: Sequence[str], table_uri: str, label: int | None = None) -> CatalogAddition:
+    """Append new catalog items decoded from `files`; all-or-nothing. Returns ids assigned and skipped."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from kuberec.lake.delta import table_exists, table_version
+
+    if label is not None and not 0 <= label < len(LABEL_NAMES):
+        raise DataError(f"label {label} is outside 0..{len(LABEL_NAMES) - 1} ({', '.join(LABEL_NAMES)})")
+    if not table_exists(table_uri):
+        raise DataError(f"no catalog table at {table_uri}; run `kuberec ingest fashion-mnist` first")
+    files = expand_paths(files)
+    contents = read_files(spark, files)
+    errors, images = [], {}
+    for name in files:
+        try:
+            images[name] = to_catalog_image(contents[name], name)
+        except DataError as err:
+            errors.append(str(err))
+    if errors:
+        raise DataError(f"{len(errors)} of {len(files)} files unreadable, nothing added: " + "; ".join(errors))
+
+    import hashlib
+
+    catalog = spark.read.format("delta").load(table_uri)
+    digests = {name: hashlib.sha256(img.tobytes()).hexdigest() for name, img in images.items()}
+    known = {row.image_sha256: row.item_id for row in
+             catalog.where(F.col("image_sha256").isin(list(set(digests.values()))))
+             .select("image_sha256", "item_id").collect()}
+    skipped = {name: known[d] for name, d in digests.items() if d in known}
+    new_names, seen = [], set()
+    for name in files:  # the same picture twice in one batch is one item
+        if digests[name] not in known and digests[name] not in seen:
+            new_names.append(name)
+            seen.add(digests[name])
+    if not new_names:
+        version = table_version(table_uri)
+        log.info("all %d images are already in the catalog (v%d)", len(files), version)
+        return CatalogAddition(version, {}, skipped)
+    next_id = (catalog.agg(F.max("item_id")).first()[0] or -1) + 1
+    ids = list(range(next_id, next_id + len(new_names)))
+    rows = catalog_rows(ids, CATALOG_SPLIT, [UNLABELLED if label is None else label] * len(new_names),
+                        np.stack([images[n] for n in new_names]),
+                        sources=[f"upload:{os.path.basename(name)}" for name in new_names])
+    updates = catalog_frame(spark, rows)
+    # Insert-only MERGE on the content hash: one commit, and a concurrent identical upload cannot duplicate items.
+    (DeltaTable.forPath(spark, table_uri).alias("t")
+     .merge(updates.alias("s"), "t.image_sha256 = s.image_sha256")
+     .whenNotMatchedInsertAll().execute())
+    version = table_version(table_uri)
+    log.info("added %d catalog items (ids %d..%d) to %s (v%d)", len(ids), ids[0], ids[-1], table_uri, version)
+    return CatalogAddition(version, dict(zip(new_names, ids)), skipped)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="python -m kuberec.ingest.images", description=__doc__)
+    parser.add_argument("paths", nargs="+", help="PNG/JPEG files or directories")
+    parser.add_argument("--label", type=int, default=None, help=f"class 0..9 ({', '.join(LABEL_NAMES)})")
+    parser.add_argument("--table", default=settings.table_uri(TABLE_NAME))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    files = expand_paths(args.paths)  # fail on a bad path before paying for a JVM
+    from kuberec.lake import spark_session
+
+    spark = spark_session(settings, app_name="kuberec-ingest-images")
+    result = ingest_images(spark, files, args.table, args.label)
+    for name, item_id in result.added.items():
+        print(f"added    item {item_id}: {name}")
+    for name, item_id in result.skipped.items():
+        print(f"skipped  {name}: already in the catalog as item {item_id}")
+    print(f"{args.table} is at version {result.version}")
+    return 0
+
+
+if __name__ == "__main__":
+    from kuberec.cli import run_step
+
+    run_step(main)

@@ -1,0 +1,60 @@
+"""Shared fixtures: isolated project homes over the shared cache, and one real Spark session per test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import kuberec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
+from kuberec.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+# Downloads, built wheels and Delta jars stay in the project's cache so tests never refetch them.
+SHARED_CACHE = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute()
+SHARED_DIR = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("kuberec-home")
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    """Settings for one test: a fresh home and lake, the shared cache; exported so child processes agree."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("KUBEREC_HOME", str(home))
+    monkeypatch.setenv("KUBEREC_CACHE", str(SHARED_CACHE))
+    monkeypatch.delenv("KUBEREC_LAKE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def spark(session_home):
+    """One local Spark session (real JVM, real Delta) shared by all tests; each test uses its own lake dir."""
+    from kuberec.lake import spark_session
+
+    session = spark_session(Settings(home=session_home, cache_dir=SHARED_CACHE, spark_master="local[2]"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real MLflow server (SQLite + local artifacts), started by kuberec.tracking under its own home."""
+    from kuberec import tracking
+
+    home_settings = Settings(home=tmp_path_factory.mktemp("mlflow-home"), cache_dir=SHARED_CACHE)
+    info = tracking.ensure_server(home_settings)
+    yield info
+    tracking.stop_server(home_settings)
+
+
+@pytest.fixture
+def tracked_settings(settings, mlflow_server, monkeypatch) -> Settings:
+    """`settings` whose MLflow is the session's server (MLFLOW_TRACKING_URI, as a team server would be given)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    return load_settings()
