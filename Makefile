@@ -1,11 +1,10 @@
 # kuberec: `make pipeline-run` runs the pipelines, `make test` runs the tests; both set themselves up.
 SHELL := /bin/bash
 VENV := .venv
-KUBEREC := $(VENV)/bin/kuberec
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup test pipeline-run lock bench clean
+.PHONY: setup test pipeline-run pipeline-compile lock bench clean
 
 setup:
 	@scripts/setup.sh
@@ -13,8 +12,12 @@ setup:
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# Runs locally with the KFP local runner, or submits to Kubeflow Pipelines when KFP_HOST is set.
 pipeline-run: setup
-	$(KUBEREC) pipeline run $(PIPELINE)
+	$(VENV)/bin/python -m pipelines.run $(PIPELINE) $(PIPELINE_ARGS)
+
+pipeline-compile: setup
+	$(VENV)/bin/python -m pipelines.run $(PIPELINE) --compile-only build/pipelines
 
 # Re-resolve the full pinned set after changing pyproject.toml's direct pins.
 lock:

@@ -120,7 +120,8 @@ def make_dataset(table_uri: str, *, version: int | None = None, split: str | Non
                 return images, labels, tf.cast(batch.item_id, tf.int64)
             return images, labels
 
-        # Petastorm yields one row group per element; re-batch to the requested size.
+        # Petastorm yields one row group per element; rebatch() re-slices those into the requested size without
+        # unbatching to single rows (measured ~2x faster than unbatch().batch(), benchmarks/feed_bench.py).
         dataset = (make_petastorm_dataset(reader).map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE)
-                   .unbatch().batch(batch_size).prefetch(tf.data.AUTOTUNE))
+                   .rebatch(batch_size).prefetch(tf.data.AUTOTUNE))
         yield dataset

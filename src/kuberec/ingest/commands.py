@@ -1,4 +1,4 @@
-"""CLI: `kuberec ingest fashion-mnist | images` — run the Spark jobs through the configured backend."""
+"""CLI: `kuberec ingest fashion-mnist | images` — the Spark jobs, launched through the configured backend."""
 
 from __future__ import annotations
 
@@ -7,28 +7,25 @@ import argparse
 from kuberec.cli import Command
 
 
-def _run_spark(name: str, module: str, args: list[str]) -> None:
-    from kuberec.backends import SparkJob, get_backend
-    from kuberec.settings import load_settings
-
-    get_backend(load_settings()).run_spark(SparkJob(name=name, module=module, args=tuple(args)))
-
-
 def _fashion_mnist(args: argparse.Namespace) -> None:
-    extra = [] if args.max_per_split is None else ["--max-per-split", str(args.max_per_split)]
-    extra += ["--source", args.source] if args.source else []
-    _run_spark("ingest-fashion-mnist", "kuberec.ingest.fashion_mnist", extra)
+    from kuberec import steps
+
+    table = steps.ingest_fashion_mnist(source=args.source, max_per_split=args.max_per_split)
+    print(f"catalog table {table}")
 
 
 def _fashion_mnist_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="directory or s3a:// prefix with the IDX files "
-                                         "(default: <home>/data/fashion-mnist from `kuberec data fashion-mnist`)")
+                                         "(default: verified copy under <home>/data, acquired if needed)")
     parser.add_argument("--max-per-split", type=int, help="only the first N images of each split")
 
 
 def _images(args: argparse.Namespace) -> None:
-    extra = list(args.paths) + ([] if args.label is None else ["--label", str(args.label)])
-    _run_spark("ingest-images", "kuberec.ingest.images", extra)
+    from kuberec import steps
+    from kuberec.ingest.images import expand_paths
+
+    table = steps.ingest_images(None, expand_paths(args.paths), args.label)
+    print(f"catalog table {table}")
 
 
 def _images_args(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,11 @@
+"""The catalog pipeline: Fashion-MNIST verified and ingested into the Delta catalog table."""
+
+from kfp import dsl
+
+from components.catalog import ingest_fashion_mnist
+
+
+@dsl.pipeline(name="kuberec-catalog", description="Fashion-MNIST -> Delta catalog table (Spark)")
+def catalog_pipeline(max_per_split: int = 0) -> str:
+    ingest = ingest_fashion_mnist(max_per_split=max_per_split)
+    return ingest.outputs["table_uri"]
