@@ -13,10 +13,11 @@ export KUBEREC_HOME PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip}
 DELTA_VERSION=4.0.1
 
 # -- 1. Debian packages --------------------------------------------------------------------------------------
-APT_PACKAGES=(dataset-fashion-mnist cmake g++ make maven default-jre-headless ${KUBEREC_EXTRA_APT:-})
+# A tool already on PATH (a JDK from elsewhere, say) is good enough; only what is absent gets installed.
 missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+for tool_package in cmake:cmake g++:g++ make:make mvn:maven java:default-jre-headless ${KUBEREC_EXTRA_TOOLS:-}; do
+  command -v "${tool_package%%:*}" >/dev/null || missing+=("${tool_package#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
