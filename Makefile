@@ -4,12 +4,16 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup test pipeline-run pipeline-compile lock bench clean
+.PHONY: setup k8s-test-tools test pipeline-run pipeline-compile images lock bench clean
 
 setup:
 	@scripts/setup.sh
 
-test: setup
+# API server, etcd, kustomize and hadolint for tests/k8s, built once into the project cache (KUBEREC_K8S_TESTS=0 skips).
+k8s-test-tools: setup
+	@scripts/setup-k8s-test.sh
+
+test: setup k8s-test-tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Runs locally with the KFP local runner, or submits to Kubeflow Pipelines when KFP_HOST is set.
@@ -18,6 +22,13 @@ pipeline-run: setup
 
 pipeline-compile: setup
 	$(VENV)/bin/python -m pipelines.run $(PIPELINE) --compile-only build/pipelines
+
+# Container images (docker buildx; not buildable without a Docker engine): <IMAGE_REGISTRY>/kuberec-<kind>:<IMAGE_TAG>.
+# IMAGES_ARGS="--push" publishes them, IMAGES_ARGS="--load spark" loads one into the local engine.
+IMAGE_REGISTRY ?= kuberec
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	REGISTRY=$(IMAGE_REGISTRY) TAG=$(IMAGE_TAG) docker buildx bake -f images/docker-bake.hcl $(IMAGES_ARGS)
 
 # Re-resolve the full pinned set after changing pyproject.toml's direct pins.
 lock:

@@ -18,6 +18,7 @@ from kuberec.errors import KuberecError
 
 # Areas that contribute commands; each module defines COMMANDS: list[Command].
 COMMAND_MODULES: tuple[str, ...] = (
+    "kuberec.backends.commands",
     "kuberec.datasets.commands",
     "kuberec.ingest.commands",
     "kuberec.lake.commands",

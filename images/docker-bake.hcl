@@ -1,0 +1,65 @@
+# `make images`: docker buildx bake -f images/docker-bake.hcl, from the repository root.
+# Every image is tagged <REGISTRY>/kuberec-<kind>:<TAG>, the names Settings.image(kind) gives the backend.
+variable "REGISTRY" {
+  default = "kuberec"
+}
+variable "TAG" {
+  default = "0.1.0"
+}
+
+group "default" {
+  targets = ["runtime", "horovod-cpu", "horovod-gpu", "spark", "serving", "mlflow"]
+}
+
+target "_common" {
+  context   = "."
+  platforms = ["linux/amd64"]
+  labels = {
+    "org.opencontainers.image.version" = "${TAG}"
+    "org.opencontainers.image.source"  = "kuberec"
+  }
+}
+
+target "runtime" {
+  inherits   = ["_common"]
+  dockerfile = "images/runtime/Dockerfile"
+  tags       = ["${REGISTRY}/kuberec-runtime:${TAG}"]
+}
+
+# The images FROM `runtime` get the runtime target as that named context.
+target "_on_runtime" {
+  inherits = ["_common"]
+  contexts = {
+    runtime = "target:runtime"
+  }
+}
+
+target "horovod-cpu" {
+  inherits   = ["_on_runtime"]
+  dockerfile = "images/horovod-cpu/Dockerfile"
+  tags       = ["${REGISTRY}/kuberec-horovod-cpu:${TAG}"]
+}
+
+target "horovod-gpu" {
+  inherits   = ["_common"]
+  dockerfile = "images/horovod-gpu/Dockerfile"
+  tags       = ["${REGISTRY}/kuberec-horovod-gpu:${TAG}"]
+}
+
+target "spark" {
+  inherits   = ["_on_runtime"]
+  dockerfile = "images/spark/Dockerfile"
+  tags       = ["${REGISTRY}/kuberec-spark:${TAG}"]
+}
+
+target "serving" {
+  inherits   = ["_on_runtime"]
+  dockerfile = "images/serving/Dockerfile"
+  tags       = ["${REGISTRY}/kuberec-serving:${TAG}"]
+}
+
+target "mlflow" {
+  inherits   = ["_on_runtime"]
+  dockerfile = "images/mlflow/Dockerfile"
+  tags       = ["${REGISTRY}/kuberec-mlflow:${TAG}"]
+}

@@ -1,0 +1,438 @@
+"""The Kubernetes backend against a real API server (tests/k8s/conftest.py) with the operators' CRDs.
+
+No operator runs here, so each test writes /status the way the operator does (the server validates those writes
+against the CRD's status schema) while the backend waits in another thread, or in the main thread when the test
+cancels it with a real signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
+from kuberec.backends.kubernetes import (
+    INFERENCE_SERVICE,
+    KINDS,
+    ClusterOptions,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    KubernetesBackend,
+    KubernetesError,
+)
+from kuberec.settings import Settings
+
+JOBS = {
+    "spark": SparkJob("ingest fashion-mnist", "kuberec.ingest.fashion_mnist", ("--source", "/data"), executors=3),
+    "horovod-cpu": HorovodJob("train similarity", "kuberec.similarity.train", ("--epochs", "2"), workers=2),
+    "horovod-gpu": HorovodJob("train similarity", "kuberec.similarity.train", ("--epochs", "2"), workers=2,
+                              slots_per_worker=4, gpus_per_worker=4),
+    "ray": RayJob("tune widedeep", "kuberec.tuning.sweep", ("--trials", "8"), workers=3),
+    "ray-gpu": RayJob("tune widedeep", "kuberec.tuning.sweep", ("--trials", "8"), workers=2, gpus_per_worker=1),
+    "serving": ServingJob("similarity", "s3://kuberec/mlflow/1/abc/artifacts/model", max_replicas=3,
+                          extra={"KUBEREC_TOP_K": "10"}),
+}
+
+
+@pytest.fixture
+def backend_for(k8s_api_client, k8s_namespace, tmp_path):
+    """A KubernetesBackend on the test server in this test's namespace, with an s3 lake as a cluster needs."""
+
+    def make(**options) -> KubernetesBackend:
+        settings = Settings(home=tmp_path / "home", lake_uri="s3://kuberec/lake", s3_endpoint="http://minio:9000",
+                            namespace=k8s_namespace, backend="kubernetes")
+        return KubernetesBackend(settings, ClusterOptions(**options), api_client=k8s_api_client)
+
+    return make
+
+
+@pytest.fixture
+def backend(backend_for) -> KubernetesBackend:
+    return backend_for()
+
+
+@pytest.fixture
+def progress_log(caplog):
+    caplog.set_level(logging.INFO, logger="kuberec.backends.kubernetes")
+    return caplog
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+class InThread:
+    """Runs fn in a thread and keeps its result or exception."""
+
+    def __init__(self, fn, *args):
+        self.result = self.error = None
+        self.thread = threading.Thread(target=self._target, args=(fn, *args), daemon=True)
+        self.thread.start()
+
+    def _target(self, fn, *args):
+        try:
+            self.result = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            self.error = err
+
+    def join(self, timeout: float = 60):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the backend was still waiting"
+        return self
+
+
+def wait_for_log(caplog, text: str, timeout: float = 30) -> None:
+    """Block until the backend has logged `text` (so it has seen that state)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in record.getMessage() for record in caplog.records):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no log line with {text!r}; got {[r.getMessage() for r in caplog.records]}")
+
+
+def logged_states(caplog, kind: str, name: str) -> list[str]:
+    prefix = f"{kind} {name}: "
+    return [r.getMessage()[len(prefix):] for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def write_status(backend: KubernetesBackend, kind, name: str, status: dict) -> dict:
+    """What the operator does: a merge patch of the status subresource."""
+    return backend.api.patch_namespaced_custom_object_status(
+        kind.group, kind.version, backend.namespace, kind.plural, name, {"status": status})
+
+
+def exists(backend: KubernetesBackend, kind, name: str) -> bool:
+    try:
+        backend.get(kind, name)
+        return True
+    except KubernetesError as err:
+        assert "404" in str(err)
+        return False
+
+
+def ts(seconds: int = 0) -> str:
+    return (datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc) + timedelta(seconds=seconds)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(type_: str, reason: str, message: str, at: int, status: str = "True") -> dict:
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": ts(at), "lastUpdateTime": ts(at)}
+
+
+# What each operator writes on the way to success, and its failure status (with the operator's message).
+def spark_statuses(name: str) -> tuple[list[dict], dict, str]:
+    driver = {"podName": f"{name}-driver", "webUIPort": 4040, "webUIServiceName": f"{name}-ui-svc"}
+    steps = [
+        {"applicationState": {"state": "SUBMITTED"}, "submissionAttempts": 1, "lastSubmissionAttemptTime": ts(1),
+         "sparkApplicationId": "spark-1a2b", "submissionID": "5f1c", "driverInfo": driver},
+        {"applicationState": {"state": "RUNNING"}, "executorState": {f"{name}-exec-1": "RUNNING",
+                                                                     f"{name}-exec-2": "PENDING"}},
+        {"applicationState": {"state": "SUCCEEDING"}, "executorState": {f"{name}-exec-1": "COMPLETED",
+                                                                        f"{name}-exec-2": "COMPLETED"}},
+        {"applicationState": {"state": "COMPLETED"}, "terminationTime": ts(60), "executionAttempts": 1},
+    ]
+    message = "driver container failed with ExitCode: 1, Reason: Error"
+    failed = {"applicationState": {"state": "FAILED", "errorMessage": message}, "terminationTime": ts(30)}
+    return steps, failed, message
+
+
+def mpijob_statuses(name: str) -> tuple[list[dict], dict, str]:
+    created = condition("Created", "MPIJobCreated", f"MPIJob {name} is created.", 1)
+    running = condition("Running", "MPIJobRunning", f"MPIJob {name} is running.", 5)
+    steps = [
+        {"conditions": [created], "startTime": ts(1), "replicaStatuses": {"Launcher": {}, "Worker": {"active": 1}}},
+        {"conditions": [created, running], "replicaStatuses": {"Launcher": {"active": 1}, "Worker": {"active": 2}}},
+        {"conditions": [created, {**running, "status": "False"},
+                        condition("Succeeded", "MPIJobSucceeded", f"MPIJob {name} successfully completed.", 90)],
+         "completionTime": ts(90), "replicaStatuses": {"Launcher": {"succeeded": 1}, "Worker": {}}},
+    ]
+    message = "Job has reached the specified backoff limit"
+    failed = {"conditions": [created, {**running, "status": "False"},
+                             condition("Failed", "BackoffLimitExceeded", message, 40)],
+              "replicaStatuses": {"Launcher": {"failed": 1}, "Worker": {}}}
+    return steps, failed, message
+
+
+def rayjob_statuses(name: str) -> tuple[list[dict], dict, str]:
+    cluster = {"rayClusterName": f"{name}-raycluster-x7k2q", "jobId": f"{name}-8fj3k", "startTime": ts(1)}
+    steps = [
+        {"jobDeploymentStatus": "Initializing", **cluster},
+        {"jobDeploymentStatus": "Running", "jobStatus": "PENDING", **cluster},
+        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", **cluster},
+        {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "endTime": ts(300), **cluster},
+    ]
+    message = "Job entrypoint command failed with exit code 1"
+    failed = {"jobDeploymentStatus": "Complete", "jobStatus": "FAILED", "reason": "AppFailed", "message": message,
+              "endTime": ts(120), **cluster}
+    return steps, failed, message
+
+
+STATUSES = {"SparkApplication": spark_statuses, "MPIJob": mpijob_statuses, "RayJob": rayjob_statuses}
+FINAL_STATE = {"SparkApplication": "COMPLETED", "MPIJob": "Succeeded", "RayJob": "Complete"}
+INITIAL_STATE = {"SparkApplication": "NEW", "MPIJob": "Pending", "RayJob": "New"}
+
+
+def isvc_ready(generation: int, url: str) -> dict:
+    ready = {"type": "Ready", "status": "True", "lastTransitionTime": ts(20)}
+    return {"observedGeneration": generation, "url": url,
+            "conditions": [{"type": "PredictorReady", "status": "True", "lastTransitionTime": ts(20)}, ready],
+            "modelStatus": {"transitionStatus": "UpToDate", "copies": {"failedCopies": 0, "totalCopies": 1},
+                            "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}}
+
+
+# -- every rendered resource is accepted -------------------------------------------------------------------
+@pytest.mark.parametrize("job_id", sorted(JOBS))
+def test_rendered_resource_is_accepted(backend, job_id):
+    body = backend.render(JOBS[job_id])
+    kind = KINDS[body["kind"]]
+    name = body["metadata"]["name"]
+    dry = backend.create(body, dry_run=True)
+    assert dry["metadata"]["name"] == name and _contains(dry["spec"], body["spec"])
+    assert not exists(backend, kind, name), "a server-side dry run must not store the object"
+    stored = backend.create(body)
+    assert stored["metadata"]["generation"] == 1
+    assert backend.get(kind, name)["metadata"]["uid"] == stored["metadata"]["uid"]
+    # What was sent survives validation and pruning (defaults may be added, nothing may be dropped).
+    assert _contains(stored["spec"], body["spec"]), f"the server dropped or changed fields of {job_id}"
+
+
+def _contains(actual, expected) -> bool:
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(actual) == len(expected) and all(
+            _contains(a, e) for a, e in zip(actual, expected))
+    return actual == expected
+
+
+@pytest.mark.parametrize("where", [("spec", "driver", "coreCount"), ("spec", "bogus")])
+def test_strict_validation_rejects_unknown_fields(backend, where):
+    body = backend.render(JOBS["spark"])
+    target = body
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = 2
+    with pytest.raises(KubernetesError, match=rf"unknown field.*{where[-1]}"):
+        backend.create(body, dry_run=True)
+
+
+def test_server_applies_operator_defaults(backend):
+    """The stored MPIJob carries the CRD's defaults: proof the server validated it against the schema."""
+    stored = backend.create(backend.render(JOBS["horovod-cpu"]))
+    assert stored["spec"]["sshAuthMountPath"] == "/root/.ssh"
+    assert stored["spec"]["runPolicy"]["suspend"] is False
+
+
+# -- waiting through the operators' status transitions -----------------------------------------------------------
+@pytest.mark.parametrize("job_id", ["spark", "horovod-gpu", "ray"])
+def test_wait_follows_status_to_success(backend, progress_log, job_id):
+    body = backend.render(JOBS[job_id])
+    kind, name = KINDS[body["kind"]], body["metadata"]["name"]
+    steps, _, _ = STATUSES[kind.kind](name)
+    run = InThread(backend.run, body)
+    wait_for_log(progress_log, f"{kind.kind} {name}: {INITIAL_STATE[kind.kind]}")
+    for status in steps[:-1]:
+        write_status(backend, kind, name, status)
+    assert run.thread.is_alive(), "returned before the operator reported an end state"
+    write_status(backend, kind, name, steps[-1])
+    run.join()
+    assert run.error is None, run.error
+    assert kind.progress(run.result).succeeded
+    states = logged_states(progress_log, kind.kind, name)
+    assert states[0] == INITIAL_STATE[kind.kind] and states[-1].startswith(FINAL_STATE[kind.kind])
+    assert len(states) == len(steps) + 1, states  # every change was seen and reported once
+    assert exists(backend, kind, name), "a finished resource is left to the operator's cleanup"
+
+
+@pytest.mark.parametrize("job_id", ["spark", "horovod-cpu", "ray"])
+def test_wait_surfaces_operator_failure(backend, progress_log, job_id):
+    body = backend.render(JOBS[job_id])
+    kind, name = KINDS[body["kind"]], body["metadata"]["name"]
+    steps, failed, message = STATUSES[kind.kind](name)
+    run = InThread(backend.run, body)
+    wait_for_log(progress_log, f"{kind.kind} {name}: {INITIAL_STATE[kind.kind]}")
+    write_status(backend, kind, name, steps[0])
+    write_status(backend, kind, name, failed)
+    run.join()
+    assert isinstance(run.error, JobFailed)
+    assert message in str(run.error) and name in str(run.error)
+    assert exists(backend, kind, name), "a failed resource is kept for kubectl describe"
+
+
+def test_rayjob_deployment_failure(backend, progress_log):
+    body = backend.render(JOBS["ray"])
+    name = body["metadata"]["name"]
+    run = InThread(backend.run, body)
+    wait_for_log(progress_log, f"RayJob {name}: New")
+    write_status(backend, KINDS["RayJob"], name, {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded",
+                                                  "message": "The RayJob has passed activeDeadlineSeconds"})
+    run.join()
+    assert isinstance(run.error, JobFailed) and "DeadlineExceeded: The RayJob has passed" in str(run.error)
+
+
+def test_mpijob_restarting_is_not_final(backend, progress_log):
+    body = backend.render(JOBS["horovod-cpu"])
+    kind, name = KINDS["MPIJob"], body["metadata"]["name"]
+    steps, _, _ = mpijob_statuses(name)
+    run = InThread(backend.run, body)
+    wait_for_log(progress_log, f"MPIJob {name}: Pending")
+    restarting = condition("Restarting", "MPIJobRestarting", "worker pod restarted", 30)
+    write_status(backend, kind, name, {"conditions": [*steps[1]["conditions"], restarting]})
+    wait_for_log(progress_log, f"MPIJob {name}: Restarting")
+    assert run.thread.is_alive()
+    write_status(backend, kind, name, steps[-1])
+    run.join()
+    assert run.error is None, run.error
+
+
+@pytest.mark.parametrize("on_cancel", ["delete", "keep"])
+def test_timeout(backend_for, progress_log, on_cancel):
+    backend = backend_for(timeout_s=2, on_cancel=on_cancel)
+    body = backend.render(JOBS["spark"])
+    name = body["metadata"]["name"]
+    run = InThread(backend.run, body)
+    wait_for_log(progress_log, f"SparkApplication {name}: NEW")
+    write_status(backend, KINDS["SparkApplication"], name, spark_statuses(name)[0][0])
+    run.join()
+    assert isinstance(run.error, JobTimeout)
+    assert "within 2 s" in str(run.error) and "last state: SUBMITTED" in str(run.error)
+    assert exists(backend, KINDS["SparkApplication"], name) == (on_cancel == "keep")
+
+
+@pytest.mark.parametrize(("signum", "on_cancel"), [(signal.SIGTERM, "delete"), (signal.SIGINT, "keep")])
+def test_cancel_by_signal(backend_for, progress_log, signum, on_cancel):
+    """A real signal to the main thread while it waits (Ctrl-C is SIGINT; a stopped pod gets SIGTERM)."""
+    backend = backend_for(on_cancel=on_cancel)
+    body = backend.render(JOBS["horovod-cpu"])
+    name = body["metadata"]["name"]
+    main = threading.main_thread().ident
+
+    def interrupt():
+        wait_for_log(progress_log, f"MPIJob {name}: Pending")
+        signal.pthread_kill(main, signum)
+
+    InThread(interrupt)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(JobCancelled) as raised:
+        backend.run(body)
+    assert signal.getsignal(signal.SIGTERM) is previous, "the SIGTERM handler must be restored"
+    assert ("deleted it" if on_cancel == "delete" else "kept it") in str(raised.value)
+    assert exists(backend, KINDS["MPIJob"], name) == (on_cancel == "keep")
+
+
+def test_resource_deleted_while_waiting(backend, progress_log):
+    body = backend.render(JOBS["ray"])
+    name = body["metadata"]["name"]
+    run = InThread(backend.run, body)
+    wait_for_log(progress_log, f"RayJob {name}: New")
+    backend.delete(KINDS["RayJob"], name)
+    run.join()
+    assert isinstance(run.error, JobFailed) and "was deleted" in str(run.error)
+
+
+# -- InferenceService rollout --------------------------------------------------------------------------------------
+def test_deploy_then_roll_out_new_version(backend, progress_log):
+    job = JOBS["serving"]
+    name = backend.render(job)["metadata"]["name"]
+    url = f"http://{name}.{backend.namespace}.example.com"
+    first = InThread(backend.deploy, job)
+    wait_for_log(progress_log, f"InferenceService {name}: ")
+    write_status(backend, INFERENCE_SERVICE, name, {
+        "observedGeneration": 1, "conditions": [{"type": "Ready", "status": "False", "reason": "PredictorNotReady",
+                                                 "lastTransitionTime": ts(1)}],
+        "modelStatus": {"transitionStatus": "InProgress", "states": {"activeModelState": "Loading"}}})
+    wait_for_log(progress_log, f"InferenceService {name}: NotReady (PredictorNotReady)")
+    assert first.thread.is_alive()
+    write_status(backend, INFERENCE_SERVICE, name, isvc_ready(1, url))
+    first.join()
+    assert first.error is None and first.result == url
+
+    # Version 2: the old Ready status (generation 1) must not count for the new spec.
+    second_job = ServingJob(job.name, "s3://kuberec/mlflow/1/def/artifacts/model", extra=job.extra)
+    progress_log.clear()
+    second = InThread(backend.deploy, second_job)
+    wait_for_log(progress_log, f"InferenceService {name}: Reconciling")
+    current = backend.get(INFERENCE_SERVICE, name)
+    assert current["metadata"]["generation"] == 2
+    assert current["spec"]["predictor"]["model"]["storageUri"] == second_job.model_uri
+    assert current["metadata"]["annotations"]["kuberec.io/model-uri"] == second_job.model_uri
+    assert second.thread.is_alive()
+    write_status(backend, INFERENCE_SERVICE, name, isvc_ready(2, url))
+    second.join()
+    assert second.error is None and second.result == url
+
+
+def test_deploy_failed_model_load(backend, progress_log):
+    job = JOBS["serving"]
+    name = backend.render(job)["metadata"]["name"]
+    run = InThread(backend.deploy, job)
+    wait_for_log(progress_log, f"InferenceService {name}: ")
+    message = "Failed to load model: mlflow.exceptions.MlflowException: Could not find an 'MLmodel' configuration file"
+    write_status(backend, INFERENCE_SERVICE, name, {
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "False", "reason": "ModelLoadFailed", "lastTransitionTime": ts(5)}],
+        "modelStatus": {"transitionStatus": "BlockedByFailedLoad",
+                        "states": {"activeModelState": "", "targetModelState": "FailedToLoad"},
+                        "lastFailureInfo": {"reason": "ModelLoadFailed", "message": message, "time": ts(5)}}})
+    run.join()
+    assert isinstance(run.error, JobFailed)
+    assert f"ModelLoadFailed: {message}" in str(run.error)
+
+
+def test_deploy_timeout_keeps_existing_service(backend_for, progress_log):
+    backend = backend_for(serving_timeout_s=2)
+    job = JOBS["serving"]
+    name = backend.render(job)["metadata"]["name"]
+    url = f"http://{name}.example.com"
+    first = InThread(backend.deploy, job)
+    wait_for_log(progress_log, f"InferenceService {name}: ")
+    write_status(backend, INFERENCE_SERVICE, name, isvc_ready(1, url))
+    first.join()
+    # A rollout that never gets ready: the service that was serving stays.
+    with pytest.raises(JobTimeout, match="left the existing service"):
+        backend.deploy(ServingJob(job.name, "s3://kuberec/models/broken"))
+    assert exists(backend, INFERENCE_SERVICE, name)
+    # A new service that never gets ready is removed (on_cancel=delete).
+    with pytest.raises(JobTimeout, match="deleted it"):
+        backend.deploy(ServingJob("other", "s3://kuberec/models/other"))
+    assert not exists(backend, INFERENCE_SERVICE, "other")
+
+
+# -- the CLI ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "options"), [
+    ("sparkapplication", ["--module", "kuberec.ingest.fashion_mnist", "--args", "--max-per-split 10"]),
+    ("mpijob", ["--module", "kuberec.similarity.train", "--workers", "3", "--gpus-per-worker", "1"]),
+    ("rayjob", ["--module", "kuberec.tuning.sweep"]),
+    ("inferenceservice", ["--name", "similarity", "--model-uri", "s3://kuberec/m/1"]),
+])
+def test_cli_render_prints_an_accepted_resource(kind, options, backend, monkeypatch, capsys):
+    from kuberec import cli
+    import yaml
+
+    monkeypatch.setenv("KUBEREC_LAKE", "s3://kuberec/lake")
+    monkeypatch.setenv("KUBEREC_NAMESPACE", backend.namespace)
+    assert cli.main(["k8s", "render", kind, *options]) == 0
+    body = yaml.safe_load(capsys.readouterr().out)
+    assert body["kind"].lower() == kind
+    backend.create(body, dry_run=True)
+
+
+def test_cli_deploy_uses_the_kubeconfig(apiserver, backend, progress_log, monkeypatch, capsys):
+    """`kuberec k8s deploy` end to end: credentials from KUBECONFIG, create, wait for Ready, print the URL."""
+    from kuberec import cli
+
+    monkeypatch.setenv("KUBECONFIG", str(apiserver.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBEREC_LAKE", "s3://kuberec/lake")
+    monkeypatch.setenv("KUBEREC_NAMESPACE", backend.namespace)
+    run = InThread(cli.main, ["k8s", "deploy", "widedeep", "--model-uri", "s3://kuberec/m/7"])
+    wait_for_log(progress_log, "InferenceService widedeep: ")
+    write_status(backend, INFERENCE_SERVICE, "widedeep", isvc_ready(1, "http://widedeep.example.com"))
+    run.join()
+    assert run.result == 0, run.error
+    assert "InferenceService widedeep ready at http://widedeep.example.com" in capsys.readouterr().out

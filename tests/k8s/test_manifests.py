@@ -1,0 +1,141 @@
+"""manifests/: every overlay builds with kustomize 5, every built-in object validates against Kubernetes' own
+schemas (kubernetes-validate, strict), and every custom object is accepted by the real API server (dry run)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kuberec.backends.kubernetes import KINDS, ClusterOptions, KubernetesBackend, Toleration
+from kuberec.backends import HorovodJob
+from kuberec.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+TARGETS = ["base", "overlays/dev", "overlays/gpu"]
+# The oldest Kubernetes the cluster guide supports, and the newest schemas kubernetes-validate ships.
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+
+@pytest.fixture(scope="module")
+def built(k8s_tool) -> dict[str, list[dict]]:
+    kustomize = k8s_tool("kustomize")
+    out = {}
+    for target in TARGETS:
+        result = subprocess.run([str(kustomize), "build", str(REPO / "manifests" / target)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"kustomize build {target}: {result.stderr}"
+        out[target] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return out
+
+
+def crd_groups() -> set[str]:
+    return {kind.group for kind in KINDS.values()} | {"serving.kserve.io"}
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_builtin_objects_validate(built, target):
+    checked = 0
+    for obj in built[target]:
+        if obj["apiVersion"].split("/")[0] in crd_groups():
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                pytest.fail(f"{target}: {obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: "
+                            f"{err.message} at {'.'.join(map(str, err.path))}")
+        checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_custom_objects_accepted_by_api_server(built, target, k8s_api_client):
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(k8s_api_client)
+    custom = [o for o in built[target] if o["apiVersion"].split("/")[0] in crd_groups()]
+    assert [o["kind"] for o in custom] == ["ClusterServingRuntime"]
+    for obj in custom:
+        group, version = obj["apiVersion"].split("/")
+        plural = obj["kind"].lower() + "s"
+        stored = api.create_cluster_custom_object(group, version, plural, obj, dry_run="All",
+                                                  field_validation="Strict")
+        assert stored["spec"]["containers"][0]["image"].startswith("kuberec/kuberec-serving:")
+
+
+def test_runner_rbac_is_exactly_what_the_backend_uses(built):
+    objects = built["base"]
+    role = find(objects, "Role", "kuberec-runner")
+    rules = {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"]) for r in role["rules"]}
+    assert all(len(r["apiGroups"]) == 1 and len(r["resources"]) == 1 for r in role["rules"])
+    watch = {"create", "get", "list", "watch", "delete"}
+    expected = {(k.group, k.plural): watch | ({"update"} if k.kind == "InferenceService" else set())
+                for k in KINDS.values()}
+    assert rules == expected
+    for obj in objects:
+        for rule in obj.get("rules", []):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], obj["metadata"]["name"]
+    binding = find(objects, "RoleBinding", "kuberec-runner")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kuberec-runner", "namespace": "kuberec"}]
+
+
+def test_backend_defaults_match_the_manifests(built):
+    """The service accounts, Secrets and serving runtime the backend names exist in (or are documented for) the
+    manifests; job pods that need no API access get no token."""
+    objects = built["base"]
+    options = ClusterOptions()
+    accounts = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceAccount"}
+    for name in (options.spark_service_account, options.job_service_account, options.serving_service_account):
+        assert name in accounts
+    assert accounts[options.job_service_account]["automountServiceAccountToken"] is False
+    assert find(objects, "ClusterServingRuntime", options.serving_runtime)
+    assert {"name": options.lake_secret} in accounts[options.serving_service_account]["secrets"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_credentials_in_the_manifests(built, target):
+    assert not [o for o in built[target] if o["kind"] == "Secret"], "Secrets are created by hand, not from git"
+    text = yaml.safe_dump_all(built[target]).lower()
+    for container in _containers(built[target]):
+        for env in container.get("env", []):
+            if any(word in env["name"] for word in ("PASSWORD", "SECRET", "TOKEN")):
+                assert "valueFrom" in env and "value" not in env, env
+    assert "minioadmin" not in text
+
+
+def _containers(objects):
+    for obj in objects:
+        spec = obj.get("spec", {})
+        pod = spec.get("template", {}).get("spec", spec)
+        yield from pod.get("containers", [])
+
+
+@pytest.mark.parametrize(("target", "selector", "tolerations"), [
+    ("overlays/dev", {}, ()),
+    ("overlays/gpu", {"kuberec.io/pool": "gpu"},
+     (Toleration("nvidia.com/gpu"), Toleration("kuberec.io/pool", value="gpu"))),
+])
+def test_overlay_settings_place_gpu_jobs(built, target, selector, tolerations, tmp_path):
+    """The settings ConfigMap is what pipeline pods get as environment: read it as they would and render a GPU
+    training job from it."""
+    env = find(built[target], "ConfigMap", "kuberec-settings")["data"]
+    options = ClusterOptions.from_env(env)
+    assert dict(options.gpu_node_selector) == selector and options.gpu_tolerations == tolerations
+    settings = Settings(home=tmp_path, lake_uri=env["KUBEREC_LAKE"], s3_endpoint=env["KUBEREC_S3_ENDPOINT"],
+                        mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"], namespace=env["KUBEREC_NAMESPACE"],
+                        image_registry=env["KUBEREC_IMAGE_REGISTRY"], image_tag=env["KUBEREC_IMAGE_TAG"],
+                        backend=env["KUBEREC_BACKEND"])
+    mpijob = KubernetesBackend(settings, options).render(HorovodJob("train", "m", workers=2, gpus_per_worker=1))
+    worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert worker.get("nodeSelector", {}) == selector
+    assert len(worker.get("tolerations", [])) == len(tolerations)

@@ -1,0 +1,195 @@
+"""What the Kubernetes backend puts into each custom resource (no server needed; acceptance by a real API server
+is tested in test_kubernetes_backend.py)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
+from kuberec.backends import run_module
+from kuberec.backends.kubernetes import (
+    ClusterConfigError,
+    ClusterOptions,
+    KubernetesBackend,
+    Toleration,
+    dns_label,
+    run_name,
+)
+from kuberec.settings import Settings
+
+
+
+@pytest.fixture
+def cluster_settings(tmp_path) -> Settings:
+    return Settings(home=tmp_path / "home", lake_uri="s3://kuberec/lake", s3_endpoint="http://minio:9000",
+                    namespace="ml", backend="kubernetes", image_registry="registry.example/team", image_tag="1.2.3",
+                    kfp_host="http://127.0.0.1:8080")
+
+
+def backend(settings: Settings, **options) -> KubernetesBackend:
+    return KubernetesBackend(settings, ClusterOptions(**options))
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_pod_env_carries_settings_but_not_local_paths(cluster_settings):
+    env = {e["name"]: e for e in backend(cluster_settings).pod_env()}
+    assert env["KUBEREC_LAKE"]["value"] == "s3://kuberec/lake"
+    assert env["KUBEREC_S3_ENDPOINT"]["value"] == "http://minio:9000"
+    assert env["KUBEREC_BACKEND"]["value"] == "local"  # the pod runs the step, it does not submit it again
+    assert env["KUBEREC_HOME"]["value"] == "/var/lib/kuberec"
+    assert "KUBEREC_CACHE" not in env and "KFP_HOST" not in env
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.ml.svc.cluster.local:5000"
+    for key, secret in (("AWS_SECRET_ACCESS_KEY", "kuberec-lake"), ("MLFLOW_TRACKING_PASSWORD", "kuberec-mlflow")):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key, "optional": True}
+    assert not any(str(cluster_settings.home) in json.dumps(e) for e in env.values())
+
+
+@pytest.mark.parametrize("lake", ["/data/lake", "file:///data/lake"])
+def test_local_lake_is_refused(tmp_path, lake):
+    settings = Settings(home=tmp_path, lake_uri=lake, backend="kubernetes")
+    with pytest.raises(ClusterConfigError, match="KUBEREC_LAKE"):
+        backend(settings).render(SparkJob("ingest", "kuberec.ingest.x"))
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "http://localhost:5000", "sqlite:///m.db", "file:///x"])
+def test_tracking_uri_only_reachable_here_is_refused(tmp_path, uri):
+    settings = Settings(home=tmp_path, lake_uri="s3://b/l", mlflow_tracking_uri=uri, backend="kubernetes")
+    with pytest.raises(ClusterConfigError, match="only reachable from this machine"):
+        backend(settings).pod_env()
+
+
+def test_spark_application(cluster_settings):
+    job = SparkJob("ingest fashion-mnist", "kuberec.ingest.fashion_mnist", ("--split", "train"), executors=3,
+                   executor_cores=2, executor_memory="3g", driver_memory="1g")
+    cr = backend(cluster_settings).render(job)
+    spec = cr["spec"]
+    assert cr["metadata"]["namespace"] == "ml"
+    assert spec["image"] == "registry.example/team/kuberec-spark:1.2.3"
+    assert spec["mainApplicationFile"] == "local:///opt/kuberec/run_module.py"
+    assert spec["arguments"] == ["kuberec.ingest.fashion_mnist", "--split", "train"]
+    assert spec["sparkVersion"] == importlib.metadata.version("pyspark")
+    assert spec["executor"]["instances"] == 3 and spec["executor"]["cores"] == 2
+    assert spec["executor"]["memory"] == "3g" and spec["driver"]["memory"] == "1g"
+    for role in ("driver", "executor"):
+        env = env_of(spec[role])
+        assert env["KUBEREC_DELTA_ON_CLASSPATH"] == "1"  # the Spark image has the Delta jars
+        assert "secretKeyRef" in env["AWS_ACCESS_KEY_ID"]  # executors read s3a too
+        assert spec[role]["serviceAccount"] == "kuberec-spark"
+        assert spec[role]["labels"]["kuberec.io/step"] == "ingest-fashion-mnist"
+
+
+def test_mpijob_cpu(cluster_settings):
+    cr = backend(cluster_settings).render(HorovodJob("train", "kuberec.similarity.train", ("--epochs", "3"),
+                                                     workers=3, slots_per_worker=2))
+    launcher = cr["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    worker = cr["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert cr["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 3 and cr["spec"]["slotsPerWorker"] == 2
+    command = launcher["containers"][0]["command"]
+    assert command[:2] == ["mpirun", "--allow-run-as-root"]
+    assert command[command.index("-np") + 1] == "6"  # workers x slots
+    assert command[-5:] == ["python", "-m", "kuberec.similarity.train", "--epochs", "3"]
+    # Everything the workers need crosses ssh with -x (secrets by name only, never by value).
+    forwarded = {command[i + 1] for i, arg in enumerate(command) if arg == "-x"}
+    assert {"KUBEREC_LAKE", "MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY", "PATH"} <= forwarded
+    assert worker["containers"][0]["image"] == "registry.example/team/kuberec-horovod-cpu:1.2.3"
+    assert "nvidia.com/gpu" not in json.dumps(cr)
+    assert "nodeSelector" not in worker and "tolerations" not in worker
+
+
+def test_mpijob_gpu_goes_to_the_gpu_pool(cluster_settings):
+    options = ClusterOptions.from_env({"KUBEREC_K8S_GPU_NODE_SELECTOR": "cloud.example/accelerator=a100,pool=gpu",
+                                       "KUBEREC_K8S_GPU_TOLERATIONS": "nvidia.com/gpu:NoSchedule,pool=gpu:NoExecute"})
+    cr = KubernetesBackend(cluster_settings, options).render(
+        HorovodJob("train", "kuberec.similarity.train", workers=2, slots_per_worker=4, gpus_per_worker=4))
+    worker = cr["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    launcher = cr["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    container = worker["containers"][0]
+    assert container["image"] == "registry.example/team/kuberec-horovod-gpu:1.2.3"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert worker["nodeSelector"] == {"cloud.example/accelerator": "a100", "pool": "gpu"}
+    assert worker["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}]
+    # The launcher only runs mpirun: no GPU, not on the GPU pool.
+    assert "nodeSelector" not in launcher and "nvidia.com/gpu" not in json.dumps(launcher)
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_rayjob(cluster_settings):
+    cr = backend(cluster_settings).render(RayJob("tune", "kuberec.tuning.sweep", ("--name", "a b"), workers=4,
+                                                 cpus_per_worker=3, gpus_per_worker=1))
+    spec = cr["spec"]
+    assert shlex.split(spec["entrypoint"]) == ["python", "-m", "kuberec.tuning.sweep", "--name", "a b"]
+    assert spec["rayClusterSpec"]["rayVersion"] == importlib.metadata.version("ray")
+    group = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 4
+    worker = group["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"] == {"cpu": "3", "memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert worker["nodeSelector"] == {"kuberec.io/pool": "gpu"}
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert "nodeSelector" not in head
+    assert head["containers"][0]["image"] == "registry.example/team/kuberec-runtime:1.2.3"
+
+
+def test_inference_service(cluster_settings):
+    cr = backend(cluster_settings, serving_runtime="custom-rt").render(
+        ServingJob("Wide & Deep", "s3://kuberec/mlflow/2/x/artifacts/model", min_replicas=2, max_replicas=4))
+    assert cr["metadata"]["name"] == "wide-deep"  # stable: deploying again updates the same service
+    predictor = cr["spec"]["predictor"]
+    assert predictor["model"] == {"modelFormat": {"name": "mlflow"}, "protocolVersion": "v2",
+                                  "storageUri": "s3://kuberec/mlflow/2/x/artifacts/model", "runtime": "custom-rt"}
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 4)
+    assert predictor["serviceAccountName"] == "kuberec-serving"
+
+
+@pytest.mark.parametrize("text", ["Ingest: Fashion_MNIST v2!", "2-step", "-x-", "a" * 80, "步骤"])
+def test_names_are_valid_dns_labels(text):
+    for name in (run_name(text), dns_label(text, 45)):
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 45, name
+    assert run_name(text) != run_name(text)  # each run is a new resource
+
+
+def test_options_from_env():
+    options = ClusterOptions.from_env({"KUBEREC_K8S_ON_CANCEL": "keep", "KUBEREC_K8S_TIMEOUT": "90",
+                                       "KUBEREC_K8S_GPU_NODE_SELECTOR": "", "KUBEREC_K8S_GPU_TOLERATIONS": ""})
+    assert options.on_cancel == "keep" and options.timeout_s == 90
+    assert options.gpu_node_selector == {} and options.gpu_tolerations == ()
+    assert ClusterOptions.from_env({}) == ClusterOptions()
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"KUBEREC_K8S_ON_CANCEL": "abandon"}, "delete or keep"),
+    ({"KUBEREC_K8S_TIMEOUT": "soon"}, "number of seconds"),
+    ({"KUBEREC_K8S_GPU_NODE_SELECTOR": "gpu"}, "key=value"),
+    ({"KUBEREC_K8S_GPU_TOLERATIONS": "nvidia.com/gpu:Sometimes"}, "Effect one of"),
+])
+def test_bad_options_say_what_to_write(env, message):
+    with pytest.raises(ClusterConfigError, match=message):
+        ClusterOptions.from_env(env)
+
+
+def test_toleration_parse():
+    assert Toleration.parse("dedicated=ml:NoSchedule").to_dict() == {
+        "key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+
+
+def test_run_module_runs_module_as_main(tmp_path):
+    (tmp_path / "echo_argv.py").write_text(
+        "import json, sys\nif __name__ == '__main__':\n    json.dump(sys.argv[1:], open(sys.argv[1], 'w'))\n")
+    out = tmp_path / "argv.json"
+    subprocess.run([sys.executable, run_module.__file__, "echo_argv", str(out), "--flag", "x y"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert json.loads(out.read_text()) == [str(out), "--flag", "x y"]
+    with pytest.raises(SystemExit, match="usage"):
+        run_module.main([])
