@@ -4,7 +4,7 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup k8s-test-tools test pipeline-run pipeline-compile images lock bench clean
+.PHONY: setup k8s-test-tools test pipeline-run pipeline-compile serve images lock bench clean
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,10 @@ pipeline-run: setup
 
 pipeline-compile: setup
 	$(VENV)/bin/python -m pipelines.run $(PIPELINE) --compile-only build/pipelines
+
+# The registered champions on MLServer (V2) at 127.0.0.1:8080; SERVE_ARGS="--demo" adds the demo page on :8000.
+serve: setup
+	$(VENV)/bin/kuberec serve $(SERVE_ARGS)
 
 # Container images (docker buildx; not buildable without a Docker engine): <IMAGE_REGISTRY>/kuberec-<kind>:<IMAGE_TAG>.
 # IMAGES_ARGS="--push" publishes them, IMAGES_ARGS="--load spark" loads one into the local engine.

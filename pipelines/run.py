@@ -24,8 +24,10 @@ log = logging.getLogger("pipelines")
 # name -> "module:function"; `all` runs ALL in order.
 PIPELINES: dict[str, str] = {
     "catalog": "pipelines.catalog:catalog_pipeline",
+    "similarity": "pipelines.similarity:similarity_pipeline",
+    "widedeep": "pipelines.widedeep:widedeep_pipeline",
 }
-ALL: tuple[str, ...] = ("catalog",)
+ALL: tuple[str, ...] = ("similarity", "widedeep")  # the catalog pipeline is the first step of `similarity`
 EXPERIMENT = "kuberec"
 
 
@@ -36,16 +38,25 @@ def load_pipeline(name: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
-def parse_params(pairs: list[str]) -> dict[str, object]:
+def pipeline_inputs(name: str) -> dict:
+    return load_pipeline(name).component_spec.inputs or {}
+
+
+def parse_params(name: str, pairs: list[str]) -> dict[str, object]:
+    """The `name=value` pairs that pipeline `name` takes, as its typed inputs: JSON values, except that a String
+    input keeps its text. (With `all`, each pipeline gets the parameters it has.)"""
+    inputs = pipeline_inputs(name)
     params: dict[str, object] = {}
     for pair in pairs:
-        name, sep, value = pair.partition("=")
+        key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"--param expects name=value, got {pair!r}")
+        if key not in inputs:
+            continue
         try:
-            params[name] = json.loads(value)
+            params[key] = value if inputs[key].type == "String" else json.loads(value)
         except json.JSONDecodeError:
-            params[name] = value
+            raise SystemExit(f"--param {key}: {value!r} is not a valid {inputs[key].type} (JSON)") from None
     return params
 
 
@@ -84,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = list(ALL) if args.pipeline == "all" else [args.pipeline]
-    params = parse_params(args.param)
+    unknown = {pair.partition("=")[0] for pair in args.param} - {key for name in names for key in pipeline_inputs(name)}
+    if unknown:
+        parser.error(f"no pipeline of {', '.join(names)} takes --param {', '.join(sorted(unknown))}; see "
+                     f"{', '.join(f'{n}: {sorted(pipeline_inputs(n))}' for n in names)}")
     settings = load_settings()
     summary: dict[str, object] = {}
     for name in names:
+        params = parse_params(name, args.param)
         if args.compile_only:
             summary[name] = str(compile_pipeline(name, args.compile_only))
         elif settings.kfp_host:

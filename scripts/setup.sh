@@ -16,7 +16,7 @@ DELTA_VERSION=4.0.1
 # A tool already on PATH (a JDK from elsewhere, say) is good enough; only what is absent gets installed.
 missing=()
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
-for tool_package in cmake:cmake g++:g++ make:make mvn:maven java:default-jre-headless ${KUBEREC_EXTRA_TOOLS:-}; do
+for tool_package in cmake:cmake g++:g++ make:make mvn:maven java:default-jre-headless chromium:chromium ${KUBEREC_EXTRA_TOOLS:-}; do
   command -v "${tool_package%%:*}" >/dev/null || missing+=("${tool_package#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -20,3 +20,33 @@ def test_catalog_pipeline_runs_locally(settings):
     outputs = run.run_local("catalog", {"max_per_split": 30})
     assert outputs["Output"] == settings.table_uri("fashion_mnist") or settings.table_uri("fashion_mnist") in str(outputs)
     assert table_version(settings.table_uri("fashion_mnist")) == 0
+
+
+def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_settings):
+    """The whole similarity pipeline on 150 images per split: ingest (Spark) -> 2-worker horovodrun training ->
+    evaluation -> index -> registry; the champion it registers answers for an image and for an item id."""
+    import numpy as np
+    import pandas as pd
+
+    from kuberec import tracking
+    from kuberec.similarity.pyfunc import load_recommender, png_b64
+
+    config = '{"architecture": "seed", "epochs": 2, "steps_per_epoch": 4}'
+    outputs = run.run_local("similarity", {"max_per_split": 150, "workers": 2, "config_json": config,
+                                           "eval_queries": 100})
+    assert outputs["champion"] is True and outputs["model_uri"].startswith("models:/kuberec-similarity/")
+    assert 0 <= outputs["metrics"]["precision_at_5"] <= 1 and "raw_pixels_precision_at_5" in outputs["metrics"]
+
+    client = tracking.client(tracked_settings)
+    training = client.get_run(outputs["training_run_id"])
+    table = tracked_settings.table_uri("fashion_mnist")
+    assert tracking.parse_lineage(training.data.tags) == {"fashion_mnist": (table, 0)}
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "loss")] == [1, 2]
+    assert training.data.metrics["precision_at_5"] == outputs["metrics"]["precision_at_5"]
+
+    model, version = load_recommender(tracked_settings)
+    assert int(version.version) == outputs["version"]
+    image = np.frombuffer(model.unwrap_python_model().index.items["image"].iloc[0], np.uint8).reshape(28, 28)
+    by_image = model.predict(pd.DataFrame({"image_b64": [png_b64(image)]}))
+    by_item = model.predict(pd.DataFrame({"item_id": [3]}), params={"k": 5})
+    assert len(by_image) == 5 and len(by_item) == 5 and 3 not in by_item["item_id"].tolist()

@@ -21,14 +21,20 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kuberec.backends.commands",
     "kuberec.datasets.commands",
     "kuberec.ingest.commands",
+    "kuberec.ingest.instacart_commands",
     "kuberec.lake.commands",
+    "kuberec.serving.commands",
+    "kuberec.similarity.commands",
+    "kuberec.similarity.index_commands",
+    "kuberec.tracking_commands",
+    "kuberec.widedeep.commands",
 )
 
 
 @dataclass(frozen=True)
 class Command:
     verb: str  # e.g. "ingest"
-    target: str  # e.g. "fashion-mnist"
+    target: str | None  # e.g. "fashion-mnist"; None: the verb alone (`kuberec serve`)
     help: str
     run: Callable[[argparse.Namespace], int | None]
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
@@ -41,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     targets: dict[str, argparse._SubParsersAction] = {}
     for module_name in COMMAND_MODULES:
         for command in importlib.import_module(module_name).COMMANDS:
+            if command.target is None:  # a verb without targets
+                sub = verbs.add_parser(command.verb, help=command.help, description=command.help)
+                command.add_arguments(sub)
+                sub.set_defaults(run=command.run, target=None)
+                continue
             if command.verb not in targets:
                 verb_parser = verbs.add_parser(command.verb, help=f"{command.verb} ...")
                 targets[command.verb] = verb_parser.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -58,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KuberecError as err:
         # Expected failures (bad input, missing data): one clear line, no traceback.
-        print(f"kuberec {args.verb} {args.target}: error: {err}", file=sys.stderr)
+        print(f"kuberec {' '.join(filter(None, (args.verb, args.target)))}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -47,7 +47,8 @@ def split_files(table_uri: str, version: int | None, split: str | None) -> tuple
 
 
 @contextlib.contextmanager
-def _reader(files: list[str], shard: int, num_shards: int, num_epochs: int | None, shuffle: bool, seed: int | None):
+def _reader(files: list[str], shard: int, num_shards: int, num_epochs: int | None, shuffle: bool, seed: int | None,
+            columns: Sequence[str] = FEED_COLUMNS):
     from petastorm import make_batch_reader
 
     # Petastorm 0.13 calls pyarrow APIs that pyarrow 14 deprecates; the calls work, the warnings are noise.
@@ -60,7 +61,7 @@ def _reader(files: list[str], shard: int, num_shards: int, num_epochs: int | Non
     # ventilator finishing and a worker picking the item up: seen here losing whole files), so rows are read by
     # the synchronous "dummy" pool; see benchmarks/feed_bench.py for its throughput.
     reader = make_batch_reader(
-        files, schema_fields=list(FEED_COLUMNS), cur_shard=shard if num_shards > 1 else None,
+        files, schema_fields=list(columns), cur_shard=shard if num_shards > 1 else None,
         shard_count=num_shards if num_shards > 1 else None, num_epochs=num_epochs,
         shuffle_row_groups=shuffle, seed=seed, reader_pool_type="dummy")
     try:
@@ -125,3 +126,56 @@ def make_dataset(table_uri: str, *, version: int | None = None, split: str | Non
         dataset = (make_petastorm_dataset(reader).map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE)
                    .rebatch(batch_size).prefetch(tf.data.AUTOTUNE))
         yield dataset
+
+
+# -- any tabular table (e.g. the Instacart gold examples) ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class TableArrays:
+    columns: dict[str, np.ndarray]  # column name -> values [N], in the order the snapshot's files hold them
+    version: int  # the table version these rows are from
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+
+def load_table_arrays(table_uri: str, columns: Sequence[str], *, version: int | None = None,
+                      split: str | None = None, shard: int = 0, num_shards: int = 1) -> TableArrays:
+    """Scalar columns of one snapshot (one shard of it) as numpy arrays."""
+    version, files = split_files(table_uri, version, split)
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    with _reader(files, shard, num_shards, num_epochs=1, shuffle=False, seed=None, columns=columns) as reader:
+        for batch in reader:
+            for c in columns:
+                parts[c].append(np.asarray(getattr(batch, c)))
+    if not parts[columns[0]]:
+        raise FeedError(f"shard {shard}/{num_shards} of {table_uri} v{version} is empty: the snapshot has fewer "
+                        "Parquet row groups than shards")
+    return TableArrays({c: np.concatenate(v) for c, v in parts.items()}, version)
+
+
+@contextlib.contextmanager
+def make_table_dataset(table_uri: str, columns: Sequence[str], *, version: int | None = None,
+                       split: str | None = None, batch_size: int = 256, shard: int = 0, num_shards: int = 1,
+                       num_epochs: int | None = 1, shuffle: bool = False, seed: int | None = None,
+                       shuffle_buffer: int = 0) -> Iterator:
+    """A tf.data.Dataset of `{column: tensor [B]}` batches of scalar columns from one snapshot (one shard of it).
+
+    `shuffle` shuffles the order of row groups; `shuffle_buffer` > 0 also shuffles rows within a buffer of that
+    many (slower: rows are unbatched). `num_epochs=None` repeats forever. A context manager like `make_dataset`.
+    """
+    import tensorflow as tf
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    columns = list(columns)
+    version, files = split_files(table_uri, version, split)
+    log.info("feed: %s v%d split=%s shard %d/%d (%d files, %d columns)", table_uri, version, split, shard,
+             num_shards, len(files), len(columns))
+    with _reader(files, shard, num_shards, num_epochs, shuffle, seed, columns=columns) as reader:
+        dataset = make_petastorm_dataset(reader).map(lambda batch: {c: getattr(batch, c) for c in columns},
+                                                     num_parallel_calls=tf.data.AUTOTUNE)
+        if shuffle_buffer > 0:
+            dataset = dataset.unbatch().shuffle(shuffle_buffer, seed=seed).batch(batch_size)
+        else:
+            dataset = dataset.rebatch(batch_size)
+        yield dataset.prefetch(tf.data.AUTOTUNE)

@@ -25,13 +25,10 @@ def _history(args: argparse.Namespace) -> None:
 
 
 def _added_since(args: argparse.Namespace) -> None:
-    from kuberec.lake import rows_added_since, spark_session
-    from kuberec.settings import load_settings
+    from kuberec.lake.delta import rows_added_since
 
-    spark = spark_session(load_settings(), app_name="kuberec-lake-diff")
-    added = rows_added_since(spark, _table_uri(args.table), args.version)
-    for row in added.select("item_id", "split", "label", "source", "_commit_version").orderBy("item_id").collect():
-        print(f"{row.item_id}\t{row.split}\t{row.label}\t{row.source}\tv{row._commit_version}")
+    for row in rows_added_since(_table_uri(args.table), args.version, columns=["split", "label", "source"]):
+        print(f"{row['item_id']}\t{row['split']}\t{row['label']}\t{row['source']}\tv{row['_commit_version']}")
 
 
 def _table_arg(parser: argparse.ArgumentParser) -> None:

@@ -1,18 +1,15 @@
 """Delta table versions, snapshots and diffs.
 
-Light reads (a version number, the files of a snapshot) use delta-rs, which needs no JVM; row-level diffs use
-Spark's change data feed, which kuberec's tables record from their first version.
+All reads here (a version number, the files of a snapshot, the rows added since a version) use delta-rs, which needs
+no JVM; diffs read the change data feed, which kuberec's tables record from their first version.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Sequence
 
 from kuberec.errors import KuberecError
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -81,29 +78,36 @@ def history(table_uri: str, limit: int | None = None) -> list[dict]:
     return _delta_rs_table(table_uri).history(limit)
 
 
-def rows_added_since(spark: "SparkSession", table_uri: str, version: int,
-                     until: int | None = None, key: str = "item_id") -> "DataFrame":
-    """Rows inserted after `version` up to `until` (default: latest), from the table's change data feed.
+def rows_added_since(table_uri: str, version: int, until: int | None = None, key: str = "item_id",
+                     columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows inserted after `version` up to `until` (default: latest), from the table's change data feed, by `key`.
 
     Each row carries `_commit_version`, so callers record exactly which version they caught up to. Rows inserted
     and later deleted in the range are dropped; an item whose content changed appears as an update, not here.
+    Read with delta-rs: no JVM needed (the re-index step runs in a light process).
     """
-    from pyspark.sql import functions as F
-
-    latest = table_version(table_uri)
+    table = _delta_rs_table(table_uri)
+    latest = table.version()
     until = latest if until is None else until
-    if version < 0 or version > latest or until > latest or until < version:
+    if version < 0 or version > latest or not version <= until <= latest:
         raise TableNotFoundError(f"{table_uri}: cannot diff v{version}..v{until}; versions run 0..{latest}")
-    empty_schema = spark.read.format("delta").load(table_uri).schema
     if until == version:
-        return spark.createDataFrame([], empty_schema).withColumn("_commit_version", F.lit(None).cast("long"))
-    changes = (
-        spark.read.format("delta")
-        .option("readChangeFeed", "true")
-        .option("startingVersion", version + 1)
-        .option("endingVersion", until)
-        .load(table_uri)
-    )
-    inserted = changes.where(F.col("_change_type") == "insert")
-    deleted = changes.where(F.col("_change_type") == "delete").select(key).distinct()
-    return inserted.join(deleted, on=key, how="left_anti").drop("_change_type", "_commit_timestamp")
+        return []
+    if table.metadata().configuration.get("delta.enableChangeDataFeed") != "true":
+        raise KuberecError(f"{table_uri} does not record a change data feed (delta.enableChangeDataFeed), so rows "
+                           "added since a version cannot be found")
+    wanted = list(columns) if columns else [field.name for field in table.schema().fields]
+    wanted = [key, *(c for c in wanted if c != key)]
+    inserted: dict[Any, dict[str, Any]] = {}
+    deleted: set[Any] = set()
+    for batch in table.load_cdf(starting_version=version + 1, ending_version=until,
+                                columns=[*wanted, "_change_type", "_commit_version"]):
+        # arro3 arrays: delta-rs hands out view types that pyarrow 14 cannot import, so go through Python lists.
+        values = {name: batch.column(name).to_pylist() for name in [*wanted, "_change_type", "_commit_version"]}
+        for i, kind in enumerate(values["_change_type"]):
+            item = values[key][i]
+            if kind == "insert":
+                inserted[item] = {name: values[name][i] for name in [*wanted, "_commit_version"]}
+            elif kind == "delete":
+                deleted.add(item)
+    return [row for item, row in sorted(inserted.items()) if item not in deleted]

@@ -1,0 +1,326 @@
+"""Serving benchmark: the similarity model on MLServer (`kuberec serve`) vs `mlflow models serve`, same model.
+
+For each server and each query kind (a base64 PNG of a Fashion-MNIST test image, not in the catalog; a catalog
+item id), k=5:
+  - one client, sequential requests for --single-seconds: latency p50/p99;
+  - --clients concurrent clients (threads, one keep-alive connection each) for --concurrent-seconds:
+    throughput, p50/p99, errors.
+Also times the pyfunc's predict in-process for the same requests (what the model itself costs), so the table shows
+how much the HTTP server layer adds. Everything runs on loopback; the load generator shares the machine's cores
+with the server, as it would on a single node.
+
+The model: `--model NAME[@alias|:version]` from the configured registry, or by default a model built here and
+registered under a temporary home: the default architecture (untrained weights: serving cost depends on the
+architecture and the index size, not on the weights) over an HNSW index of the 60,000 Fashion-MNIST train images.
+
+    .venv/bin/python benchmarks/serving_bench.py --json /tmp/serving-bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
+
+K = 5
+
+
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from kuberec.datasets import fashion_mnist as fm
+
+    arrays = []
+    for kind in ("images", "labels"):
+        spec = fm.idx_file(split, kind)
+        path = fm.find_file(fm.DEBIAN_DIR, spec)
+        arrays.append(fm.parse_idx(spec, fm.decompress(str(path), path.read_bytes()), check_sha256=False))
+    return arrays[0], arrays[1]
+
+
+def build_and_register(settings, catalog_size: int) -> str:
+    """Default-architecture embedding model + HNSW index over the train images, registered; returns the spec."""
+    from kuberec.similarity.index import HnswParams, ItemIndex, items_frame
+    from kuberec.similarity.model import SimilarityConfig, build_model, embed, export_embedding_model, \
+        load_embedding_model
+    from kuberec.similarity.pyfunc import log_similarity_model
+
+    config = SimilarityConfig()
+    model_dir = export_embedding_model(build_model(config), settings.home / "bench-embedding", config=config)
+    images, labels = fashion_mnist("train")
+    images, labels = images[:catalog_size], labels[:catalog_size]
+    started = time.monotonic()
+    vectors = embed(load_embedding_model(model_dir), images)
+    index = ItemIndex.build(vectors, items_frame(np.arange(len(images)), labels, images), HnswParams(),
+                            table_uri="bench://fashion_mnist", table_version=0)
+    print(f"built index of {len(images)} items ({config.architecture}, {vectors.shape[1]}-d) in "
+          f"{time.monotonic() - started:.0f} s", flush=True)
+    registered = log_similarity_model(settings, model_dir, index, name="kuberec-similarity", set_champion=True)
+    return f"{registered.name}:{registered.version}"
+
+
+class Target:
+    """How to send one query to one server."""
+
+    def __init__(self, kind: str, port: int, path: str, bodies: list[bytes]) -> None:
+        self.kind, self.port, self.path, self.bodies = kind, port, path, bodies
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+
+def v2_body(column: str, value) -> bytes:
+    datatype = "BYTES" if isinstance(value, str) else "INT64"
+    return json.dumps({"inputs": [{"name": column, "shape": [1], "datatype": datatype, "data": [value]}],
+                       "parameters": {"k": K}}).encode()
+
+
+def mlflow_body(column: str, value) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": [column], "data": [[value]]}, "params": {"k": K}}).encode()
+
+
+def run_client(target: Target, stop_at: float, offset: int, latencies: list[float], errors: list[str]) -> None:
+    connection = target.connect()
+    i = offset
+    headers = {"Content-Type": "application/json"}
+    while time.perf_counter() < stop_at:
+        body = target.bodies[i % len(target.bodies)]
+        i += 1
+        started = time.perf_counter()
+        try:
+            connection.request("POST", target.path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            if response.status != 200:
+                errors.append(f"{response.status}: {data[:200]!r}")
+                continue
+        except (OSError, http.client.HTTPException) as err:
+            errors.append(repr(err))
+            connection.close()
+            connection = target.connect()
+            continue
+        latencies.append(time.perf_counter() - started)
+    connection.close()
+
+
+def load(target: Target, clients: int, seconds: float) -> dict:
+    # Warm-up: a few requests per connection so first-call costs (TF graph tracing) are not measured.
+    run_client(target, time.perf_counter() + 2.0, 0, [], [])
+    results = [([], []) for _ in range(clients)]
+    stop_at = time.perf_counter() + seconds
+    threads = [threading.Thread(target=run_client, args=(target, stop_at, n * 7919, *results[n]))
+               for n in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    latencies = np.asarray([x for lat, _ in results for x in lat]) * 1000
+    errors = [e for _, errs in results for e in errs]
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": int(latencies.size),
+            "errors": len(errors), "first_error": errors[0] if errors else None,
+            "req_per_s": round(latencies.size / elapsed, 1),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies.size else None,
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies.size else None}
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 600) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}; see {log_path}:\n"
+                             f"{log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready in {timeout} s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def in_process(model_dir: Path, queries: dict[str, list], repeats: int) -> dict:
+    """p50 of the pyfunc's own predict per query kind (no HTTP)."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    out = {}
+    for kind, (column, values) in queries.items():
+        times = []
+        for i in range(repeats):
+            frame = pd.DataFrame({column: [values[i % len(values)]]})
+            started = time.perf_counter()
+            model.predict(frame, params={"k": K})
+            times.append(time.perf_counter() - started)
+        out[kind] = {"p50_ms": round(float(np.percentile(np.asarray(times[5:]) * 1000, 50)), 2),
+                     "p99_ms": round(float(np.percentile(np.asarray(times[5:]) * 1000, 99)), 2)}
+    return out
+
+
+def profile_runtime(model_dir: Path, name: str, bodies: list[bytes], repeats: int, top: int = 12) -> dict:
+    """Where MLServer's per-request time goes without HTTP: parse -> decode -> predict -> encode, under cProfile."""
+    import asyncio
+    import cProfile
+    import pstats
+
+    from mlserver.settings import ModelParameters, ModelSettings
+    from mlserver.types import InferenceRequest
+
+    from kuberec.serving.runtime import KuberecMLflowRuntime
+
+    runtime = KuberecMLflowRuntime(ModelSettings(name=name, implementation=KuberecMLflowRuntime,
+                                                 parameters=ModelParameters(uri=str(model_dir))))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(runtime.load())
+
+    def one(i: int) -> None:
+        request = InferenceRequest.model_validate_json(bodies[i % len(bodies)])
+        loop.run_until_complete(runtime.predict(request)).model_dump_json()
+
+    for i in range(10):
+        one(i)
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for i in range(repeats):
+        one(i)
+    profiler.disable()
+    per_request = (time.perf_counter() - started) / repeats * 1000
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    rows = []
+    for (filename, line, function), (_, _, _, cumulative, _) in stats.stats.items():
+        rows.append((cumulative, f"{Path(filename).parent.name}/{Path(filename).name}:{function}"))
+    rows.sort(reverse=True)
+    loop.close()
+    return {"ms_per_request_profiled": round(per_request, 2),
+            "top_cumulative_share": [(name_, round(c / total, 3)) for c, name_ in rows[:top]]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="registered NAME[@alias|:version] (default: build one)")
+    parser.add_argument("--catalog-size", type=int, default=60_000)
+    parser.add_argument("--single-seconds", type=float, default=20)
+    parser.add_argument("--concurrent-seconds", type=float, default=60)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--servers", default="mlserver,mlflow")
+    parser.add_argument("--profile", action="store_true", help="also cProfile the runtime in-process")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from PIL import Image
+
+    from kuberec import tracking
+    from kuberec.serving.server import ModelSpec, fetch_model, running
+    from kuberec.settings import load_settings
+
+    tmp = None
+    if args.model is None:
+        tmp = tempfile.TemporaryDirectory(prefix="kuberec-serving-bench-")
+        os.environ["KUBEREC_HOME"] = tmp.name
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    settings = load_settings()
+    try:
+        spec_text = args.model or build_and_register(settings, args.catalog_size)
+        spec = ModelSpec.parse(spec_text)
+        served = fetch_model(settings, spec)
+        test_images, _ = fashion_mnist("test")
+        pngs = []
+        for image in test_images[:200]:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            pngs.append(base64.b64encode(buffer.getvalue()).decode())
+        rng = np.random.default_rng(0)
+        item_ids = [int(i) for i in rng.integers(0, min(args.catalog_size, 60_000), 500)]
+        queries = {"image": ("image_b64", pngs), "item_id": ("item_id", item_ids)}
+        report = {"model": f"{served.name} v{served.version}", "catalog_size": args.catalog_size, "k": K,
+                  "machine": platform.platform(), "cpus": os.cpu_count(), "results": {}}
+        report["in_process"] = in_process(served.path, queries, repeats=200)
+        print("in-process predict:", json.dumps(report["in_process"]), flush=True)
+        if args.profile:
+            report["profile"] = {kind: profile_runtime(served.path, served.name,
+                                                       [v2_body(column, v) for v in values], repeats=300)
+                                 for kind, (column, values) in queries.items()}
+            print("profile:", json.dumps(report["profile"], indent=1), flush=True)
+
+        def measure(name: str, port: int, path: str, body) -> None:
+            for kind, (column, values) in queries.items():
+                target = Target(kind, port, path, [body(column, v) for v in values])
+                single = load(target, 1, args.single_seconds)
+                concurrent = load(target, args.clients, args.concurrent_seconds)
+                report["results"].setdefault(name, {})[kind] = {"one_client": single, "concurrent": concurrent}
+                print(name, kind, "1 client:", json.dumps(single), flush=True)
+                print(name, kind, f"{args.clients} clients:", json.dumps(concurrent), flush=True)
+
+        servers = args.servers.split(",")
+        if "mlserver" in servers:
+            with running(settings, [ModelSpec(served.name, version=served.version)], http_port=free_port(),
+                         grpc_port=free_port()) as server:
+                measure("mlserver", server.http_port, f"/v2/models/{served.name}/infer", v2_body)
+        if "mlflow" in servers:
+            port = free_port()
+            # Same model directory, one worker (as MLServer's one process), no conda/virtualenv.
+            # It execs `uvicorn` from PATH: put the venv's bin first.
+            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+            log_path = settings.home / "mlflow-models-serve.log"
+            with open(log_path, "wb") as log_file:
+                process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                                            str(served.path), "--env-manager", "local", "-h", "127.0.0.1", "-p",
+                                            str(port), "--workers", "1"], stdout=log_file,
+                                           stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/ping", process, log_path)
+                measure("mlflow", port, "/invocations", mlflow_body)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, 15)
+                    process.wait(timeout=60)
+        results = report["results"]
+        if "mlserver" in results and "mlflow" in results:
+            report["ratio_mlserver_over_mlflow"] = {
+                kind: {"throughput": round(results["mlserver"][kind]["concurrent"]["req_per_s"] /
+                                           results["mlflow"][kind]["concurrent"]["req_per_s"], 2),
+                       "p99_one_client": round(results["mlserver"][kind]["one_client"]["p99_ms"] /
+                                               results["mlflow"][kind]["one_client"]["p99_ms"], 2)}
+                for kind in queries}
+        print(json.dumps(report, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+    finally:
+        if tmp is not None:
+            tracking.stop_server(settings)
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

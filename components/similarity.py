@@ -1,0 +1,48 @@
+"""Components of the similarity pipeline: train (Horovod job), evaluate, index + register."""
+
+from typing import NamedTuple
+
+from components import component
+
+
+@component
+def train_similarity(table_uri: str, table_version: int, workers: int, config_json: str, max_examples: int) -> str:
+    """Horovod training job on the table's train split; returns the MLflow run id. config_json: SimilarityConfig
+    fields overriding the shipped defaults ("{}" = defaults); max_examples 0 = all images."""
+    import json
+
+    from kuberec.settings import load_settings
+    from kuberec.similarity import steps
+    from kuberec.similarity.model import SimilarityConfig
+    from kuberec.steps import TableRef
+
+    return steps.train(load_settings(), TableRef(table_uri, table_version),
+                       SimilarityConfig.from_dict(json.loads(config_json)), workers=workers,
+                       max_examples=max_examples or None)
+
+
+@component
+def evaluate_similarity(run_id: str, table_uri: str, table_version: int, max_queries: int) -> dict:
+    """Retrieval quality vs raw pixels, logged into the training run; max_queries 0 = the whole test split."""
+    from kuberec.settings import load_settings
+    from kuberec.similarity import steps
+    from kuberec.steps import TableRef
+
+    return steps.evaluate(load_settings(), run_id, TableRef(table_uri, table_version),
+                          max_queries=max_queries or None)
+
+
+@component
+def register_similarity(run_id: str, table_uri: str, table_version: int, set_champion: bool) -> NamedTuple(
+        "RegisteredModel", model_uri=str, version=int, champion=bool, items=int):
+    """Index the catalog with the run's model and register model + index; set_champion moves `champion` to it."""
+    from collections import namedtuple
+
+    from kuberec.settings import load_settings
+    from kuberec.similarity import steps
+    from kuberec.steps import TableRef
+
+    registered = steps.register(load_settings(), run_id, TableRef(table_uri, table_version),
+                                set_champion=set_champion)
+    return namedtuple("RegisteredModel", ["model_uri", "version", "champion", "items"])(
+        registered.model_uri, registered.version, registered.champion, registered.items)

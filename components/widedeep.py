@@ -1,0 +1,90 @@
+"""Components of the wide & deep pipeline: Instacart data -> bronze -> gold -> train -> evaluate -> register.
+
+Each calls one kuberec.widedeep.steps function. The model steps pass the training run's MLflow id along; the model
+itself moves between them as that run's artifacts, so the components share no file system.
+"""
+
+from typing import NamedTuple
+
+from components import component
+
+
+@component
+def instacart_source(source: str, users: int, seed: int) -> str:
+    """The Instacart CSV directory: `source` when given, else `users` generated users (seed `seed`) under
+    <home>/data/instacart-synth, reused when already generated with the same users and seed.
+
+    Generating takes a few seconds per 1,000 users; 5,000 users give ~290k candidate (user, product) examples.
+    """
+    from kuberec.settings import load_settings
+    from kuberec.widedeep import steps
+
+    return source or steps.synthesize(load_settings(), users, seed)
+
+
+@component
+def ingest_instacart(source: str) -> dict:
+    """Spark job: validate the six CSV files and (re)write the bronze Delta tables whose file changed; returns
+    {table: version}. An unchanged re-run writes nothing and starts no Spark."""
+    from kuberec.settings import load_settings
+    from kuberec.widedeep import steps
+
+    return steps.ingest(load_settings(), source)
+
+
+@component
+def build_features(bronze: dict) -> NamedTuple("ExamplesTable", table_uri=str, version=int):
+    """Spark job: gold features, labels and train/valid/test split from the bronze versions `bronze` (the ingest
+    step's output); skipped when the gold tables were already built from them. Returns the examples table."""
+    from collections import namedtuple
+
+    from kuberec.settings import load_settings
+    from kuberec.widedeep import steps
+
+    table = steps.features(load_settings())
+    return namedtuple("ExamplesTable", ["table_uri", "version"])(table.uri, table.version)
+
+
+@component
+def train_widedeep(table_uri: str, version: int, config_json: str, workers: int) -> str:
+    """Horovod job (`workers` processes locally via horovodrun, an MPIJob on Kubernetes): train on the examples
+    table at `version` with WideDeepConfig fields from `config_json` (a JSON object; missing fields keep their
+    defaults). Returns the MLflow run id that holds params, lineage, per-epoch metrics and the model."""
+    import json
+
+    from kuberec.settings import load_settings
+    from kuberec.steps import TableRef
+    from kuberec.widedeep import steps
+    from kuberec.widedeep.model import WideDeepConfig
+
+    config = WideDeepConfig.from_dict(json.loads(config_json or "{}"))
+    return steps.train(load_settings(), TableRef(table_uri, version), config, workers)
+
+
+@component
+def evaluate_widedeep(run_id: str, table_uri: str, version: int) -> dict:
+    """Score the run's model and wide-only, deep-only (both trained here with the same config, so this takes about
+    twice the training time) and popularity baselines on the test split; logs the metrics into the run. Returns
+    {model: {auc, log_loss, map_at_10}}."""
+    from kuberec.settings import load_settings
+    from kuberec.steps import TableRef
+    from kuberec.widedeep import steps
+
+    return steps.evaluate(load_settings(), run_id, TableRef(table_uri, version)).metrics
+
+
+@component
+def register_widedeep(run_id: str, set_champion: bool, model_name: str) -> NamedTuple(
+        "RegisteredModel", model_uri=str, version=int, champion=bool):
+    """Log the run's model with its gold features as an MLflow pyfunc and register it as a version of
+    `model_name`. `set_champion` true moves the `champion` alias to it; false sets it only when the model has no
+    champion yet."""
+    from collections import namedtuple
+
+    from kuberec.settings import load_settings
+    from kuberec.widedeep import steps
+
+    registered = steps.register(load_settings(), run_id, set_champion=True if set_champion else None,
+                                name=model_name)
+    return namedtuple("RegisteredModel", ["model_uri", "version", "champion"])(
+        registered.model_uri, registered.version, registered.champion)

@@ -1,0 +1,26 @@
+"""The similarity pipeline: Fashion-MNIST -> Delta -> Horovod training -> evaluation -> ANN index -> registry."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.catalog import ingest_fashion_mnist
+from components.similarity import evaluate_similarity, register_similarity, train_similarity
+
+
+@dsl.pipeline(name="kuberec-similarity",
+              description="Fashion-MNIST catalog (Spark, Delta) -> similarity model (Horovod) -> evaluation -> "
+                          "HNSW index -> MLflow registry @champion")
+def similarity_pipeline(max_per_split: int = 0, workers: int = 2, config_json: str = "{}", max_examples: int = 0,
+                        eval_queries: int = 0, set_champion: bool = True) -> NamedTuple(
+        "Outputs", model_uri=str, version=int, champion=bool, metrics=dict, training_run_id=str):
+    """max_per_split/max_examples/eval_queries: 0 = all data (smaller values make quick runs)."""
+    catalog = ingest_fashion_mnist(max_per_split=max_per_split)
+    table = dict(table_uri=catalog.outputs["table_uri"], table_version=catalog.outputs["version"])
+    trained = train_similarity(workers=workers, config_json=config_json, max_examples=max_examples, **table)
+    evaluated = evaluate_similarity(run_id=trained.output, max_queries=eval_queries, **table)
+    registered = register_similarity(run_id=trained.output, set_champion=set_champion, **table)
+    registered.after(evaluated)  # register only a model whose evaluation succeeded
+    outputs = NamedTuple("Outputs", model_uri=str, version=int, champion=bool, metrics=dict, training_run_id=str)
+    return outputs(registered.outputs["model_uri"], registered.outputs["version"], registered.outputs["champion"],
+                   evaluated.output, trained.output)

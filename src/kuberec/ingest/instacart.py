@@ -1,0 +1,179 @@
+"""Spark job: the six Instacart CSV files -> bronze Delta tables, one per file (`kuberec ingest instacart`).
+
+Tables (`settings.table_uri(name)`): instacart_bronze_orders, instacart_bronze_order_products_prior,
+instacart_bronze_order_products_train, instacart_bronze_products, instacart_bronze_aisles,
+instacart_bronze_departments. Columns are the file's columns with the types of kuberec.datasets.instacart (INT ids
+and counts, DOUBLE days_since_prior_order (NULL for a first order), STRING eval_set and names); nothing is added.
+
+- Validation first: the whole directory is checked (`validate_instacart`) before any table is written; a bad file
+  raises InstacartDataError naming file, row and column, and no table changes.
+- Idempotent: each commit's userMetadata records the SHA-256 of the file it was built from. A file whose hash equals
+  the one in its table's latest commit is skipped, so re-running with the same files commits nothing.
+- Atomic per table: a changed file replaces its table's content in a single overwrite commit, so readers see the old
+  or the new content, never a mix, and older versions stay readable (time travel). The six tables are not one
+  transaction; the gold step (`kuberec features instacart`) records the bronze versions it read.
+
+Runs the same locally (`kuberec ingest instacart`) and as a SparkApplication driver
+(`python -m kuberec.ingest.instacart --source DIR`). The source is a directory the driver and executors can read
+(a local path, or a volume mounted into every pod).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from kuberec.datasets.instacart import FILES, CsvFile, InstacartSummary, file_sha256, missing_files, read_header, \
+    validate_instacart
+from kuberec.lake.delta import history, table_exists, table_version
+from kuberec.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+STEP = "ingest-instacart"
+BRONZE_SCHEMA_VERSION = 1
+
+
+def bronze_table(spec: CsvFile) -> str:
+    """Table name of one file: orders.csv -> instacart_bronze_orders, order_products__prior.csv -> ..._prior."""
+    return "instacart_bronze_" + spec.name.removesuffix(".csv").replace("__", "_")
+
+
+BRONZE_TABLES: dict[str, str] = {spec.name: bronze_table(spec) for spec in FILES}
+
+
+def last_commit_metadata(table_uri: str) -> dict[str, Any] | None:
+    """The JSON userMetadata kuberec wrote with the table's latest commit (None: no table, or none recorded)."""
+    if not table_exists(table_uri):
+        return None
+    entries = history(table_uri, 1)
+    raw = entries[0].get("userMetadata") if entries else None
+    try:
+        return json.loads(raw) if raw else None
+    except json.JSONDecodeError:  # written by something else
+        return None
+
+
+@dataclass
+class IngestResult:
+    versions: dict[str, int] = field(default_factory=dict)  # table name -> version after the run
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall time
+
+
+@dataclass
+class IngestPlan:
+    """What a run will do, decided without Spark: which files changed, and the validated directory's summary."""
+
+    source: Path
+    hashes: dict[str, str]  # file name -> SHA-256
+    todo: list[CsvFile]  # files whose table must be (re)written
+    summary: InstacartSummary | None  # None when nothing is to be written (not validated again)
+    result: IngestResult
+
+
+def plan_ingest(settings: Settings, source: str | Path) -> IngestPlan:
+    """Hash the files, compare with what each bronze table recorded, and validate the directory if anything changed.
+
+    Raises InstacartDataError for a bad directory; nothing has been written at that point.
+    """
+    source = Path(source)
+    result = IngestResult()
+    if not source.is_dir() or missing_files(source):
+        validate_instacart(source)  # raises the precise error (not a directory / which files are missing)
+    began = time.monotonic()
+    hashes = {spec.name: file_sha256(source / spec.name) for spec in FILES}
+    result.seconds["hash"] = round(time.monotonic() - began, 2)
+    todo = []
+    for spec in FILES:
+        uri = settings.table_uri(BRONZE_TABLES[spec.name])
+        recorded = last_commit_metadata(uri) or {}
+        if recorded.get("sha256") == hashes[spec.name] and recorded.get("schema") == BRONZE_SCHEMA_VERSION:
+            result.unchanged.append(BRONZE_TABLES[spec.name])
+            result.versions[BRONZE_TABLES[spec.name]] = table_version(uri)
+        else:
+            todo.append(spec)
+    summary = None
+    if todo:
+        began = time.monotonic()
+        summary = validate_instacart(source)
+        result.seconds["validate"] = round(time.monotonic() - began, 2)
+    else:
+        log.info("bronze tables unchanged: every file matches the hash recorded in its table")
+    return IngestPlan(source, hashes, todo, summary, result)
+
+
+def read_csv(spark: "SparkSession", path: Path, spec: CsvFile) -> "DataFrame":
+    """One validated file as a DataFrame with the spec's column names and types (columns found by header name)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    # The header as read here, all strings: Spark skips the header line and needs no job to infer names.
+    header = T.StructType([T.StructField(name, T.StringType()) for name in read_header(path)])
+    raw = (spark.read.schema(header).option("header", True).option("escape", '"').option("mode", "FAILFAST")
+           .csv(str(path.absolute())))
+    return raw.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in spec.spark_schema().fields])
+
+
+def write_bronze(spark: "SparkSession", settings: Settings, plan: IngestPlan) -> IngestResult:
+    """(Re)write the tables of the changed files, one overwrite commit each, recording the file's hash."""
+    result = plan.result
+    began = time.monotonic()
+    for spec in plan.todo:
+        name = BRONZE_TABLES[spec.name]
+        uri = settings.table_uri(name)
+        rows = plan.summary.rows[spec.name]
+        metadata = {"step": STEP, "schema": BRONZE_SCHEMA_VERSION, "source_file": spec.name,
+                    "source": str(plan.source.absolute()), "sha256": plan.hashes[spec.name],
+                    "bytes": (plan.source / spec.name).stat().st_size, "rows": rows}
+        (read_csv(spark, plan.source / spec.name, spec).write.format("delta").mode("overwrite")
+         .option("overwriteSchema", "true").option("userMetadata", json.dumps(metadata, sort_keys=True))
+         .save(uri))
+        result.versions[name] = table_version(uri)
+        result.written.append(name)
+        log.info("%s <- %s (%s rows): v%d", name, spec.name, f"{rows:,}", result.versions[name])
+    result.seconds["write"] = round(time.monotonic() - began, 2)
+    return result
+
+
+def ingest_instacart(settings: Settings, source: str | Path, spark: "SparkSession | None" = None) -> IngestResult:
+    """Validate the six files under `source` and (re)write the bronze tables whose file changed.
+
+    Spark (`spark`, else a session for `settings`) is only started when a table has to be written.
+    """
+    plan = plan_ingest(settings, source)
+    if not plan.todo:
+        return plan.result
+    if spark is None:
+        from kuberec.lake import spark_session
+
+        spark = spark_session(settings, app_name="kuberec-ingest-instacart")
+    return write_bronze(spark, settings, plan)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="python -m kuberec.ingest.instacart", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=str(settings.data_dir / "instacart-synth"),
+                        help="directory with the six Instacart CSV files (default: <home>/data/instacart-synth, "
+                             "where `kuberec data instacart-synth` writes)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = ingest_instacart(settings, args.source)
+    print(json.dumps({"step": STEP, **result.__dict__}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    from kuberec.cli import run_step
+
+    run_step(main)

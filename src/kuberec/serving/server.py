@@ -1,0 +1,342 @@
+"""`kuberec serve`: the registered recommenders on MLServer 1.7.1 (V2 REST + gRPC) on loopback.
+
+Each model spec (`name`, `name@alias`, `name:version`) is resolved in the MLflow registry to one version, whose
+model directory is downloaded once into `<home>/serving/models/<name>/v<version>` (so a restart with a cached
+version starts in seconds; `--version N` with a cached copy does not even contact the registry). A model
+repository with `settings.json` and one `model-settings.json` per model is written to `<home>/serving/repo` and
+`mlserver start` runs it as a child process. Liveness and readiness are MLServer's `/v2/health/live` and
+`/v2/health/ready`; SIGTERM/SIGINT stop the child cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from kuberec import tracking
+from kuberec.errors import KuberecError
+from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES
+from kuberec.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+DEFAULT_MODELS = ("kuberec-similarity", "kuberec-widedeep")
+DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT = 8080, 8081
+READY_TIMEOUT_S = 300.0  # model load imports TensorFlow: ~10 s idle, minutes on a loaded 2-core machine
+SOURCE_FILE = ".kuberec-source"  # which registry entry a cached copy came from
+
+
+class ServingError(KuberecError):
+    """The server could not be configured or started."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, alias: str | None = None, version: int | None = None) -> "ModelSpec":
+        """`name`, `name@alias` or `name:version`; the defaults apply to a bare name."""
+        text = text.strip()
+        if "@" in text:
+            name, _, spec_alias = text.partition("@")
+            return cls(name, alias=spec_alias)
+        if ":" in text:
+            name, _, number = text.partition(":")
+            if not number.isdigit():
+                raise ServingError(f"model spec {text!r}: the version after ':' must be a number")
+            return cls(name, version=int(number))
+        return cls(text, version=version, alias=None if version is not None else alias)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: int
+    path: Path  # local MLflow model directory
+
+
+def model_cache(settings: Settings) -> Path:
+    return settings.home / "serving" / "models"
+
+
+def _cached(settings: Settings, name: str, version: int) -> Path:
+    return model_cache(settings) / name / f"v{version}"
+
+
+def fetch_model(settings: Settings, spec: ModelSpec) -> ServedModel:
+    """Resolve `spec` in the registry and return a local copy of that version (downloaded once)."""
+    if spec.version is not None:
+        cached = _cached(settings, spec.name, spec.version)
+        if (cached / "MLmodel").exists() and (cached / SOURCE_FILE).exists():
+            # A registered version's artifacts never change: a cached copy needs no registry (or its server).
+            log.info("%s v%d: cached at %s", spec.name, spec.version, cached)
+            return ServedModel(spec.name, spec.version, cached)
+    version = tracking.get_version(settings, spec.name, version=spec.version, alias=spec.alias)
+    number = int(version.version)
+    target = _cached(settings, spec.name, number)
+    source = f"{version.source} {version.run_id}"  # run ids are unique across registries
+    if (target / "MLmodel").exists() and (target / SOURCE_FILE).exists() and \
+            (target / SOURCE_FILE).read_text() == source:
+        log.info("%s v%d: cached at %s", spec.name, number, target)
+        return ServedModel(spec.name, number, target)
+    _download(settings, spec.name, number, target, source)
+    return ServedModel(spec.name, number, target)
+
+
+def _download(settings: Settings, name: str, version: int, target: Path, source: str) -> None:
+    import mlflow.artifacts
+
+    tracking.configure(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    # Download next to the target and rename, so an interrupted download never looks like a cached model.
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=tracking.model_uri(name, version=version),
+                                                         dst_path=tmp))
+        if not (local / "MLmodel").exists():
+            raise ServingError(f"{name} v{version}: the downloaded artifacts at {local} have no MLmodel file")
+        (local / SOURCE_FILE).write_text(source)
+        shutil.rmtree(target, ignore_errors=True)
+        local.rename(target)
+    log.info("%s v%d: downloaded to %s in %.1f s", name, version, target, time.monotonic() - started)
+
+
+def resolve(settings: Settings, specs: Sequence[ModelSpec], *, required: bool) -> list[ServedModel]:
+    """Local copies of `specs`. With `required=False` (the default model list), unregistered ones are skipped."""
+    served = []
+    for spec in specs:
+        try:
+            served.append(fetch_model(settings, spec))
+        except tracking.ModelNotFoundError as err:
+            if required:
+                raise
+            log.warning("not serving %s: %s", spec.name, err)
+    if not served:
+        raise ServingError(f"none of the models {[s.name for s in specs]} is registered at "
+                           f"{tracking.tracking_uri(settings)}; register one first (kuberec index build)")
+    return served
+
+
+def write_repository(root: Path, models: Sequence[ServedModel], *, http_port: int, grpc_port: int,
+                     max_request_bytes: int = MAX_REQUEST_BYTES) -> Path:
+    """An MLServer model repository: settings.json plus <name>/model-settings.json per model."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    server_settings = {
+        "debug": False, "host": HOST, "http_port": http_port, "grpc_port": grpc_port,
+        "grpc_max_message_length": max_request_bytes,
+        # Inference in the server process: one TF model in memory, no IPC hop (2 cores; see docs/BENCHMARKS.md).
+        "parallel_workers": 0,
+        "metrics_endpoint": None,  # no third port on loopback; KServe scrapes its own
+        "load_models_at_startup": True,
+    }
+    (root / "settings.json").write_text(json.dumps(server_settings, indent=2))
+    for model in models:
+        model_dir = root / model.name
+        model_dir.mkdir()
+        (model_dir / "model-settings.json").write_text(json.dumps({
+            "name": model.name, "implementation": IMPLEMENTATION,
+            "parameters": {"uri": str(model.path), "version": str(model.version)},
+        }, indent=2))
+    return root
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _check_port(port: int) -> None:
+    with socket.socket() as sock:
+        if sock.connect_ex((HOST, port)) == 0:
+            raise ServingError(f"port {port} on {HOST} is already in use; pick another (--port / --grpc-port)")
+
+
+class MLServer:
+    """A running `mlserver start <repo>` child process."""
+
+    def __init__(self, repo: Path, http_port: int, models: Sequence[ServedModel], log_file: Path) -> None:
+        self.repo, self.http_port, self.models, self.log_file = repo, http_port, list(models), log_file
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+    def start(self, timeout: float = READY_TIMEOUT_S, abort: threading.Event | None = None) -> "MLServer":
+        """Start and wait until ready; `abort` (set by a signal handler) stops the wait and the child."""
+        mlserver = Path(sys.executable).with_name("mlserver")
+        command = [str(mlserver) if mlserver.exists() else "mlserver", "start", str(self.repo)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_file, "ab") as out:
+            # Own process group, so stopping it also stops anything it forked.
+            self.process = subprocess.Popen(command, cwd=self.repo, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
+        log.info("starting MLServer (pid %d) on %s with %s; log: %s", self.process.pid, self.url,
+                 ", ".join(f"{m.name} v{m.version}" for m in self.models), self.log_file)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if abort is not None and abort.is_set():
+                self.stop()
+                return self
+            if self.process.poll() is not None:
+                raise ServingError(f"MLServer exited with status {self.process.returncode} while starting; "
+                                   f"see {self.log_file}:\n{_tail(self.log_file)}")
+            if _http_ok(f"{self.url}/v2/health/ready"):
+                log.info("MLServer ready at %s", self.url)
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise ServingError(f"MLServer was not ready within {timeout:.0f} s; see {self.log_file}:\n"
+                           f"{_tail(self.log_file)}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                log.warning("MLServer did not stop within %.0f s of %s", timeout, sig.name)
+        log.info("MLServer stopped (status %s)", self.process.returncode)
+
+    def __enter__(self) -> "MLServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _die_with_parent() -> None:
+    # Linux: SIGTERM the server if `kuberec serve` itself is killed (SIGKILL cannot be handled to stop it).
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def prepare(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int = DEFAULT_HTTP_PORT,
+            grpc_port: int = DEFAULT_GRPC_PORT, required: bool = True) -> MLServer:
+    """Resolve, cache and configure: an MLServer ready to `start()`."""
+    for port in (http_port, grpc_port):
+        _check_port(port)
+    models = resolve(settings, specs, required=required)
+    base = settings.home / "serving"
+    repo = write_repository(base / "repo" / str(http_port), models, http_port=http_port, grpc_port=grpc_port)
+    return MLServer(repo, http_port, models, base / f"mlserver-{http_port}.log")
+
+
+@contextlib.contextmanager
+def running(settings: Settings, specs: Sequence[ModelSpec], **kwargs) -> Iterator[MLServer]:
+    """MLServer serving `specs` for the duration of the block."""
+    server = prepare(settings, specs, **kwargs)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def serve(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int, grpc_port: int, required: bool,
+          demo_port: int | None = None) -> int:
+    """Run in the foreground until SIGTERM/SIGINT or until MLServer exits; returns an exit status."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = prepare(settings, specs, http_port=http_port, grpc_port=grpc_port, required=required)
+    demo = None
+    try:
+        server.start(abort=stop)
+        if stop.is_set():
+            return 0
+        print(f"serving {', '.join(f'{m.name} v{m.version}' for m in server.models)} at {server.url}"
+              f"  (V2: POST {server.url}/v2/models/<name>/infer; gRPC on {HOST}:{grpc_port})", flush=True)
+        if demo_port is not None:
+            from kuberec.serving.demo import start_demo
+
+            demo = start_demo(server.url, port=demo_port)
+            print(f"demo page at {demo.url}", flush=True)
+        while not stop.is_set():
+            if server.process.poll() is not None:
+                raise ServingError(f"MLServer exited with status {server.process.returncode}; "
+                                   f"see {server.log_file}:\n{_tail(server.log_file)}")
+            stop.wait(1.0)
+        log.info("signal received; shutting down")
+        return 0
+    finally:
+        if demo is not None:
+            demo.stop()
+        server.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=None,
+                        help="comma-separated registered models: name, name@alias or name:version "
+                             f"(default: {','.join(DEFAULT_MODELS)}, those that are registered)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=tracking.CHAMPION, help="registry alias to serve (default: champion)")
+    which.add_argument("--version", type=int, default=None, help="registry version to serve (one model only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP (V2 REST) port on 127.0.0.1")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port on 127.0.0.1")
+    parser.add_argument("--demo", nargs="?", type=int, const=8000, default=None, metavar="PORT",
+                        help="also serve the demo page (default port 8000)")
+
+
+def specs_from_args(args: argparse.Namespace) -> tuple[list[ModelSpec], bool]:
+    names = [n for n in (args.models or "").split(",") if n.strip()] or list(DEFAULT_MODELS)
+    if args.version is not None and len(names) > 1:
+        raise ServingError("--version picks one version of one model; with several models use "
+                           "--models name:version,other@alias")
+    return [ModelSpec.parse(n, alias=args.alias, version=args.version) for n in names], bool(args.models)
+
+
+def run(args: argparse.Namespace) -> int:
+    specs, required = specs_from_args(args)
+    return serve(load_settings(), specs, http_port=args.port, grpc_port=args.grpc_port, required=required,
+                 demo_port=args.demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kuberec.serving.server", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    from kuberec.cli import run_step
+
+    run_step(main)

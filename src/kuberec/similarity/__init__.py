@@ -1,0 +1,1 @@
+"""Image similarity: a TF Similarity metric-learning model, its Horovod training, retrieval evaluation, index, pyfunc."""

@@ -1,0 +1,65 @@
+"""CLI: `kuberec index build | refresh` — index the catalog and register the recommender; re-index new rows.
+
+Both steps are light (one process: TensorFlow inference on CPU, FAISS, the MLflow client), so the CLI runs them in
+this process; a pipeline component runs `python -m kuberec.similarity.build_index` / `...refresh`, which parse the
+same arguments. Argument defaults that live in heavy modules are None here and resolved by the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kuberec.cli import Command
+
+MODEL_HELP = "registered model name (default: kuberec-similarity)"
+
+
+def build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="exported embedding model: a directory, or a runs:/<run>/<path> or models:/ URI")
+    parser.add_argument("--table", help="catalog table URI (default: the lake's fashion_mnist)")
+    parser.add_argument("--table-version", type=int, help="table version to index (default: latest)")
+    parser.add_argument("--splits", help="comma-separated splits to index (default: all: train, test, catalog)")
+    parser.add_argument("--m", type=int, help="HNSW links per node (default: the measured default, "
+                                              "docs/BENCHMARKS.md)")
+    parser.add_argument("--ef-construction", type=int, help="HNSW build candidate list (default: measured)")
+    parser.add_argument("--ef-search", type=int, help="HNSW query candidate list (default: measured)")
+    parser.add_argument("--name", help=MODEL_HELP)
+    parser.add_argument("--training-run-id", help="MLflow run that trained the model (lineage tag); taken from a "
+                                                  "runs:/ model URI when not given")
+    champion = parser.add_mutually_exclusive_group()
+    champion.add_argument("--set-champion", dest="set_champion", action="store_true", default=None,
+                          help="move the champion alias to the new version")
+    champion.add_argument("--no-set-champion", dest="set_champion", action="store_false",
+                          help="never move it (default: set it only when the model has no champion yet)")
+    parser.add_argument("--save-index", help="also keep a copy of the index directory here")
+
+
+def refresh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help=MODEL_HELP)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="model version to refresh (default: the champion)")
+    which.add_argument("--alias", help="model alias to refresh (default: champion)")
+    parser.add_argument("--set-champion", action="store_true",
+                        help="move the champion alias to the new version (default: leave it where it is)")
+    parser.add_argument("--table", help="catalog table URI (default: the one the index was built from)")
+
+
+def _build(args: argparse.Namespace) -> None:
+    from kuberec.similarity import build_index
+
+    build_index.run(args)
+
+
+def _refresh(args: argparse.Namespace) -> None:
+    from kuberec.similarity import refresh
+
+    refresh.run(args)
+
+
+COMMANDS = [
+    Command("index", "build", "embed the catalog table, build the ANN index, register model + index in MLflow",
+            _build, build_arguments),
+    Command("index", "refresh", "add catalog rows new since the indexed table version and register a new version "
+            "with the same weights (champion unchanged unless --set-champion)", _refresh, refresh_arguments),
+]

@@ -1,0 +1,364 @@
+"""The similarity model: a small CNN ending in TF Similarity's `MetricEmbedding`, trained with Multi-Similarity loss.
+
+Three architectures (all take float32 images [B, 28, 28, 1] in [0, 1], as `kuberec.feed` yields them):
+
+- ``seed``: the seed article's minimal CNN (Conv2D 32 -> MaxPool -> Dropout -> Flatten -> MetricEmbedding(128)).
+- ``databricks``: the Databricks notebook's deeper variant (Conv 32/64/256 blocks, each MaxPool + Dropout,
+  MetricEmbedding(256)).
+- ``vgg``: two VGG-style blocks with BatchNorm (2x Conv 32, 2x Conv 64), a dense layer, MetricEmbedding(128); the
+  shipped default, chosen by measurement (docs/BENCHMARKS.md: precision@5 0.938 on the full protocol after 12
+  epochs, where ``seed`` plateaus near 0.90 and raw pixels give 0.827).
+
+Training needs TF Similarity; serving and indexing do not: `export_embedding_model` writes a plain TensorFlow
+SavedModel whose signature maps uint8 images [N, 28, 28] to L2-normalised float32 embeddings [N, D], so
+`load_embedding_model` needs only TensorFlow (no Keras custom objects, no TF Similarity classes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+from kuberec.errors import KuberecError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIDE = 28
+DISTANCE = "cosine"
+METADATA_FILE = "kuberec-embedding.json"
+EXPORT_FORMAT = "kuberec-embedding-savedmodel/1"
+
+
+AUGMENTATIONS = ("none", "flip", "flip_shift")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+class ConfigError(KuberecError):
+    """A similarity training configuration value is invalid."""
+
+
+class ModelLoadError(KuberecError):
+    """An exported embedding model is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """Everything that defines a similarity training run (besides its data)."""
+
+    architecture: str = "vgg"
+    embedding_size: int | None = None  # None: the architecture's own default (ARCHITECTURES)
+    learning_rate: float = 1e-3  # per worker; training multiplies it by the number of Horovod workers
+    lr_schedule: str = "cosine"  # "constant" or "cosine" (decay to 0 over all steps of the run)
+    classes_per_batch: int = 10
+    examples_per_class: int = 8
+    steps_per_epoch: int | None = None  # None: one pass over the labelled training images per epoch, across workers
+    epochs: int = 12
+    dropout: float = 0.3
+    # "mixed_bfloat16": bfloat16 compute with float32 weights; "auto": that where the hardware has bfloat16 units
+    # (CPUs with AVX512-BF16/AMX, GPUs of compute capability 8+), else float32 (emulated bfloat16 is slow).
+    precision: str = "auto"
+    augment: str = "none"  # training-time augmentation: "none", "flip" (left-right), "flip_shift" (+ up to 2 px shifts)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.architecture not in ARCHITECTURES:
+            problems.append(f"architecture must be one of {', '.join(ARCHITECTURES)}, not {self.architecture!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            problems.append(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.augment not in AUGMENTATIONS:
+            problems.append(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {self.augment!r}")
+        if self.embedding_size is not None and self.embedding_size < 2:
+            problems.append("embedding_size must be at least 2")
+        if not self.learning_rate > 0:
+            problems.append("learning_rate must be positive")
+        if self.classes_per_batch < 2:
+            problems.append("classes_per_batch must be at least 2 (the loss needs negatives)")
+        if self.examples_per_class < 2:
+            problems.append("examples_per_class must be at least 2 (the loss needs positive pairs)")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            problems.append("steps_per_epoch must be at least 1")
+        if self.epochs < 1:
+            problems.append("epochs must be at least 1")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout must be in [0, 1)")
+        if problems:
+            raise ConfigError("bad similarity config: " + "; ".join(problems))
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.examples_per_class
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedding_size or ARCHITECTURES[self.architecture][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SimilarityConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown similarity config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "SimilarityConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_precision(precision: str) -> str:
+    """The compute precision to use for `precision` ("auto" looks at the hardware)."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if capability >= (8, 0) else "float32"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
+# -- architectures ------------------------------------------------------------------------------------------------
+
+def _seed_trunk(x, config: SimilarityConfig):
+    from tensorflow.keras import layers
+
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.MaxPool2D(2, 2)(x)
+    x = layers.Dropout(config.dropout)(x)
+    return layers.Flatten()(x)
+
+
+def _databricks_trunk(x, config: SimilarityConfig):
+    from tensorflow.keras import layers
+
+    for filters in (32, 64, 256):
+        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.MaxPool2D(2, 2)(x)
+        x = layers.Dropout(config.dropout)(x)
+    return layers.Flatten()(x)
+
+
+def _vgg_trunk(x, config: SimilarityConfig):
+    from tensorflow.keras import layers
+
+    for filters in (32, 64):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPool2D(2, 2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(config.dropout)(x)
+    x = layers.Dense(256, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+# name -> (trunk builder, default embedding size)
+ARCHITECTURES: dict[str, tuple[Callable[[Any, SimilarityConfig], Any], int]] = {
+    "seed": (_seed_trunk, 128),
+    "databricks": (_databricks_trunk, 256),
+    "vgg": (_vgg_trunk, 128),
+}
+
+
+def build_model(config: SimilarityConfig):
+    """A TF Similarity `SimilarityModel` (not compiled): images [B,28,28,1] in [0,1] -> L2-normalised embeddings.
+
+    With `precision="mixed_bfloat16"` the trunk computes in bfloat16 (weights stay float32); the embedding layer
+    always computes in float32 so the L2 normalisation and the loss see full-precision vectors.
+    """
+    import tensorflow as tf
+    from tensorflow_similarity.layers import MetricEmbedding
+    from tensorflow_similarity.models import SimilarityModel
+
+    trunk, _ = ARCHITECTURES[config.architecture]
+    mixed = tf.keras.mixed_precision
+    previous = mixed.global_policy()
+    mixed.set_global_policy(resolve_precision(config.precision))  # layers keep the policy they were built with
+    try:
+        inputs = tf.keras.layers.Input(shape=(IMAGE_SIDE, IMAGE_SIDE, 1), name="image")
+        features = trunk(inputs, config)
+    finally:
+        mixed.set_global_policy(previous)
+    outputs = MetricEmbedding(config.embedding_dim, name="embedding", dtype="float32")(features)
+    return SimilarityModel(inputs, outputs, name=f"similarity_{config.architecture}")
+
+
+def augment_batch(x, augment: str):
+    """Training-time augmentation of a float image batch [B,28,28,1]; garments look alike mirrored and shifted."""
+    import tensorflow as tf
+
+    if augment == "none":
+        return x
+    x = tf.image.random_flip_left_right(x)
+    if augment == "flip_shift":
+        # Pad 2 px and crop each image back at a random offset: shifts of up to 2 px in each direction.
+        batch = tf.shape(x)[0]
+        padded = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
+        offsets = tf.random.uniform([batch, 2], 0, 5, dtype=tf.int32)
+        rows = offsets[:, :1] + tf.range(IMAGE_SIDE)[tf.newaxis, :]
+        cols = offsets[:, 1:] + tf.range(IMAGE_SIDE)[tf.newaxis, :]
+        x = tf.gather(padded, rows, axis=1, batch_dims=1)
+        x = tf.gather(x, cols, axis=2, batch_dims=1)
+    return x
+
+
+def build_loss():
+    """Multi-Similarity loss on cosine distance, with TF Similarity's default weights."""
+    from tensorflow_similarity.losses import MultiSimilarityLoss
+
+    return MultiSimilarityLoss(distance=DISTANCE)
+
+
+# -- export / load / embed ----------------------------------------------------------------------------------------
+
+def export_embedding_model(model, path: str | Path, metadata: Mapping[str, Any] | None = None,
+                           config: SimilarityConfig | None = None) -> Path:
+    """Save `model`'s embedding function as a plain SavedModel directory at `path` (replaced atomically).
+
+    Pass the model's `config` when it was trained in mixed precision: the export is then a float32 copy.
+
+    The signature `serving_default(images: uint8 [N,28,28]) -> {"embeddings": float32 [N,D]}` includes the pixel
+    scaling and the L2 normalisation, so whoever loads it cannot get preprocessing wrong.
+    """
+    import tensorflow as tf
+
+    path = Path(path)
+    embedding_dim = int(model.outputs[0].shape[-1])
+    if config is not None and resolve_precision(config.precision) != "float32":
+        # Serve in float32 whatever the training precision: same weights, portable to CPUs without bfloat16.
+        clone = build_model(config.replace(precision="float32"))
+        clone.set_weights(model.get_weights())
+        model = clone
+
+    class EmbeddingModule(tf.Module):
+        def __init__(self, keras_model) -> None:
+            super().__init__()
+            self.model = keras_model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIDE, IMAGE_SIDE], tf.uint8, name="images")])
+        def embed(self, images):
+            x = tf.cast(images, tf.float32)[..., tf.newaxis] / 255.0
+            return {"embeddings": tf.math.l2_normalize(self.model(x, training=False), axis=1)}
+
+    module = EmbeddingModule(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.embed})
+        info = {"format": EXPORT_FORMAT, "embedding_dim": embedding_dim, "distance": DISTANCE,
+                "input": {"dtype": "uint8", "shape": [None, IMAGE_SIDE, IMAGE_SIDE]}, **(metadata or {})}
+        (staging / METADATA_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        _replace_dir(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported embedding model (%d-d) to %s", embedding_dim, path)
+    return path
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing `target` is swapped out first so readers never see half a model."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(target)
+
+
+@dataclass
+class EmbeddingModel:
+    """An exported embedding model loaded with plain TensorFlow."""
+
+    path: Path
+    metadata: dict[str, Any]
+    _signature: Any
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.metadata["embedding_dim"])
+
+    def __call__(self, images_uint8: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        return self._signature(images=tf.constant(images_uint8, dtype=tf.uint8))["embeddings"].numpy()
+
+
+def load_embedding_model(path: str | Path) -> EmbeddingModel:
+    """Load a model written by `export_embedding_model` (TensorFlow only; no TF Similarity needed)."""
+    import tensorflow as tf
+
+    path = Path(path)
+    meta_path = path / METADATA_FILE
+    if not meta_path.is_file():
+        raise ModelLoadError(f"{path} is not an exported kuberec embedding model (no {METADATA_FILE}); "
+                             f"point at the 'model' directory that `kuberec train similarity` wrote")
+    metadata = json.loads(meta_path.read_text())
+    if metadata.get("format") != EXPORT_FORMAT:
+        raise ModelLoadError(f"{path}: unsupported export format {metadata.get('format')!r} "
+                             f"(this kuberec reads {EXPORT_FORMAT}); re-export the model")
+    loaded = tf.saved_model.load(str(path))
+    return EmbeddingModel(path=path, metadata=metadata, _signature=loaded.signatures["serving_default"])
+
+
+def as_image_batch(images: np.ndarray) -> np.ndarray:
+    """Validate pixel arrays and return uint8 [N, 28, 28] (accepts [N,28,28], [N,784] or [N,28,28,1])."""
+    array = np.asarray(images)
+    if array.ndim == 2 and array.shape[1] == IMAGE_SIDE * IMAGE_SIDE:
+        array = array.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    elif array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise KuberecError(f"expected images of shape [N, 28, 28] (or [N, 784]), got {list(np.shape(images))}")
+    if array.dtype != np.uint8:
+        if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 255 or np.isnan(array).any()):
+            raise KuberecError("pixel values must be in 0..255")
+        array = np.rint(array).astype(np.uint8)
+    return array
+
+
+def embed(model, images_uint8: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Embeddings float32 [N, D], L2-normalised, for uint8 images [N, 28, 28].
+
+    `model` is an `EmbeddingModel` (exported) or the Keras model being trained (same preprocessing applied here).
+    """
+    images = as_image_batch(images_uint8)
+    if isinstance(model, EmbeddingModel):
+        def run(chunk: np.ndarray) -> np.ndarray:
+            return model(chunk)
+        dim = model.embedding_dim
+    else:
+        def run(chunk: np.ndarray) -> np.ndarray:
+            x = (chunk.astype(np.float32) / 255.0)[..., np.newaxis]
+            return model(x, training=False).numpy()
+        dim = int(model.outputs[0].shape[-1])
+    out = np.empty((len(images), dim), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        out[start:start + batch_size] = run(images[start:start + batch_size])
+    # Renormalise in float32 so dot products are exact cosines even after the float round trip.
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, np.maximum(norms, 1e-12), out=out)
+    return out

@@ -1,0 +1,79 @@
+"""The similarity recommender's pipeline steps: train (Horovod job), evaluate, index + register.
+
+Each step takes and returns plain values (table URIs and versions, MLflow run ids), so the CLI and the KFP
+components call the same functions and no step depends on another's local files: the training job logs its
+outputs into the MLflow run the train step created, and the later steps read them from there by run id.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from kuberec import tracking
+from kuberec.backends import HorovodJob, get_backend
+from kuberec.settings import Settings
+from kuberec.similarity.model import SimilarityConfig
+from kuberec.similarity.pyfunc import EXPERIMENT, RegisteredSimilarityModel
+from kuberec.similarity.train import ARTIFACT_PATH, MODEL_DIR, config_to_args
+from kuberec.steps import TableRef
+
+log = logging.getLogger(__name__)
+
+TRAIN_MODULE = "kuberec.similarity.train"
+EVALUATION_ARTIFACTS = "evaluation"
+
+
+def trained_model_uri(run_id: str) -> str:
+    """The exported embedding model a tracked training run logged."""
+    return f"runs:/{run_id}/{ARTIFACT_PATH}/{MODEL_DIR}"
+
+
+def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, workers: int = 1,
+          max_examples: int | None = None, out_dir: Path | None = None, resume: bool = False) -> str:
+    """Train on `table` (its train split) as a Horovod job of `workers` processes; returns the MLflow run id.
+
+    The run holds the config, the table version read (lineage), per-epoch metrics and the exported model.
+    `resume` continues the interrupted training in `out_dir` from its last checkpoint (in a new run).
+    """
+    params = {**config.to_dict(), "workers": workers, "max_examples": max_examples}
+    with tracking.step_run(settings, EXPERIMENT, run_name="train-similarity", lineage={table.uri: table.version},
+                           params=params) as run_id:
+        out_dir = out_dir or settings.home / "runs" / f"similarity-{run_id}"
+        args = ["--table", table.uri, "--version", str(table.version), "--out", str(out_dir),
+                "--mlflow-run-id", run_id, *config_to_args(config)]
+        args += ["--max-examples", str(max_examples)] if max_examples else []
+        args += ["--resume"] if resume else []
+        get_backend(settings).run_horovod(HorovodJob(name="train-similarity", module=TRAIN_MODULE, args=tuple(args),
+                                                     workers=workers))
+    log.info("training run %s: model at %s", run_id, trained_model_uri(run_id))
+    return run_id
+
+
+def evaluate(settings: Settings, run_id: str, table: TableRef, *, max_queries: int | None = None) -> dict[str, float]:
+    """Retrieval quality of the run's model vs raw pixels (test queries against the train split of `table`),
+    logged into the training run: metrics, evaluation.json and the neighbour grid PNG."""
+    import mlflow
+
+    from kuberec.similarity.evaluate import evaluate_similarity
+
+    with tempfile.TemporaryDirectory(prefix="kuberec-evaluate-") as tmp:
+        model_dir = tracking.download_artifacts(settings, run_id, f"{ARTIFACT_PATH}/{MODEL_DIR}", Path(tmp))
+        result = evaluate_similarity(model_dir, table.uri, table.version, Path(tmp) / EVALUATION_ARTIFACTS,
+                                     max_queries=max_queries)
+        with tracking.continue_run(settings, run_id):
+            tracking.record_lineage({table.uri: table.version})
+            tracking.log_metrics(result.metrics())
+            mlflow.log_artifacts(str(Path(tmp) / EVALUATION_ARTIFACTS), EVALUATION_ARTIFACTS)
+    log.info("evaluation of run %s:\n%s", run_id, result.table())
+    return result.metrics()
+
+
+def register(settings: Settings, run_id: str, table: TableRef, *,
+             set_champion: bool | None = None) -> RegisteredSimilarityModel:
+    """Index every catalog row of `table` with the run's model and register model + index as a new version."""
+    from kuberec.similarity.build_index import build_and_register
+
+    return build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri, version=table.version,
+                              training_run_id=run_id, set_champion=set_champion)

@@ -1,0 +1,1 @@
+"""Wide & deep purchase recommender: model, Horovod training, evaluation against baselines, pyfunc."""

@@ -1,0 +1,275 @@
+"""The wide & deep purchase model: a functional Keras model with two optimizers (tf_keras, legacy Keras).
+
+`tf.estimator.DNNLinearCombinedClassifier` (the seed's model) is gone since TF 2.16, and tf_keras's
+`experimental.WideDeepModel` cannot be saved with two optimizers nor averaged by Horovod (STACK.md), so:
+
+- wide (memorisation): hashed user id, hashed product id and a hashed user x product cross; each is a one-hot
+  vector times a weight, i.e. a 1-d embedding lookup, summed with a bias -> wide logit. Optimised with FTRL.
+- deep (generalisation): aisle and department embeddings + the numeric gold features (log1p, then standardised with
+  statistics of the training data) -> `hidden_layers` Dense+ReLU+Dropout layers, the first `hidden_units` wide and
+  each next one `width_decline` times the previous -> deep logit. Optimised with Adagrad or Adam.
+- output: sigmoid(wide logit + deep logit), the probability that the user buys the product in their next order.
+
+`kind` "wide" or "deep" builds the same model with only that part (the baselines). Layer names start with
+"wide_" or "deep_", which is how `split_variables` gives each optimizer its own variables. Models are saved as a
+TensorFlow SavedModel directory and reload (`load_model`) with identical predictions.
+
+Inputs (`MODEL_INPUTS`): user_id, product_id, aisle_id, department_id int32 [B]; numeric float32
+[B, len(NUMERIC_FEATURES)] in NUMERIC_FEATURES order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+import numpy as np
+import tensorflow as tf
+
+from kuberec.errors import KuberecError
+from kuberec.ingest.instacart_features import NUMERIC_FEATURES
+
+log = logging.getLogger(__name__)
+
+KINDS = ("wide_deep", "wide", "deep")
+DEEP_OPTIMIZERS = ("adagrad", "adam")
+ID_INPUTS = ("user_id", "product_id", "aisle_id", "department_id")
+NUMERIC_INPUT = "numeric"
+MODEL_INPUTS = (*ID_INPUTS, NUMERIC_INPUT)
+METADATA_FILE = "kuberec-widedeep.json"
+
+
+class ConfigError(KuberecError):
+    """A wide & deep configuration value is out of range."""
+
+
+@dataclass(frozen=True)
+class WideDeepConfig:
+    kind: str = "wide_deep"
+    # wide part
+    user_buckets: int = 2 ** 18
+    product_buckets: int = 2 ** 16
+    cross_buckets: int = 2 ** 20
+    wide_learning_rate: float = 0.05
+    ftrl_l1: float = 0.0
+    ftrl_l2: float = 0.001
+    # deep part (the seed's search space: layer count, first width, width decline, dropout, optimizer)
+    aisle_buckets: int = 4096
+    department_buckets: int = 1024
+    embedding_dim: int = 8
+    hidden_layers: int = 3
+    hidden_units: int = 128
+    width_decline: float = 0.5
+    dropout: float = 0.1
+    deep_optimizer: str = "adam"
+    deep_learning_rate: float = 0.001
+    # training
+    batch_size: int = 256  # per worker
+    epochs: int = 3
+    steps_per_epoch: int = 0  # 0: one pass over the training split by all workers together
+    shuffle_buffer: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {KINDS}, not {self.kind!r}")
+        if self.deep_optimizer not in DEEP_OPTIMIZERS:
+            problems.append(f"deep_optimizer must be one of {DEEP_OPTIMIZERS}, not {self.deep_optimizer!r}")
+        for name in ("user_buckets", "product_buckets", "cross_buckets", "aisle_buckets", "department_buckets",
+                     "embedding_dim", "hidden_units", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("hidden_layers", "steps_per_epoch", "shuffle_buffer"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if not 0 < self.width_decline <= 1:
+            problems.append(f"width_decline must be in (0, 1], not {self.width_decline}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), not {self.dropout}")
+        for name in ("wide_learning_rate", "deep_learning_rate"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, not {getattr(self, name)}")
+        if problems:
+            raise ConfigError("invalid wide & deep config: " + "; ".join(problems))
+
+    @property
+    def layer_widths(self) -> list[int]:
+        return [max(1, round(self.hidden_units * self.width_decline ** i)) for i in range(self.hidden_layers)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "WideDeepConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown wide & deep config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "WideDeepConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Mean and variance of log1p(numeric features) over the training rows (all workers together)."""
+
+    mean: list[float]
+    variance: list[float]
+    count: int
+
+    @classmethod
+    def from_sums(cls, count: int, total: np.ndarray, total_sq: np.ndarray) -> "FeatureStats":
+        if count < 1:
+            raise KuberecError("no training rows to compute feature statistics from")
+        mean = total / count
+        variance = np.maximum(total_sq / count - mean ** 2, 0.0)
+        return cls(mean.tolist(), variance.tolist(), int(count))
+
+
+def build_model(config: WideDeepConfig, stats: FeatureStats):
+    """The Keras model for `config.kind` (see the module docstring)."""
+    layers = tf.keras.layers
+    n_numeric = len(NUMERIC_FEATURES)
+    if len(stats.mean) != n_numeric:
+        raise ConfigError(f"feature statistics cover {len(stats.mean)} features, the model has {n_numeric}")
+    inputs = {name: layers.Input(shape=(), dtype=tf.int32, name=name) for name in ID_INPUTS}
+    inputs[NUMERIC_INPUT] = layers.Input(shape=(n_numeric,), dtype=tf.float32, name=NUMERIC_INPUT)
+    logits = []
+    if config.kind in ("wide_deep", "wide"):
+        hashed = {
+            "user": layers.Hashing(config.user_buckets, name="wide_hash_user")(inputs["user_id"]),
+            "product": layers.Hashing(config.product_buckets, name="wide_hash_product")(inputs["product_id"]),
+            "cross": layers.HashedCrossing(config.cross_buckets, name="wide_hash_cross")(
+                (inputs["user_id"], inputs["product_id"])),
+        }
+        buckets = {"user": config.user_buckets, "product": config.product_buckets, "cross": config.cross_buckets}
+        # A linear model over one-hot columns: each column's weight is a 1-d embedding of its bucket.
+        terms = [layers.Embedding(buckets[k], 1, embeddings_initializer="zeros", name=f"wide_weights_{k}")(v)
+                 for k, v in hashed.items()]
+        wide = layers.Add(name="wide_sum")(terms)
+        logits.append(layers.Dense(1, kernel_initializer="ones", name="wide_logit")(wide))
+    if config.kind in ("wide_deep", "deep"):
+        aisle = layers.Embedding(config.aisle_buckets, config.embedding_dim, name="deep_embed_aisle")(
+            layers.Hashing(config.aisle_buckets, name="deep_hash_aisle")(inputs["aisle_id"]))
+        department = layers.Embedding(config.department_buckets, config.embedding_dim, name="deep_embed_department")(
+            layers.Hashing(config.department_buckets, name="deep_hash_department")(inputs["department_id"]))
+        # Counts are heavy-tailed; log1p then standardise with the training data's statistics (fixed weights, so
+        # every worker and the served model transform identically).
+        numeric = layers.Normalization(mean=stats.mean, variance=stats.variance, name="deep_normalize")(
+            Log1p(name="deep_log1p")(inputs[NUMERIC_INPUT]))
+        x = layers.Concatenate(name="deep_concat")([aisle, department, numeric])
+        for i, width in enumerate(config.layer_widths):
+            x = layers.Dense(width, activation="relu", name=f"deep_dense_{i}")(x)
+            if config.dropout > 0:
+                x = layers.Dropout(config.dropout, name=f"deep_dropout_{i}")(x)
+        logits.append(layers.Dense(1, name="deep_logit")(x))
+    logit = logits[0] if len(logits) == 1 else layers.Add(name="logit")(logits)
+    probability = layers.Activation("sigmoid", name="probability")(layers.Reshape((), name="flatten")(logit))
+    return tf.keras.Model(inputs, probability, name=f"kuberec_{config.kind}")
+
+
+@tf.keras.utils.register_keras_serializable(package="kuberec")
+class Log1p(tf.keras.layers.Layer):
+    """log(1 + max(x, 0)): features are counts, shares and days, all >= 0 (negative = bad data, clipped)."""
+
+    def call(self, inputs):
+        return tf.math.log1p(tf.maximum(inputs, 0.0))
+
+
+def split_variables(model) -> tuple[list, list]:
+    """(wide variables, deep variables) by layer name; every trainable variable is in exactly one."""
+    wide, deep = [], []
+    for layer in model.layers:
+        target = wide if layer.name.startswith("wide_") else deep
+        target.extend(layer.trainable_variables)
+    return wide, deep
+
+
+def build_optimizers(config: WideDeepConfig, model) -> tuple[Any, Any]:
+    """(wide FTRL or None, deep Adagrad/Adam or None), built over their variables so their slots exist now."""
+    wide_vars, deep_vars = split_variables(model)
+    wide_opt = deep_opt = None
+    if wide_vars:
+        wide_opt = tf.keras.optimizers.Ftrl(config.wide_learning_rate, l1_regularization_strength=config.ftrl_l1,
+                                            l2_regularization_strength=config.ftrl_l2, name="wide_ftrl")
+        wide_opt.build(wide_vars)
+    if deep_vars:
+        cls = tf.keras.optimizers.Adam if config.deep_optimizer == "adam" else tf.keras.optimizers.Adagrad
+        deep_opt = cls(config.deep_learning_rate, name=f"deep_{config.deep_optimizer}")
+        deep_opt.build(deep_vars)
+    return wide_opt, deep_opt
+
+
+def make_train_step(model, wide_opt, deep_opt, wrap_tape=None):
+    """A tf.function(features, labels) -> loss that updates the wide variables with FTRL and the deep ones with
+    Adagrad/Adam. `wrap_tape` (e.g. `hvd.DistributedGradientTape`) wraps the tape so gradients are averaged across
+    workers before either optimizer sees them."""
+    wide_vars, deep_vars = split_variables(model)
+    loss_fn = tf.keras.losses.BinaryCrossentropy()
+
+    @tf.function
+    def train_step(features, labels):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(tf.cast(labels, tf.float32), model(features, training=True))
+        if wrap_tape is not None:
+            tape = wrap_tape(tape)
+        # One gradient call (one allreduce under Horovod) for both parts; each optimizer applies its own share.
+        grads = tape.gradient(loss, wide_vars + deep_vars)
+        if wide_vars:
+            wide_opt.apply_gradients(zip(grads[:len(wide_vars)], wide_vars))
+        if deep_vars:
+            deep_opt.apply_gradients(zip(grads[len(wide_vars):], deep_vars))
+        return loss
+
+    return train_step
+
+
+def to_model_inputs(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """Gold example columns (numpy or tensors) -> the model's input dict."""
+    features = {name: tf.cast(columns[name], tf.int32) for name in ID_INPUTS}
+    features[NUMERIC_INPUT] = tf.stack([tf.cast(columns[name], tf.float32) for name in NUMERIC_FEATURES], axis=1)
+    return features
+
+
+def predict(model, columns: Mapping[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
+    """Probabilities float64 [N] for gold-example-like columns."""
+    n = len(columns["user_id"])
+    out = np.empty(n, dtype=np.float64)
+    for start in range(0, n, batch_size):
+        chunk = {k: np.asarray(columns[k])[start:start + batch_size] for k in (*ID_INPUTS, *NUMERIC_FEATURES)}
+        out[start:start + batch_size] = model(to_model_inputs(chunk), training=False).numpy()
+    return out
+
+
+def save_model(model, path: str | Path, metadata: Mapping[str, Any]) -> Path:
+    """SavedModel directory + a JSON file of what it was trained with."""
+    path = Path(path)
+    model.save(str(path), include_optimizer=False, save_format="tf")
+    (path / METADATA_FILE).write_text(json.dumps(dict(metadata), indent=2, sort_keys=True, default=str))
+    return path
+
+
+def load_model(path: str | Path):
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise KuberecError(f"{path} is not a saved wide & deep model (no saved_model.pb); train one first "
+                           "(kuberec train widedeep)")
+    return tf.keras.models.load_model(str(path), custom_objects={"Log1p": Log1p}, compile=False)
+
+
+def load_metadata(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / METADATA_FILE).read_text())
+
+
+def feature_sums(columns: Mapping[str, np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(rows, sum, sum of squares) of log1p(numeric features), float64, for FeatureStats."""
+    x = np.log1p(np.maximum(np.stack([np.asarray(columns[n], np.float64) for n in NUMERIC_FEATURES], axis=1), 0))
+    return len(x), x.sum(axis=0), (x ** 2).sum(axis=0)

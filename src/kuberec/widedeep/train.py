@@ -1,0 +1,347 @@
+"""Train the wide & deep model from the gold examples table: one process or N Horovod workers, the same code.
+
+    python -m kuberec.widedeep.train [--examples URI] [--version V] --out DIR [--config JSON] [--epochs N ...]
+                                     [--mlflow-run-id ID]
+    horovodrun -np 2 -H localhost:2 --gloo python -m kuberec.widedeep.train ...
+
+Rank 0 resolves the Delta versions of the gold tables (examples, user and product features) and broadcasts them, so
+every worker reads the same snapshot and the result records it. Each worker streams its own shard (Parquet row
+groups, `feed.make_table_dataset`) of the `train` split through Petastorm. A first pass over the shards computes the
+numeric features' statistics (summed across workers), so every worker builds the same normalisation. Optimizer slots
+are built before the first step and all variables are broadcast from rank 0, gradients are averaged by
+`hvd.DistributedGradientTape` (FTRL then updates the wide variables, Adagrad/Adam the deep ones), and every worker
+runs the same number of steps per epoch over a repeating feed, so shards of unequal size never leave a worker
+waiting in allreduce. At the end the workers compare weight checksums (`weights-rank<r>.sha256`) and fail when they
+differ. Only rank 0 writes the model and `train_result.json`.
+
+With `--mlflow-run-id` (what `kuberec.widedeep.steps.train` passes) rank 0, and only rank 0, logs into that existing
+run: each epoch's loss, seconds and examples/s as the epoch ends (step = epoch, from 0), then the whole output
+directory as artifacts under `train/`, which is how later steps get the model without a shared file system.
+
+Output directory: model/ (SavedModel, see kuberec.widedeep.model), train_result.json, weights-rank<r>.sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+from kuberec.errors import KuberecError
+from kuberec.ingest.instacart_features import (CATEGORICAL_FEATURES, EXAMPLES_TABLE, ID_COLUMNS, NUMERIC_FEATURES,
+                                               PRODUCT_TABLE, USER_TABLE)
+from kuberec.widedeep.model import ConfigError, WideDeepConfig
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "train_result.json"
+MODEL_DIR = "model"
+TRAIN_ARTIFACTS = "train"  # the output directory's artifact path in the MLflow run
+FEED_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
+
+
+class TrainingError(KuberecError):
+    """Training cannot start or finish with the given data or output directory."""
+
+
+@dataclass
+class TrainResult:
+    config: WideDeepConfig
+    out_dir: Path
+    model_dir: Path
+    examples_uri: str
+    tables: dict[str, int]  # Delta table URI -> version: the examples read, and the feature tables of that build
+    world_size: int
+    train_examples: int  # all workers together
+    rank_examples: list[int]  # rows in each worker's shard
+    steps_per_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, seconds, examples_per_second
+    weights_sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values.update(config=self.config.to_dict(), out_dir=str(self.out_dir), model_dir=str(self.model_dir))
+        return values
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "TrainResult":
+        path = Path(out_dir) / RESULT_FILE
+        if not path.is_file():
+            raise TrainingError(f"{path} not found: the training run in {out_dir} did not finish")
+        values = json.loads(path.read_text())
+        values["config"] = WideDeepConfig.from_dict(values["config"])
+        # The recorded paths are the training machine's; a copy (downloaded MLflow artifacts) lives elsewhere.
+        values["out_dir"] = Path(out_dir).absolute()
+        values["model_dir"] = values["out_dir"] / MODEL_DIR
+        return cls(**values)
+
+
+def run_params(config: WideDeepConfig, world_size: int) -> dict[str, Any]:
+    """MLflow params of a training run: the config fields and the worker count, under `widedeep.`."""
+    return {f"widedeep.{key}": value for key, value in config.to_dict().items()} | {"widedeep.world_size": world_size}
+
+
+# -- Horovod ------------------------------------------------------------------------------------------------------
+
+def _horovod():
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError as err:
+        raise TrainingError(f"Horovod is not importable ({err}); run `make setup`, which builds it into the "
+                            f"virtualenv") from err
+    hvd.init()
+    return hvd
+
+
+def _agree(hvd, value: Any) -> Any:
+    """Rank 0's value on every worker (a no-op in one process)."""
+    return hvd.broadcast_object(value, root_rank=0) if hvd.size() > 1 else value
+
+
+def weights_checksum(model) -> str:
+    digest = hashlib.sha256()
+    for variable in model.variables:
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def steps_per_epoch(config: WideDeepConfig, total_examples: int, world_size: int) -> int:
+    if config.steps_per_epoch:
+        return config.steps_per_epoch
+    return max(1, total_examples // (config.batch_size * world_size))
+
+
+def resolve_tables(examples_uri: str, version: int | None) -> dict[str, int]:
+    """{uri: version} of the examples table and the user/product feature tables next to it (same lake)."""
+    from kuberec.lake.delta import table_exists, table_version
+
+    if not table_exists(examples_uri):
+        raise TrainingError(f"no Delta table at {examples_uri}; run `kuberec features instacart` first")
+    tables = {examples_uri: table_version(examples_uri) if version is None else int(version)}
+    base = examples_uri.rstrip("/").rsplit("/", 1)[0]
+    for name in (USER_TABLE, PRODUCT_TABLE):
+        uri = f"{base}/{name}"
+        if table_exists(uri):
+            tables[uri] = table_version(uri)
+    return tables
+
+
+# -- training -----------------------------------------------------------------------------------------------------
+
+# Called on rank 0 after each epoch with that epoch's history entry (epoch (1-based), loss, seconds, examples/s).
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+def train_widedeep(config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *, version: int | None = None,
+                   split: str = "train", save: bool = True, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+    """Train on the `split` rows of the gold examples table (see the module docstring); the result on every rank."""
+    result, _ = train_widedeep_model(config, examples_uri, out_dir, version=version, split=split, save=save,
+                                     on_epoch_end=on_epoch_end)
+    return result
+
+
+def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *,
+                         version: int | None = None, split: str = "train", save: bool = True,
+                         on_epoch_end: EpochCallback | None = None):
+    """(TrainResult, trained Keras model); `save=False` keeps the model in memory only (baselines)."""
+    hvd = _horovod()
+    import tensorflow as tf
+
+    from kuberec import feed
+    from kuberec.widedeep import model as wd
+
+    rank, size = hvd.rank(), hvd.size()
+    if size > 1 and hvd.local_size() > 1:  # workers sharing a machine split its cores
+        threads = max(1, (os.cpu_count() or 1) // hvd.local_size())
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            log.debug("TensorFlow already initialised; thread settings unchanged")
+    out_dir = Path(out_dir).absolute()
+    tables = _agree(hvd, _resolve_or_error(examples_uri, version) if rank == 0 else None)
+    if isinstance(tables, str):
+        raise TrainingError(tables)
+    version = tables[examples_uri]
+
+    # Pass 1: row counts and feature statistics, summed over all shards.
+    count, total, total_sq = 0, np.zeros(len(NUMERIC_FEATURES)), np.zeros(len(NUMERIC_FEATURES))
+    with feed.make_table_dataset(examples_uri, NUMERIC_FEATURES, version=version, split=split, batch_size=8192,
+                                 shard=rank, num_shards=size) as dataset:
+        for batch in dataset:
+            n, s, sq = wd.feature_sums({k: v.numpy() for k, v in batch.items()})
+            count, total, total_sq = count + n, total + s, total_sq + sq
+    if size > 1:
+        rank_examples = [int(c) for c in hvd.allgather_object(count)]
+        total = hvd.allreduce(tf.constant(total), op=hvd.Sum).numpy()
+        total_sq = hvd.allreduce(tf.constant(total_sq), op=hvd.Sum).numpy()
+    else:
+        rank_examples = [count]
+    if min(rank_examples) == 0:
+        raise TrainingError(f"a worker's shard of {examples_uri} v{version} split {split} is empty "
+                            f"(rows per worker: {rank_examples}); use fewer workers")
+    stats = wd.FeatureStats.from_sums(sum(rank_examples), total, total_sq)
+    steps = steps_per_epoch(config, stats.count, size)
+
+    tf.keras.utils.set_random_seed(config.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
+    model = wd.build_model(config, stats)
+    wide_opt, deep_opt = wd.build_optimizers(config, model)
+    if size > 1:
+        # Slots already exist (built above), so one broadcast before the first step covers model and optimizers.
+        optimizer_vars = [v for opt in (wide_opt, deep_opt) if opt is not None for v in opt.variables]
+        hvd.broadcast_variables(model.variables + optimizer_vars, root_rank=0)
+    train_step = wd.make_train_step(model, wide_opt, deep_opt,
+                                    wrap_tape=hvd.DistributedGradientTape if size > 1 else None)
+    if rank == 0:
+        log.info("training %s on %s v%d (%s): %d workers, %d rows (%s), %d steps/epoch of %d, %d epochs",
+                 config.kind, examples_uri, version, split, size, stats.count, rank_examples, steps,
+                 config.batch_size, config.epochs)
+    history: list[dict[str, float]] = []
+    with feed.make_table_dataset(examples_uri, FEED_COLUMNS, version=version, split=split,
+                                 batch_size=config.batch_size, shard=rank, num_shards=size, num_epochs=None,
+                                 shuffle=True, seed=config.seed + rank, shuffle_buffer=config.shuffle_buffer) \
+            as dataset:
+        batches = iter(dataset)
+        for epoch in range(config.epochs):
+            started = time.perf_counter()
+            loss_sum = tf.constant(0.0)
+            for _ in range(steps):
+                batch = next(batches)
+                loss_sum += train_step(wd.to_model_inputs(batch), batch["label"])
+            loss = loss_sum / steps
+            if size > 1:
+                loss = hvd.allreduce(loss, op=hvd.Average)
+            seconds = time.perf_counter() - started
+            history.append({"epoch": epoch + 1, "loss": float(loss), "seconds": round(seconds, 3),
+                            "examples_per_second": round(steps * config.batch_size * size / seconds, 1)})
+            if rank == 0:
+                log.info("epoch %d/%d: loss %.4f, %.0f examples/s", epoch + 1, config.epochs, float(loss),
+                         history[-1]["examples_per_second"])
+                if on_epoch_end is not None:
+                    on_epoch_end(history[-1])
+
+    checksum = weights_checksum(model)
+    if save:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"weights-rank{rank}.sha256").write_text(checksum + "\n")
+    if size > 1:
+        checksums = hvd.allgather_object(checksum)
+        if len(set(checksums)) > 1:  # gradients were not averaged or a variable was never synchronised
+            raise TrainingError(f"workers ended with different weights ({checksums}); the run is not usable")
+    result = TrainResult(config=config, out_dir=out_dir, model_dir=out_dir / MODEL_DIR, examples_uri=examples_uri,
+                         tables=tables, world_size=size, train_examples=stats.count, rank_examples=rank_examples,
+                         steps_per_epoch=steps, history=history, weights_sha256=checksum)
+    if rank == 0 and save:
+        wd.save_model(model, result.model_dir, {"config": config.to_dict(), "tables": tables, "split": split,
+                                                "stats": dataclasses.asdict(stats)})
+        (out_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+        log.info("model saved to %s", result.model_dir)
+    if size > 1:  # a barrier: nobody returns before rank 0 has written the model
+        hvd.allreduce(tf.constant(0), op=hvd.Sum, name="widedeep_train_done")
+    return result, model
+
+
+def _resolve_or_error(examples_uri: str, version: int | None) -> dict[str, int] | str:
+    """Rank 0's table versions, or the error message (sent to every rank so all of them stop)."""
+    try:
+        return resolve_tables(examples_uri, version)
+    except KuberecError as err:
+        return str(err)
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config JSON|FILE` plus one flag per WideDeepConfig field (flags win over --config)."""
+    parser.add_argument("--config", help="WideDeepConfig as a JSON object or a path to a .json file")
+    for f in dataclasses.fields(WideDeepConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
+                            help=f"(default {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> WideDeepConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        text = args.config
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            if not path.is_file():
+                raise ConfigError(f"--config {text!r} is neither a JSON object nor an existing file")
+            text = path.read_text()
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--config is not valid JSON: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError("--config must be a JSON object of WideDeepConfig fields")
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(WideDeepConfig)
+                   if getattr(args, f.name) is not None})
+    return WideDeepConfig.from_dict(values)
+
+
+def config_to_args(config: WideDeepConfig) -> list[str]:
+    return ["--config", json.dumps(config.to_dict(), sort_keys=True)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kuberec.widedeep.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", help=f"gold examples Delta table URI (default: the lake's {EXAMPLES_TABLE})")
+    parser.add_argument("--version", type=int, default=None, help="Delta version to read (default: latest)")
+    parser.add_argument("--split", default="train", help="rows of this split are trained on (default: train)")
+    parser.add_argument("--out", required=True, help="output directory (model, results)")
+    parser.add_argument("--mlflow-run-id", help="existing MLflow run that rank 0 logs epochs and outputs into")
+    add_config_arguments(parser)
+    return parser
+
+
+def train_tracked(run_id: str, config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *,
+                  version: int | None = None, split: str = "train") -> TrainResult:
+    """Rank 0's `train_widedeep` inside MLflow run `run_id`: per-epoch metrics, then the outputs as artifacts."""
+    import mlflow
+
+    from kuberec import tracking
+    from kuberec.settings import load_settings
+
+    def log_epoch(entry: dict[str, float]) -> None:
+        tracking.log_metrics({key: value for key, value in entry.items() if key != "epoch"},
+                             step=int(entry["epoch"]) - 1)
+
+    with tracking.continue_run(load_settings(), run_id):
+        result = train_widedeep(config, examples_uri, out_dir, version=version, split=split, on_epoch_end=log_epoch)
+        mlflow.log_artifacts(str(result.out_dir), TRAIN_ARTIFACTS)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kuberec.settings import load_settings
+
+    args = build_parser().parse_args(argv)
+    rank = os.environ.get("HOROVOD_RANK", "0")
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
+        if args.mlflow_run_id and _horovod().rank() == 0:  # the other ranks never touch MLflow
+            train_tracked(args.mlflow_run_id, config, examples, args.out, version=args.version, split=args.split)
+        else:
+            train_widedeep(config, examples, args.out, version=args.version, split=args.split)
+    except KuberecError as err:
+        print(f"kuberec.widedeep.train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""`kuberec serve` for real: MLServer 1.7.1 + kuberec's runtime, real HTTP requests, bad input, the CLI client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kuberec import cli
+from kuberec.serving import client
+from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES
+from kuberec.serving.server import SOURCE_FILE, ModelSpec, fetch_model
+from serving_helpers import MODEL, N_ITEMS, free_port, png_b64, raw_post
+
+
+def test_repository_settings_point_at_the_cached_registry_version(mlserver, serving_settings, registered):
+    settings_json = json.loads((mlserver.repo / "settings.json").read_text())
+    assert settings_json["host"] == "127.0.0.1" and settings_json["http_port"] == mlserver.http_port
+    assert settings_json["grpc_max_message_length"] == MAX_REQUEST_BYTES
+    model_settings = json.loads((mlserver.repo / MODEL / "model-settings.json").read_text())
+    cached = serving_settings.home / "serving" / "models" / MODEL / f"v{registered.version}"
+    assert model_settings == {"name": MODEL, "implementation": IMPLEMENTATION,
+                              "parameters": {"uri": str(cached), "version": str(registered.version)}}
+    assert (cached / "MLmodel").exists() and registered.run_id in (cached / SOURCE_FILE).read_text()
+    # A second resolve reuses the cached copy instead of downloading again.
+    before = (cached / "MLmodel").stat().st_mtime_ns
+    again = fetch_model(serving_settings, ModelSpec(MODEL, alias="champion"))
+    assert again.path == cached and (cached / "MLmodel").stat().st_mtime_ns == before
+
+
+def test_health_endpoints_and_model_metadata(mlserver):
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready"):
+        with urllib.request.urlopen(mlserver.url + path, timeout=30) as response:
+            assert response.status == 200
+    with urllib.request.urlopen(f"{mlserver.url}/v2/models/{MODEL}", timeout=30) as response:
+        metadata = json.loads(response.read())
+    assert {i["name"] for i in metadata["inputs"]} == {"image_b64", "pixels", "item_id"}
+
+
+def test_similar_by_png_pixels_and_item_id(mlserver, catalog):
+    images, labels = catalog
+    by_image = client.recommend_similar(mlserver.url, image=base64.b64decode(png_b64(images[7], size=56)))
+    assert len(by_image) == 5 and by_image[0]["item_id"] == 7  # resized back to 28x28
+    assert by_image[0]["label"] == labels[7] and by_image[0]["label_name"]
+    by_pixels = client.recommend_similar(mlserver.url, image=images[12], k=3)
+    assert [r["rank"] for r in by_pixels] == [1, 2, 3] and by_pixels[0]["item_id"] == 12
+    by_item = client.recommend_similar(mlserver.url, item_id=30, k=8)
+    assert len(by_item) == 8 and 30 not in [r["item_id"] for r in by_item]
+    distances = [r["distance"] for r in by_item]
+    assert distances == sorted(distances)
+
+
+def test_batch_of_mixed_queries_in_one_request(mlserver, catalog):
+    images, _ = catalog
+    columns = client.similarity_columns([images[1], base64.b64decode(png_b64(images[2]))], [3, 4])
+    out = client.rows(client.infer(mlserver.url, MODEL, columns, {"k": 2}))
+    assert len(out) == 8 and sorted({r["query"] for r in out}) == [0, 1, 2, 3]
+    first = {r["query"]: r["item_id"] for r in out if r["rank"] == 1}
+    assert first[0] == 1 and first[1] == 2
+    assert 3 not in [r["item_id"] for r in out if r["query"] == 2]
+
+
+def test_thumbnails_by_id_come_from_the_model(mlserver, catalog):
+    images, _ = catalog
+    out = client.recommend_similar(mlserver.url, item_id=9, k=2, with_images=True, include_query=True)
+    assert [r["rank"] for r in out] == [0, 1, 2] and out[0]["item_id"] == 9
+    import io
+
+    for row in out:
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["image_png_b64"]))))
+        assert np.array_equal(picture, images[row["item_id"]])
+
+
+def body(columns: dict, params: dict | None = None) -> str:
+    return json.dumps(client.request_body(columns, params))
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", MODEL, '{"inputs": [', 422, "json"),
+    ("empty body", MODEL, "", 422, ""),
+    ("no inputs", MODEL, '{"inputs": []}', 400, "no queries"),
+    ("wrong datatype", MODEL, json.dumps({"inputs": [{"name": "item_id", "shape": [1], "datatype": "BYTES",
+                                                      "data": ["seven"]}]}), 400, "item_id"),
+    ("wrong shape", MODEL, json.dumps({"inputs": [{"name": "item_id", "shape": [3], "datatype": "INT64",
+                                                   "data": [1]}]}), 400, ""),
+    ("undecodable image", MODEL, body({"image_b64": [base64.b64encode(b"not an image").decode()]}), 400,
+     "not a readable PNG/JPEG"),
+    ("not base64", MODEL, body({"image_b64": ["%%%"]}), 400, "not valid base64"),
+    ("pixel count", MODEL, body({"pixels": ["1,2,3"]}), 400, "pixels has 3 values, expected 784"),
+    ("oversized", MODEL, body({"image_b64": ["A" * (MAX_REQUEST_BYTES + 1)]}), 413, "limit is 8 MiB"),
+    ("k zero", MODEL, body({"item_id": [1]}, {"k": 0}), 400, "k must be between 1 and 100"),
+    ("k too big", MODEL, body({"item_id": [1]}, {"k": 101}), 400, "k must be between 1 and 100"),
+    ("unknown param", MODEL, body({"item_id": [1]}, {"top": 3}), 400, "unknown parameters"),
+    ("unknown item", MODEL, body({"item_id": [N_ITEMS + 5000]}), 400, f"unknown item_id {N_ITEMS + 5000}"),
+    ("model not found", "no-such-model", body({"item_id": [1]}), 404, "no-such-model not found"),
+]
+
+
+@pytest.mark.parametrize("case, model, payload, status, message", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(mlserver, case, model, payload,
+                                                                           status, message):
+    code, text = raw_post(mlserver.url, f"/v2/models/{model}/infer", payload)
+    assert code == status, text
+    assert message.lower() in client.error_message(text.encode()).lower()
+    assert len(client.recommend_similar(mlserver.url, item_id=2, k=3)) == 3
+
+
+def test_client_raises_the_servers_message(mlserver):
+    with pytest.raises(client.ServingRequestError, match="k must be between") as raised:
+        client.recommend_similar(mlserver.url, item_id=1, k=500)
+    assert raised.value.status == 400
+
+
+def test_recommend_cli_prints_a_table(mlserver, catalog, tmp_path, capsys):
+    images, _ = catalog
+    path = tmp_path / "query.png"
+    Image.fromarray(images[20]).save(path)
+    assert cli.main(["recommend", "--image", str(path), "--k", "3", "--url", mlserver.url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "item_id", "distance", "label", "label_name"]
+    assert len(lines) == 5 and lines[2].split()[1] == "20"
+    assert cli.main(["recommend", "--item-id", "999999", "--url", mlserver.url]) == 2
+    assert "unknown item_id 999999" in capsys.readouterr().err
+
+
+def test_serve_restarts_from_the_cache_and_stops_cleanly_on_sigterm(mlserver, serving_settings, registered):
+    """`kuberec serve` as users run it: a pinned cached version starts without the registry; SIGTERM exits 0."""
+    port = free_port()
+    env = {**os.environ, "KUBEREC_HOME": str(serving_settings.home),
+           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # unreachable: the cache must be enough
+    process = subprocess.Popen([sys.executable, "-m", "kuberec.cli", "serve", "--models",
+                                f"{MODEL}:{registered.version}", "--port", str(port), "--grpc-port",
+                                str(free_port())], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        first = process.stdout.readline()
+        while first and not first.startswith("serving "):
+            first = process.stdout.readline()
+        assert first.startswith(f"serving {MODEL} v{registered.version} at http://127.0.0.1:{port}"), first
+        assert len(client.recommend_similar(f"http://127.0.0.1:{port}", item_id=5)) == 5
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with pytest.raises(client.ServingRequestError, match="cannot reach"):
+        client.recommend_similar(f"http://127.0.0.1:{port}", item_id=5)
+
+
+def test_serving_an_unregistered_model_is_a_clear_error(serving_settings, monkeypatch, capsys):
+    monkeypatch.setenv("KUBEREC_HOME", str(serving_settings.home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", serving_settings.mlflow_tracking_uri)
+    assert cli.main(["serve", "--models", "kuberec-nothing", "--port", str(free_port()),
+                     "--grpc-port", str(free_port())]) == 2
+    assert "'kuberec-nothing' has no alias @champion" in capsys.readouterr().err

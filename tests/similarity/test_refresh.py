@@ -1,0 +1,118 @@
+"""Index build and refresh on a real Delta table (real Spark ingestion) and a real MLflow registry: images added
+with the lead's `ingest_images` become recommendable in a new version with the same weights; nothing else moves."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kuberec import cli, tracking
+from kuberec.datasets import fashion_mnist as fm
+from kuberec.ingest.fashion_mnist import ingest_fashion_mnist
+from kuberec.ingest.images import ingest_images
+from kuberec.settings import load_settings
+from kuberec.similarity import refresh as refresh_step
+from kuberec.similarity.build_index import build_and_register
+from kuberec.similarity.pyfunc import SOURCE_VERSION_TAG, SimilarityInputError, png_b64
+
+NAME = "test-similarity-refresh"
+PER_SPLIT = 100
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_server, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBEREC_HOME", str(tmp_path_factory.mktemp("home")))
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+        yield load_settings()
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory) -> str:
+    uri = str(tmp_path_factory.mktemp("lake") / "fashion_mnist")
+    assert ingest_fashion_mnist(spark, str(fm.DEBIAN_DIR), uri, PER_SPLIT) == 0
+    return uri
+
+
+@pytest.fixture(scope="module")
+def new_images(fashion_mnist_slice, tmp_path_factory) -> tuple[np.ndarray, list[str]]:
+    """Three test-split pictures that are not in the table yet, as PNG files an operator would upload."""
+    images, _ = fashion_mnist_slice("test", 500, 503)
+    folder = tmp_path_factory.mktemp("uploads")
+    paths = []
+    for number, image in enumerate(images):
+        path = folder / f"new-{number}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+    return images, paths
+
+
+def test_build_refresh_and_promote(spark, registry, lake, new_images, embedding_model_dir, capsys):
+    import mlflow.pyfunc
+
+    first = build_and_register(registry, str(embedding_model_dir), table_uri=lake, name=NAME,
+                               training_run_id="train-1")
+    assert first.version == 1 and first.champion and first.items == 2 * PER_SPLIT and first.table_version == 0
+
+    # Nothing new yet: nothing registered.
+    unchanged = refresh_step.refresh(registry, name=NAME)
+    assert unchanged.new_version is None and unchanged.items == 2 * PER_SPLIT
+
+    images, paths = new_images
+    added = ingest_images(spark, paths, lake)
+    new_ids = sorted(added.added.values())
+    assert len(new_ids) == 3 and added.version == 1
+
+    rows = refresh_step.rows_added_since(lake, 0)
+    assert rows.item_ids.tolist() == new_ids and rows.version == 1
+    assert (rows.labels == -1).all() and np.array_equal(rows.images, images)
+    assert refresh_step.rows_added_since(lake, 0, splits=["train"]).item_ids.tolist() == []
+
+    result = refresh_step.refresh(registry, name=NAME)
+    assert result.source_version == 1 and result.new_version == 2 and not result.champion
+    assert result.added_item_ids == new_ids and result.items == 2 * PER_SPLIT + 3
+    assert result.indexed_table_version == 0 and result.table_version == 1
+    assert tracking.alias_version(registry, NAME).version == "1"  # champion stays unless asked
+
+    grown = mlflow.pyfunc.load_model(tracking.model_uri(NAME, version=2))
+    out = grown.predict(pd.DataFrame({"image_b64": [png_b64(image) for image in images]}), params={"k": 3})
+    first_hits = out[out["rank"] == 1]
+    assert first_hits["item_id"].tolist() == new_ids and (first_hits["distance"] < 1e-5).all()
+    assert (first_hits["label"] == -1).all() and (first_hits["label_name"] == "").all()
+    by_id = grown.predict(pd.DataFrame({"item_id": [new_ids[0]]}), params={"k": 4})
+    assert len(by_id) == 4 and new_ids[0] not in by_id["item_id"].tolist()
+
+    version = tracking.get_version(registry, NAME, version=2)
+    assert version.tags[SOURCE_VERSION_TAG] == "1" and version.tags["kuberec.training_run_id"] == "train-1"
+    assert version.tags["kuberec.lineage.fashion_mnist"] == f"{lake}@v1"
+    # Same weights: the exported model files are byte-identical between the versions.
+    old = mlflow.pyfunc.load_model(tracking.model_uri(NAME, version=1))
+    old_model, new_model = old.unwrap_python_model(), grown.unwrap_python_model()
+    assert (old_model.embedding_model_path / "variables").exists()
+    for path in sorted(p for p in old_model.embedding_model_path.rglob("*") if p.is_file()):
+        twin = new_model.embedding_model_path / path.relative_to(old_model.embedding_model_path)
+        assert twin.read_bytes() == path.read_bytes()
+    # The previous version is untouched: it still serves, and does not know the new items.
+    assert len(old_model.index) == 2 * PER_SPLIT
+    with pytest.raises(SimilarityInputError, match=f"unknown item_id {new_ids[0]}"):
+        old.predict(pd.DataFrame({"item_id": [new_ids[0]]}))
+
+    # Refreshing the same champion again hands back version 2 rather than registering a twin ...
+    again = refresh_step.refresh(registry, name=NAME)
+    assert again.reused and again.new_version == 2
+    assert sorted(int(v.version) for v in tracking.client(registry).search_model_versions(f"name = '{NAME}'")) \
+        == [1, 2]
+    # ... version 2 itself is up to date ...
+    assert refresh_step.refresh(registry, name=NAME, version=2).new_version is None
+    # ... and the CLI promotes it when asked.
+    assert cli.main(["index", "refresh", "--name", NAME, "--set-champion"]) == 0
+    assert "version 2" in capsys.readouterr().out
+    assert tracking.alias_version(registry, NAME).version == "2"
+
+
+def test_refresh_of_a_missing_model_says_so(registry):
+    assert cli.main(["index", "refresh", "--name", "never-registered"]) == 2

@@ -1,0 +1,331 @@
+"""Instacart through real Spark + Delta: bronze ingestion, gold features with hand-computed answers, labels,
+splits, lineage and idempotence."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kuberec.datasets.instacart import InstacartDataError
+from kuberec.datasets.instacart_synth import generate
+from kuberec.errors import DataError
+from kuberec.ingest import instacart_features as gold
+from kuberec.ingest.instacart import BRONZE_TABLES, ingest_instacart, last_commit_metadata
+from kuberec.lake.delta import table_exists, table_version
+from kuberec.settings import Settings
+
+# A hand-built dataset whose features are worked out below. days_prior = days from an order to the user's last one.
+#   user 1: orders 101..107 prior (days_prior 185, 155, 125, 95, 65, 35, 5), 108 train (0)
+#   user 2: orders 201..203 prior (31, 17, 3), 204 train (0)
+#   user 3: orders 301, 302 prior (32, 12), 303 test (0): no label, but counted in the metrics
+# Products: 10 Banana, 20 Apple (aisle 1 fruit, dept 1 produce), 30 Milk (aisle 2, dept 2), 40 Brie (aisle 3,
+# dept 2), 50 Kiwi (aisle 1, never ordered).
+HAND = {
+    "departments.csv": "department_id,department\n1,produce\n2,dairy\n",
+    "aisles.csv": "aisle_id,aisle\n1,fruit\n2,milk\n3,cheese\n",
+    "products.csv": ("product_id,product_name,aisle_id,department_id\n10,Banana,1,1\n20,Apple,1,1\n"
+                     "30,Milk,2,2\n40,\"Brie, double cream\",3,2\n50,Kiwi,1,1\n"),
+    "orders.csv": (
+        "order_id,user_id,eval_set,order_number,order_dow,order_hour_of_day,days_since_prior_order\n"
+        "101,1,prior,1,0,10,\n102,1,prior,2,1,10,30.0\n103,1,prior,3,2,10,30.0\n104,1,prior,4,3,10,30.0\n"
+        "105,1,prior,5,4,10,30.0\n106,1,prior,6,5,10,30.0\n107,1,prior,7,6,10,30.0\n108,1,train,8,0,10,5.0\n"
+        "201,2,prior,1,1,9,\n202,2,prior,2,1,9,14.0\n203,2,prior,3,1,9,14.0\n204,2,train,4,1,9,3.0\n"
+        "301,3,prior,1,2,18,\n302,3,prior,2,2,18,20.0\n303,3,test,3,2,18,12.0\n"
+    ),
+    "order_products__prior.csv": (
+        "order_id,product_id,add_to_cart_order,reordered\n"
+        "101,10,1,0\n101,40,2,0\n102,10,1,1\n103,10,1,1\n103,30,2,0\n104,30,1,1\n105,10,1,1\n106,20,1,0\n"
+        "107,10,1,1\n107,30,2,1\n107,20,3,1\n"
+        "201,30,1,0\n201,20,2,0\n202,30,1,1\n203,30,1,1\n203,20,2,1\n"
+        "301,10,1,0\n302,10,1,1\n302,30,2,0\n"
+    ),
+    # User 2 buys Banana (10) for the first time in the final order: a positive that is not a candidate.
+    "order_products__train.csv": "order_id,product_id,add_to_cart_order,reordered\n"
+                                 "108,10,1,1\n108,40,2,1\n204,30,1,1\n204,10,2,0\n",
+}
+SYNTH_USERS = 300
+# As tests/conftest.py's SHARED_CACHE (a `conftest` import could resolve to another directory's conftest).
+SHARED_CACHE = Path(os.environ.get("KUBEREC_CACHE",
+                                   Path(__file__).resolve().parents[1] / ".kuberec" / "cache")).absolute()
+
+
+def _settings(root: Path) -> Settings:
+    return Settings(home=root / "home", cache_dir=SHARED_CACHE, spark_master="local[2]")
+
+
+def _rows(spark, settings: Settings, table: str) -> list[dict]:
+    return [r.asDict() for r in spark.read.format("delta").load(settings.table_uri(table)).collect()]
+
+
+def _versions(settings: Settings, tables) -> dict[str, int]:
+    return {t: table_version(settings.table_uri(t)) for t in tables}
+
+
+@pytest.fixture(scope="module")
+def hand(spark, tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp("hand")
+    source = root / "instacart"
+    source.mkdir()
+    for name, text in HAND.items():
+        (source / name).write_text(text)
+    settings = _settings(root)
+    ingest_instacart(settings, source, spark)
+    gold.build_features(settings, spark)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def synth(spark, tmp_path_factory) -> tuple[Settings, Path]:
+    root = tmp_path_factory.mktemp("synth")
+    source = root / "instacart"
+    generate(source, SYNTH_USERS, seed=11)
+    settings = _settings(root)
+    ingest_instacart(settings, source, spark)
+    gold.build_features(settings, spark)
+    return settings, source
+
+
+def test_bronze_tables_keep_the_files_columns_and_types(spark, hand):
+    orders = spark.read.format("delta").load(hand.table_uri(BRONZE_TABLES["orders.csv"]))
+    assert [(f.name, f.dataType.simpleString()) for f in orders.schema.fields] == [
+        ("order_id", "int"), ("user_id", "int"), ("eval_set", "string"), ("order_number", "int"),
+        ("order_dow", "int"), ("order_hour_of_day", "int"), ("days_since_prior_order", "double")]
+    assert orders.count() == 15
+    assert orders.where("order_number = 1 AND days_since_prior_order IS NULL").count() == 3
+    names = {r["product_id"]: r["product_name"] for r in _rows(spark, hand, BRONZE_TABLES["products.csv"])}
+    assert names[40] == "Brie, double cream"  # a quoted field with a comma
+    metadata = last_commit_metadata(hand.table_uri(BRONZE_TABLES["order_products__prior.csv"]))
+    assert metadata["source_file"] == "order_products__prior.csv" and metadata["rows"] == 19
+    assert len(metadata["sha256"]) == 64
+
+
+def test_user_features_by_hand(spark, hand):
+    users = {r["user_id"]: r for r in _rows(spark, hand, gold.USER_TABLE)}
+    assert set(users) == {1, 2, 3}
+    expected = {
+        # user 1: windows hold orders {107}, {102..107}, {101..107}
+        1: dict(orders=(1, 6, 7), products=(3, 3, 4), aisles=(2, 2, 3), departments=(2, 2, 2),
+                reordered=(3 / 3, 7 / 9, 7 / 11), med_lines=1, med_days=30),
+        # user 2: {202, 203}, {201..203}, {201..203}; lines per order 2, 1, 2; gaps 14 and 14
+        2: dict(orders=(2, 3, 3), products=(2, 2, 2), aisles=(2, 2, 2), departments=(2, 2, 2),
+                reordered=(3 / 3, 3 / 5, 3 / 5), med_lines=2, med_days=14),
+        # user 3 (test user): {302}, {301, 302}, {301, 302}
+        3: dict(orders=(1, 2, 2), products=(2, 2, 2), aisles=(2, 2, 2), departments=(2, 2, 2),
+                reordered=(1 / 2, 1 / 3, 1 / 3), med_lines=1, med_days=20),
+    }
+    for user, want in expected.items():
+        row = users[user]
+        for what in ("orders", "products", "aisles", "departments"):
+            got = tuple(row[f"user_cnt_distinct_{what}_last_{w}_days"] for w in gold.WINDOWS)
+            assert got == want[what], (user, what)
+        got = [row[f"user_shr_reordered_last_{w}_days"] for w in gold.WINDOWS]
+        assert got == pytest.approx(want["reordered"], rel=1e-6), user
+        assert row["user_med_lines_per_order"] == want["med_lines"]
+        assert row["user_med_days_since_prior_order"] == want["med_days"]
+    assert list(users[1]) == ["user_id", *gold.USER_FEATURES]
+
+
+def test_global_and_product_features_by_hand(spark, hand):
+    (metrics,) = _rows(spark, hand, gold.GLOBAL_TABLE)
+    assert list(metrics) == list(gold.GLOBAL_METRICS)
+    expected_global = {
+        "orders": (4, 11, 12),  # prior orders with days_prior <= 30: 107, 202, 203, 302
+        "users": (3, 3, 3),
+        "products": (3, 3, 4),  # Brie only at 185 days; Kiwi never
+        "aisles": (2, 2, 3),
+        "departments": (2, 2, 2),
+    }
+    for what, values in expected_global.items():
+        assert tuple(metrics[f"global_cnt_distinct_{what}_last_{w}_days"] for w in gold.WINDOWS) == values, what
+
+    products = {r["product_id"]: r for r in _rows(spark, hand, gold.PRODUCT_TABLE)}
+    assert set(products) == {10, 20, 30, 40, 50}
+    assert (products[40]["aisle_id"], products[40]["department_id"]) == (3, 2)
+
+    def shares(product: int, what: str) -> list[float]:
+        return [products[product][f"product_shr_{what}_last_{w}_days"] for w in gold.WINDOWS]
+
+    # Banana: users 1 and 3 in every window; orders {107, 302}, +{102, 103, 105, 301}, +{101};
+    # reordered lines 2 of 2, 5 of 6, 5 of 7.
+    assert shares(10, "distinct_users") == pytest.approx([2 / 3] * 3)
+    assert shares(10, "distinct_orders") == pytest.approx([2 / 4, 6 / 11, 7 / 12])
+    assert shares(10, "reordered") == pytest.approx([2 / 2, 5 / 6, 5 / 7])
+    # Milk: all three users; orders {107, 202, 203, 302}, 7 of 11, 7 of 12; reordered 3/4, 4/7, 4/7.
+    assert shares(30, "distinct_users") == pytest.approx([1.0] * 3)
+    assert shares(30, "distinct_orders") == pytest.approx([4 / 4, 7 / 11, 7 / 12])
+    assert shares(30, "reordered") == pytest.approx([3 / 4, 4 / 7, 4 / 7])
+    # Brie: one line, 185 days before user 1's last order.
+    assert shares(40, "distinct_users") == pytest.approx([0, 0, 1 / 3])
+    assert shares(40, "distinct_orders") == pytest.approx([0, 0, 1 / 12])
+    assert shares(40, "reordered") == [0, 0, 0]
+    # Kiwi was never ordered: a row of zeros, not a missing row.
+    assert all(products[50][c] == 0 for c in gold.PRODUCT_FEATURES)
+
+
+def test_examples_labels_and_user_product_features_by_hand(spark, hand):
+    examples = spark.read.format("delta").load(hand.table_uri(gold.EXAMPLES_TABLE))
+    assert examples.columns == [*gold.ID_COLUMNS, *gold.CATEGORICAL_FEATURES, *gold.NUMERIC_FEATURES, "label",
+                                "split"]
+    types = {f.name: f.dataType.simpleString() for f in examples.schema.fields}
+    assert all(types[c] == "float" for c in gold.NUMERIC_FEATURES)
+    assert types["label"] == "int" and types["user_id"] == "int" and types["split"] == "string"
+    rows = {(r["user_id"], r["product_id"]): r for r in (r.asDict() for r in examples.collect())}
+    # Candidates: what users 1 and 2 bought before; user 3's final order is `test` (no label); user 2's first
+    # Banana is in the final order only, so it is not a candidate.
+    assert set(rows) == {(1, 10), (1, 20), (1, 30), (1, 40), (2, 20), (2, 30)}
+    assert {k: r["label"] for k, r in rows.items()} == {(1, 10): 1, (1, 20): 0, (1, 30): 0, (1, 40): 1,
+                                                        (2, 20): 0, (2, 30): 1}
+    up = {  # (prior orders with it, shares of the user's orders in each window, days since last purchase)
+        (1, 10): (5, (1 / 1, 4 / 6, 5 / 7), 5),
+        (1, 20): (2, (1 / 1, 2 / 6, 2 / 7), 5),
+        (1, 30): (3, (1 / 1, 3 / 6, 3 / 7), 5),
+        (1, 40): (1, (0, 0, 1 / 7), 185),
+        (2, 20): (2, (1 / 2, 2 / 3, 2 / 3), 3),
+        (2, 30): (3, (2 / 2, 3 / 3, 3 / 3), 3),
+    }
+    for key, (count, shares, days) in up.items():
+        row = rows[key]
+        assert row["up_cnt_orders"] == count, key
+        assert [row[f"up_shr_orders_last_{w}_days"] for w in gold.WINDOWS] == pytest.approx(shares), key
+        assert row["up_days_since_last_purchase"] == days, key
+    # Denormalised user and product features match their own tables.
+    assert rows[(1, 40)]["user_cnt_distinct_orders_last_180_days"] == 6
+    assert rows[(2, 30)]["product_shr_reordered_last_30_days"] == pytest.approx(3 / 4)
+    assert (rows[(1, 40)]["aisle_id"], rows[(1, 40)]["department_id"]) == (3, 2)
+    assert {r["split"] for r in rows.values()} <= set(gold.SPLITS)
+
+
+def test_gold_commits_record_their_bronze_versions(hand):
+    bronze = _versions(hand, BRONZE_TABLES.values())
+    for table in gold.GOLD_TABLES:
+        metadata = last_commit_metadata(hand.table_uri(table))
+        assert metadata["bronze"] == bronze and metadata["features_version"] == gold.FEATURES_VERSION
+        assert metadata["params"]["split_salt"] == gold.SPLIT_SALT
+
+
+def _truth(source: Path) -> pd.DataFrame:
+    """Candidates and labels computed directly from the CSV files."""
+    orders = pd.read_csv(source / "orders.csv")
+    prior = pd.read_csv(source / "order_products__prior.csv").merge(orders, on="order_id")
+    train = pd.read_csv(source / "order_products__train.csv").merge(orders, on="order_id")
+    train_users = set(orders.loc[orders.eval_set == "train", "user_id"])
+    pairs = prior.loc[prior.user_id.isin(train_users), ["user_id", "product_id"]].drop_duplicates()
+    positives = train[["user_id", "product_id"]].assign(label=1)
+    return pairs.merge(positives, on=["user_id", "product_id"], how="left").fillna({"label": 0}) \
+        .astype({"label": int})
+
+
+def _examples(spark, settings: Settings) -> pd.DataFrame:
+    return spark.read.format("delta").load(settings.table_uri(gold.EXAMPLES_TABLE)) \
+        .select("user_id", "product_id", "label", "split").toPandas()
+
+
+def test_labels_match_the_files(spark, synth):
+    settings, source = synth
+    got = _examples(spark, settings).sort_values(["user_id", "product_id"]).reset_index(drop=True)
+    want = _truth(source).sort_values(["user_id", "product_id"]).reset_index(drop=True)
+    assert len(got) == len(want) and got.user_id.nunique() == SYNTH_USERS
+    assert (got[["user_id", "product_id", "label"]].to_numpy() == want.to_numpy()).all()
+    assert 0.03 < got.label.mean() < 0.3
+
+
+def test_split_is_stratified_and_disjoint(spark, synth):
+    examples = _examples(spark, synth[0])
+    assert not examples.duplicated(["user_id", "product_id"]).any(), "each pair is in exactly one split"
+    assert set(examples.split) == set(gold.SPLITS)
+    for label, stratum in examples.groupby("label"):
+        n = len(stratum)
+        for split, fraction in zip(gold.SPLITS, (0.8, 0.1, 0.1)):
+            share = (stratum.split == split).mean()
+            tolerance = 4 * math.sqrt(fraction * (1 - fraction) / n)  # four standard deviations of a binomial
+            assert abs(share - fraction) < tolerance, (label, split, share, n)
+
+
+def test_rerun_commits_nothing(spark, synth):
+    settings, source = synth
+    tables = [*BRONZE_TABLES.values(), *gold.GOLD_TABLES]
+    before = _versions(settings, tables)
+    result = ingest_instacart(settings, source, spark)
+    assert result.written == [] and len(result.unchanged) == 6
+    assert gold.build_features(settings, spark).written is False
+    assert _versions(settings, tables) == before
+
+
+def test_bad_input_writes_nothing(spark, synth, tmp_path):
+    settings, source = synth
+    bad = tmp_path / "bad"
+    shutil.copytree(source, bad)
+    lines = (bad / "order_products__prior.csv").read_text().splitlines()
+    lines[3] = lines[3].split(",", 1)[0] + ",99999999,1,0"  # a product that does not exist
+    (bad / "order_products__prior.csv").write_text("\n".join(lines) + "\n")
+    before = _versions(settings, BRONZE_TABLES.values())
+    with pytest.raises(InstacartDataError) as caught:
+        ingest_instacart(settings, bad, spark)
+    assert (caught.value.file, caught.value.row, caught.value.column) == ("order_products__prior.csv", 3,
+                                                                         "product_id")
+    assert _versions(settings, BRONZE_TABLES.values()) == before
+    # Into an empty lake: no table at all.
+    empty = _settings(tmp_path / "empty")
+    with pytest.raises(InstacartDataError):
+        ingest_instacart(empty, bad, spark)
+    assert not any(table_exists(empty.table_uri(t)) for t in BRONZE_TABLES.values())
+    with pytest.raises(DataError, match="run `kuberec ingest instacart` first"):
+        gold.build_features(empty, spark)
+
+
+def test_changed_input_replaces_tables_and_keeps_splits(spark, synth):
+    """Drop the last user: three files change, their tables get one new version each, the gold tables are rebuilt
+    from the new versions, and every remaining pair keeps its split."""
+    settings, source = synth
+    before_examples = _examples(spark, settings)
+    before = _versions(settings, [*BRONZE_TABLES.values(), *gold.GOLD_TABLES])
+    orders = pd.read_csv(source / "orders.csv")
+    gone = orders.user_id.max()
+    gone_orders = set(orders.loc[orders.user_id == gone, "order_id"])
+    orders[orders.user_id != gone].to_csv(source / "orders.csv", index=False)
+    for name in ("order_products__prior.csv", "order_products__train.csv"):
+        lines = pd.read_csv(source / name)
+        lines[~lines.order_id.isin(gone_orders)].to_csv(source / name, index=False)
+
+    result = ingest_instacart(settings, source, spark)
+    changed = {BRONZE_TABLES[n] for n in ("orders.csv", "order_products__prior.csv", "order_products__train.csv")}
+    assert set(result.written) == changed
+    after = _versions(settings, [*BRONZE_TABLES.values(), *gold.GOLD_TABLES])
+    for table in BRONZE_TABLES.values():
+        assert after[table] == before[table] + (1 if table in changed else 0), table
+
+    assert gold.build_features(settings, spark).written is True
+    after = _versions(settings, [*BRONZE_TABLES.values(), *gold.GOLD_TABLES])
+    for table in gold.GOLD_TABLES:
+        assert after[table] == before[table] + 1
+        assert last_commit_metadata(settings.table_uri(table))["bronze"] == {
+            t: after[t] for t in BRONZE_TABLES.values()}
+    examples = _examples(spark, settings)
+    assert gone not in set(examples.user_id)
+    kept = before_examples[before_examples.user_id != gone]
+    merged = kept.merge(examples, on=["user_id", "product_id"], suffixes=("_before", "_after"))
+    assert len(merged) == len(kept) == len(examples)
+    assert (merged.split_before == merged.split_after).all() and (merged.label_before == merged.label_after).all()
+
+
+def test_cli_reports_bad_input_in_one_line(settings, tmp_path):
+    source = tmp_path / "instacart"
+    source.mkdir()
+    for name, text in HAND.items():
+        (source / name).write_text(text)
+    text = HAND["orders.csv"].replace("105,1,prior,5,4,10,30.0", "105,1,prior,5,4,25,30.0")
+    (source / "orders.csv").write_text(text)
+    completed = subprocess.run([sys.executable, "-m", "kuberec.cli", "ingest", "instacart", "--source",
+                                str(source)], capture_output=True, text=True, check=False)
+    assert completed.returncode == 2
+    assert "error: orders.csv row 5 (line 6), column order_hour_of_day: 25 is out of range [0, 23]" \
+        in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (settings.home / "lake").exists()

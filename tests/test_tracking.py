@@ -1,0 +1,92 @@
+"""kuberec.tracking against real MLflow servers: the embedded server's lifecycle, runs with lineage, registry."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from kuberec import cli, tracking
+from kuberec.settings import load_settings
+
+
+def test_embedded_server_starts_once_is_reused_and_stops(settings, capsys):
+    assert tracking.running_server(settings) is None
+    info = tracking.ensure_server(settings)
+    try:
+        assert tracking.healthy(info.url) and info.url.startswith("http://127.0.0.1:")
+        state = json.loads((settings.mlflow_dir / "server.json").read_text())
+        assert state["pid"] == info.pid and state["port"] == info.port
+        assert (settings.mlflow_dir / "mlflow.db").exists()
+        # Later callers (other processes, the CLI) find and reuse the same server.
+        assert tracking.ensure_server(settings) == info
+        assert tracking.tracking_uri(settings) == info.url
+        assert cli.main(["mlflow", "ui"]) == 0
+        assert info.url in capsys.readouterr().out
+        # Moving a running server to another port is refused, not done behind other users' backs.
+        assert cli.main(["mlflow", "ui", "--port", str(info.port + 1)]) == 2
+        assert f"already runs on port {info.port}" in capsys.readouterr().err
+        # Tracking through it works.
+        import mlflow
+
+        tracking.configure(settings)
+        with tracking.start_run(settings, "lifecycle") as run:
+            tracking.log_metrics({"x": 1.0})
+        assert mlflow.get_run(run.info.run_id).data.metrics == {"x": 1.0}
+    finally:
+        assert cli.main(["mlflow", "stop"]) == 0
+    assert f"pid {info.pid}" in capsys.readouterr().out
+    assert not tracking.healthy(info.url)
+    with pytest.raises(ProcessLookupError):
+        os.kill(info.pid, 0)
+    assert not (settings.mlflow_dir / "server.json").exists()
+    assert tracking.stop_server(settings) is None
+
+
+def test_stale_state_file_is_not_trusted(settings):
+    settings.mlflow_dir.mkdir(parents=True)
+    stale = tracking.ServerInfo(pid=os.getpid(), port=1, backend_store_uri="sqlite:///nowhere.db",
+                                artifacts_destination="/nowhere", log_file="/nowhere.log")
+    (settings.mlflow_dir / "server.json").write_text(json.dumps(stale.__dict__))
+    # The pid is alive (this test) but is no MLflow server of this home: neither reused nor killed.
+    assert tracking.running_server(settings) is None
+    assert tracking.stop_server(settings) is None
+    os.kill(os.getpid(), 0)
+
+
+def test_configured_uri_wins_and_starts_nothing(settings, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.kubeflow.svc:5000")
+    configured = load_settings()
+    assert tracking.tracking_uri(configured) == "http://mlflow.kubeflow.svc:5000"
+    assert not configured.mlflow_dir.exists()
+
+
+def test_runs_record_lineage_params_and_per_epoch_metrics(tracked_settings):
+    import mlflow
+
+    reads = {"/lake/fashion_mnist": 3, "s3a://bucket/lake/orders": 12}
+    with tracking.start_run(tracked_settings, "kuberec-test-runs", run_name="train", lineage=reads,
+                            params={"lr": 0.001, "layers": [32, 64]}) as run:
+        tracking.log_history({"loss": [0.9, 0.5, 0.3], "val_loss": [1.0, 0.7, 0.6]})
+        tracking.record_lineage({"/lake/extra": 0})
+    client = tracking.client(tracked_settings)
+    data = client.get_run(run.info.run_id).data
+    assert data.tags["kuberec.lineage.fashion_mnist"] == "/lake/fashion_mnist@v3"
+    assert tracking.parse_lineage(data.tags) == {"fashion_mnist": ("/lake/fashion_mnist", 3),
+                                                 "orders": ("s3a://bucket/lake/orders", 12),
+                                                 "extra": ("/lake/extra", 0)}
+    assert data.params == {"lr": "0.001", "layers": "[32, 64]"}
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 0.9), (1, 0.5), (2, 0.3)]
+    assert mlflow.active_run() is None
+    with pytest.raises(tracking.TrackingError, match="active run"):
+        tracking.log_history({"loss": [1.0]})
+
+
+def test_missing_models_and_aliases_give_clear_errors(tracked_settings):
+    assert tracking.alias_version(tracked_settings, "no-such-model") is None
+    with pytest.raises(tracking.ModelNotFoundError, match="no-such-model.*no versions are registered"):
+        tracking.get_version(tracked_settings, "no-such-model")
+    assert tracking.model_uri("m") == "models:/m@champion"
+    assert tracking.model_uri("m", version=3) == "models:/m/3"

@@ -1,0 +1,106 @@
+"""The wide & deep steps tracked in a real MLflow server (train -> evaluate -> register, one run), and the whole
+pipeline under the KFP local runner on the small generated dataset of the `gold` lake."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from kuberec import feed, tracking
+from kuberec.ingest.instacart_features import EXAMPLES_TABLE, PRODUCT_TABLE, USER_TABLE, bronze_versions
+from kuberec.lake.delta import table_version
+from kuberec.steps import TableRef
+from kuberec.widedeep import steps
+from kuberec.widedeep.evaluate import MODELS
+from kuberec.widedeep.model import WideDeepConfig
+from kuberec.widedeep.pyfunc import load_ranker
+from kuberec.widedeep.train import TRAIN_ARTIFACTS, TrainResult
+from pipelines import run
+
+# Own model names: the session's MLflow server is shared with the pyfunc and serving tests' kuberec-widedeep.
+STEPS_MODEL, PIPELINE_MODEL = "test-widedeep-steps", "test-widedeep-pipeline"
+
+
+@pytest.fixture(scope="module")
+def tracked_gold(gold, mlflow_server):
+    return dataclasses.replace(gold, mlflow_tracking_uri=mlflow_server.url)
+
+
+def _artifacts(client, run_id: str, path: str) -> set[str]:
+    return {item.path for item in client.list_artifacts(run_id, path)}
+
+
+def test_steps_share_one_tracked_run(tracked_gold, examples_uri, test_config):
+    settings = tracked_gold
+    examples = TableRef(examples_uri, table_version(examples_uri))
+    config = WideDeepConfig.from_dict({**test_config, "epochs": 2, "steps_per_epoch": 4})
+    run_id = steps.train(settings, examples, config, workers=1)
+    client = tracking.client(settings)
+    trained = client.get_run(run_id)
+    assert trained.info.status == "FINISHED" and trained.info.run_name == "train-widedeep"
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1]  # logged by rank 0, per epoch
+    assert trained.data.params["widedeep.epochs"] == "2" and trained.data.params["widedeep.world_size"] == "1"
+    lineage = tracking.parse_lineage(trained.data.tags)
+    assert lineage[EXAMPLES_TABLE] == (examples_uri, examples.version)
+    assert lineage[USER_TABLE][0] == settings.table_uri(USER_TABLE) and PRODUCT_TABLE in lineage
+    assert {f"{TRAIN_ARTIFACTS}/train_result.json", f"{TRAIN_ARTIFACTS}/model"} <= _artifacts(client, run_id,
+                                                                                               TRAIN_ARTIFACTS)
+    # A downloaded copy resolves its model next to train_result.json, not at the training machine's path.
+    copy = tracking.download_artifacts(settings, run_id, TRAIN_ARTIFACTS, settings.home / "copy")
+    assert TrainResult.load(copy).model_dir == copy / "model"
+
+    evaluation = steps.evaluate(settings, run_id, examples)
+    metrics = client.get_run(run_id).data.metrics
+    assert list(evaluation.metrics) == list(MODELS)
+    for model, values in evaluation.metrics.items():
+        for metric, value in values.items():
+            assert metrics[f"{model}_{metric}"] == pytest.approx(value)
+    assert evaluation.examples_version == examples.version
+    assert "evaluation/evaluation.json" in _artifacts(client, run_id, "evaluation")
+
+    registered = steps.register(settings, run_id, set_champion=True, name=STEPS_MODEL)
+    assert registered.run_id == run_id and registered.champion and registered.version == 1
+    model, version = load_ranker(settings, STEPS_MODEL)  # models:/test-widedeep-steps@champion
+    assert version.run_id == run_id and int(version.version) == registered.version
+    assert tracking.parse_lineage(version.tags)[EXAMPLES_TABLE] == (examples_uri, examples.version)
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))  # it carries its evaluation
+    assert {m.key for m in logged.metrics} >= {"wide_deep_auc", "popularity_map_at_10"}
+
+    users = feed.load_table_arrays(examples_uri, ("user_id",)).columns["user_id"]
+    ranked = model.predict(pd.DataFrame({"user_id": [int(users[0]), 987654321]}), params={"k": 3})
+    known, unknown = ranked[ranked["user_id"] == int(users[0])], ranked[ranked["user_id"] == 987654321]
+    assert known["rank"].tolist() == [1, 2, 3] and not known["fallback"].any()
+    assert known["score"].is_monotonic_decreasing and known["product_name"].str.len().min() > 0
+    assert len(unknown) == 3 and unknown["fallback"].all()
+
+
+def test_synthesize_reuses_matching_data(settings):
+    first = steps.synthesize(settings, 200, seed=1)
+    orders = settings.data_dir / steps.SYNTH_DIR / "orders.csv"
+    stamp = orders.stat().st_mtime_ns
+    assert steps.synthesize(settings, 200, seed=1) == first and orders.stat().st_mtime_ns == stamp
+    steps.synthesize(settings, 200, seed=2)
+    assert orders.stat().st_mtime_ns != stamp
+
+
+def test_pipeline_runs_locally(tracked_gold, examples_uri, synth_args, test_config, monkeypatch):
+    """The KFP local runner (each component a subprocess) on the gold lake: the regenerated files are identical,
+    so ingest and features commit nothing, and the model trained on the same examples version is registered."""
+    settings = tracked_gold
+    for var, value in settings.to_env().items():
+        monkeypatch.setenv(var, value)
+    bronze, examples_version = bronze_versions(settings), table_version(examples_uri)
+    outputs = run.run_local("widedeep", {**synth_args, "workers": 1, "model_name": PIPELINE_MODEL,
+                                         "config_json": json.dumps({**test_config, "epochs": 1})})
+    assert outputs["model_uri"] == f"models:/{PIPELINE_MODEL}/1"
+    assert outputs["examples_version"] == examples_version == table_version(examples_uri)
+    assert bronze_versions(settings) == bronze
+    assert set(outputs["metrics"]) == set(MODELS)
+    client = tracking.client(settings)
+    metrics = client.get_run(outputs["run_id"]).data.metrics
+    assert metrics["wide_deep_auc"] == pytest.approx(outputs["metrics"]["wide_deep"]["auc"])
+    version = tracking.get_version(settings, PIPELINE_MODEL)  # @champion
+    assert version.run_id == outputs["run_id"] and version.version == "1"

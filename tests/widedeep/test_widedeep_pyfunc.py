@@ -1,0 +1,72 @@
+"""The wide & deep pyfunc through a real MLflow server: log -> register -> load models:/name@champion -> predict."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kuberec import feed, tracking
+from kuberec.ingest.instacart_features import EXAMPLES_TABLE, USER_TABLE
+from kuberec.widedeep.pyfunc import DEFAULT_NAME, POPULAR_CANDIDATES, WideDeepInputError, log_widedeep_model, \
+    load_ranker
+
+
+@pytest.fixture(scope="module")
+def registered(gold, trained, mlflow_server):
+    settings = dataclasses.replace(gold, mlflow_tracking_uri=mlflow_server.url)
+    registered = log_widedeep_model(settings, trained)
+    model, version = load_ranker(settings)  # models:/kuberec-widedeep@champion
+    return settings, registered, model, version
+
+
+def test_registered_as_champion_with_lineage(registered):
+    settings, info, _, version = registered
+    assert info.name == DEFAULT_NAME and info.champion and int(version.version) == info.version
+    lineage = tracking.parse_lineage(version.tags)
+    assert {EXAMPLES_TABLE, USER_TABLE, "instacart_gold_product_features"} <= set(lineage)
+    assert lineage[EXAMPLES_TABLE][1] == info.tables[settings.table_uri(EXAMPLES_TABLE)]
+
+
+def test_known_user_gets_ranked_products_from_history_and_popular(registered):
+    settings, _, model, _ = registered
+    history = feed.load_table_arrays(settings.table_uri(EXAMPLES_TABLE), ("user_id", "product_id"))
+    user = int(history.columns["user_id"][0])
+    bought = set(history.columns["product_id"][history.columns["user_id"] == user].tolist())
+    out = model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 5})
+    assert list(out.columns) == ["user_id", "rank", "product_id", "score", "product_name", "fallback"]
+    assert out["user_id"].tolist() == [user] * 5 and out["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert not out["fallback"].any() and out["score"].is_monotonic_decreasing
+    assert out["product_name"].str.len().min() > 0
+    everything = model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 100})
+    assert bought <= set(everything["product_id"]) or len(everything) == 100
+    assert len(everything) == min(100, len(bought | set(everything["product_id"])))
+    # Given candidates are the only ones ranked.
+    candidates = sorted(bought)[:3]
+    chosen = model.predict(pd.DataFrame({"user_id": [user] * 3, "product_id": candidates}), params={"k": 10})
+    assert sorted(chosen["product_id"]) == candidates
+    row = everything.set_index("product_id").loc[candidates, "score"].to_numpy()
+    np.testing.assert_allclose(chosen.set_index("product_id").loc[candidates, "score"].to_numpy(), row, rtol=1e-6)
+
+
+def test_unknown_user_gets_flagged_popularity_fallback(registered):
+    _, _, model, _ = registered
+    out = model.predict(pd.DataFrame({"user_id": [987654321]}), params={"k": 4})
+    assert len(out) == 4 and out["fallback"].all()
+    assert out["score"].is_monotonic_decreasing and out["score"].iloc[0] > 0
+    assert POPULAR_CANDIDATES >= 4
+
+
+@pytest.mark.parametrize("frame, params, message", [
+    ({"product_id": [1]}, {}, "send rows with a user_id column"),
+    ({"user_id": ["abc"]}, {}, "row 0: user_id 'abc' is not an integer"),
+    ({"user_id": [1, -3]}, {}, "row 1: user_id must be >= 0"),
+    ({"user_id": [1], "product_id": [10 ** 9]}, {}, "unknown product_id"),
+    ({"user_id": [1]}, {"k": 0}, "k must be between 1 and 100"),
+])
+def test_bad_requests_are_clear_errors(registered, frame, params, message):
+    _, _, model, _ = registered
+    with pytest.raises(WideDeepInputError, match=message):
+        model.unwrap_python_model().predict(None, pd.DataFrame(frame), params=params)
