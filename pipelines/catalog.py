@@ -2,10 +2,11 @@
 
 from kfp import dsl
 
+from components import configure_for_cluster
 from components.catalog import ingest_fashion_mnist
 
 
 @dsl.pipeline(name="kuberec-catalog", description="Fashion-MNIST -> Delta catalog table (Spark)")
 def catalog_pipeline(max_per_split: int = 0) -> str:
-    ingest = ingest_fashion_mnist(max_per_split=max_per_split)
+    ingest = configure_for_cluster(ingest_fashion_mnist(max_per_split=max_per_split))
     return ingest.outputs["table_uri"]

@@ -110,8 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary[name] = run_local(name, params)
     print("\n== kuberec pipeline summary ==")
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(_rounded(summary), indent=2, sort_keys=True, default=str))
+    if not (args.compile_only or settings.kfp_host):
+        from kuberec import tracking
+
+        print(f"MLflow (runs, metrics, registry): {tracking.tracking_uri(settings)}\n"
+              f"serve the champions: kuberec serve --demo   (then kuberec recommend --item-id 30)")
     return 0
+
+
+def _rounded(value: object) -> object:
+    """Metrics to 4 decimals, for reading."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
 
 
 if __name__ == "__main__":

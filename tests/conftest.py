@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -22,14 +23,19 @@ def session_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch) -> Settings:
+def settings(tmp_path, monkeypatch) -> Iterator[Settings]:
     """Settings for one test: a fresh home and lake, the shared cache; exported so child processes agree."""
     home = tmp_path / "home"
     monkeypatch.setenv("KUBEREC_HOME", str(home))
     monkeypatch.setenv("KUBEREC_CACHE", str(SHARED_CACHE))
     monkeypatch.delenv("KUBEREC_LAKE", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return load_settings()
+    test_settings = load_settings()
+    yield test_settings
+    # A step that needed MLflow and found none configured started the home's embedded server: stop it.
+    from kuberec import tracking
+
+    tracking.stop_server(test_settings)
 
 
 @pytest.fixture(scope="session")

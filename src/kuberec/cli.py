@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kuberec.similarity.commands",
     "kuberec.similarity.index_commands",
     "kuberec.tracking_commands",
+    "kuberec.tuning.commands",
     "kuberec.widedeep.commands",
 )
 
@@ -40,7 +41,14 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line. With `argv`, only the chosen command gets its arguments: some argument definitions
+    import TensorFlow or MLflow (for their defaults), which `kuberec --help` or `kuberec lake history` should not."""
+    words = [word for word in (argv or []) if not word.startswith("-")]
+
+    def wanted(command: Command) -> bool:
+        return argv is None or words[:1] == [command.verb] and (command.target is None or words[1:2] == [command.target])
+
     parser = argparse.ArgumentParser(prog="kuberec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -49,20 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
         for command in importlib.import_module(module_name).COMMANDS:
             if command.target is None:  # a verb without targets
                 sub = verbs.add_parser(command.verb, help=command.help, description=command.help)
-                command.add_arguments(sub)
+                if wanted(command):
+                    command.add_arguments(sub)
                 sub.set_defaults(run=command.run, target=None)
                 continue
             if command.verb not in targets:
                 verb_parser = verbs.add_parser(command.verb, help=f"{command.verb} ...")
                 targets[command.verb] = verb_parser.add_subparsers(dest="target", required=True, metavar="TARGET")
             sub = targets[command.verb].add_parser(command.target, help=command.help, description=command.help)
-            command.add_arguments(sub)
+            if wanted(command):
+                command.add_arguments(sub)
             sub.set_defaults(run=command.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

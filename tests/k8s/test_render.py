@@ -69,6 +69,24 @@ def test_tracking_uri_only_reachable_here_is_refused(tmp_path, uri):
         backend(settings).pod_env()
 
 
+def test_loopback_s3_endpoint_is_refused(tmp_path):
+    settings = Settings(home=tmp_path, lake_uri="s3://b/l", s3_endpoint="http://localhost:9000", backend="kubernetes")
+    with pytest.raises(ClusterConfigError, match="KUBEREC_K8S_POD_S3_ENDPOINT"):
+        backend(settings).pod_env()
+
+
+def test_pods_get_their_own_addresses_behind_a_port_forward(tmp_path):
+    """A workstation reaches MLflow and MinIO through `kubectl port-forward` (localhost); the pods get the
+    in-cluster addresses from KUBEREC_K8S_POD_MLFLOW_URI / KUBEREC_K8S_POD_S3_ENDPOINT."""
+    settings = Settings(home=tmp_path, lake_uri="s3://b/l", s3_endpoint="http://localhost:9000",
+                        mlflow_tracking_uri="http://127.0.0.1:5000", backend="kubernetes")
+    options = ClusterOptions.from_env({"KUBEREC_K8S_POD_MLFLOW_URI": "http://mlflow.ml.svc:5000",
+                                       "KUBEREC_K8S_POD_S3_ENDPOINT": "http://minio.ml.svc:9000"})
+    env = {e["name"]: e.get("value") for e in KubernetesBackend(settings, options).pod_env()}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ml.svc:5000"
+    assert env["KUBEREC_S3_ENDPOINT"] == "http://minio.ml.svc:9000"
+
+
 def test_spark_application(cluster_settings):
     job = SparkJob("ingest fashion-mnist", "kuberec.ingest.fashion_mnist", ("--split", "train"), executors=3,
                    executor_cores=2, executor_memory="3g", driver_memory="1g")

@@ -42,6 +42,8 @@ POD_HOME = "/var/lib/kuberec"
 LAKE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 GPU_RESOURCE = "nvidia.com/gpu"
+# Addresses only this machine reaches (a pod's loopback is its own).
+LOOPBACK = re.compile(r"^https?://(localhost|127\.|\[::1\])")
 
 
 class KubernetesError(KuberecError):
@@ -96,6 +98,19 @@ def _parse_labels(text: str, what: str) -> dict[str, str]:
     return labels
 
 
+# ClusterOptions field -> its variable's suffix after KUBEREC_K8S_.
+_PLAIN_OPTIONS = {"spark_service_account": "SPARK_SERVICE_ACCOUNT", "job_service_account": "JOB_SERVICE_ACCOUNT",
+                  "serving_service_account": "SERVING_SERVICE_ACCOUNT",
+                  "lake_secret": "LAKE_SECRET", "mlflow_secret": "MLFLOW_SECRET",
+                  "serving_runtime": "SERVING_RUNTIME", "image_pull_policy": "IMAGE_PULL_POLICY",
+                  "on_cancel": "ON_CANCEL", "pod_mlflow_uri": "POD_MLFLOW_URI", "pod_s3_endpoint": "POD_S3_ENDPOINT"}
+_SECONDS_OPTIONS = {"timeout_s": "TIMEOUT", "serving_timeout_s": "SERVING_TIMEOUT"}
+# Every variable ClusterOptions.from_env reads (what a ConfigMap may set for the pods that submit jobs).
+OPTION_ENV_VARS: tuple[str, ...] = tuple(sorted(
+    f"KUBEREC_K8S_{suffix}" for suffix in
+    (*_PLAIN_OPTIONS.values(), *_SECONDS_OPTIONS.values(), "GPU_NODE_SELECTOR", "GPU_TOLERATIONS")))
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     """How jobs are placed and wired in the cluster. `from_env` reads the KUBEREC_K8S_* variables, which the
@@ -116,20 +131,19 @@ class ClusterOptions:
     serving_timeout_s: float = 15 * 60
     launcher_cpu: str = "500m"
     launcher_memory: str = "1Gi"
+    # What the job pods use where the submitting process reaches MLflow or the object store another way (a
+    # workstation's `kubectl port-forward` to localhost); empty: the same as the settings.
+    pod_mlflow_uri: str = ""
+    pod_s3_endpoint: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterOptions:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        plain = {"spark_service_account": "SPARK_SERVICE_ACCOUNT", "job_service_account": "JOB_SERVICE_ACCOUNT",
-                 "serving_service_account": "SERVING_SERVICE_ACCOUNT",
-                 "lake_secret": "LAKE_SECRET", "mlflow_secret": "MLFLOW_SECRET",
-                 "serving_runtime": "SERVING_RUNTIME", "image_pull_policy": "IMAGE_PULL_POLICY",
-                 "on_cancel": "ON_CANCEL"}
-        for name, suffix in plain.items():
+        for name, suffix in _PLAIN_OPTIONS.items():
             if env.get(f"KUBEREC_K8S_{suffix}"):
                 values[name] = env[f"KUBEREC_K8S_{suffix}"]
-        for name, suffix in (("timeout_s", "TIMEOUT"), ("serving_timeout_s", "SERVING_TIMEOUT")):
+        for name, suffix in _SECONDS_OPTIONS.items():
             if env.get(f"KUBEREC_K8S_{suffix}"):
                 try:
                     values[name] = float(env[f"KUBEREC_K8S_{suffix}"])
@@ -516,15 +530,25 @@ class KubernetesBackend:
             raise ClusterConfigError(
                 f"the lake {self.settings.lake_uri!r} is a local path that pods cannot read; set KUBEREC_LAKE to "
                 f"an s3:// location (and KUBEREC_S3_ENDPOINT for MinIO)")
-        tracking = self.settings.mlflow_tracking_uri
+        tracking = self.options.pod_mlflow_uri or self.settings.mlflow_tracking_uri
         if not tracking:
             # The tracking server the manifests install in the namespace.
             tracking = f"http://mlflow.{self.namespace}.svc.cluster.local:5000"
-        elif re.match(r"^(file:|sqlite:|/|\.|https?://(localhost|127\.|\[::1\]))", tracking):
+        elif re.match(r"^(file:|sqlite:|/|\.)", tracking) or LOOPBACK.match(tracking):
             raise ClusterConfigError(
                 f"MLFLOW_TRACKING_URI={tracking!r} is only reachable from this machine; point it at the "
-                f"cluster's tracking server (e.g. http://mlflow.{self.namespace}.svc.cluster.local:5000) or unset "
-                f"it to use that default")
+                f"cluster's tracking server (e.g. http://mlflow.{self.namespace}.svc.cluster.local:5000), unset "
+                f"it to use that default, or, if this machine reaches it through a port-forward, tell the pods "
+                f"its in-cluster address with KUBEREC_K8S_POD_MLFLOW_URI")
+        s3_endpoint = self.options.pod_s3_endpoint or self.settings.s3_endpoint
+        if LOOPBACK.match(s3_endpoint):
+            raise ClusterConfigError(
+                f"KUBEREC_S3_ENDPOINT={s3_endpoint!r} is only reachable from this machine; point it at the "
+                f"cluster's object store (e.g. http://minio.{self.namespace}.svc.cluster.local:9000) or, if this "
+                f"machine reaches it through a port-forward, tell the pods its in-cluster address with "
+                f"KUBEREC_K8S_POD_S3_ENDPOINT")
+        if s3_endpoint:
+            env["KUBEREC_S3_ENDPOINT"] = s3_endpoint
         env.update({"MLFLOW_TRACKING_URI": tracking, "KUBEREC_HOME": POD_HOME,
                     # The pod runs the step itself; it must not submit it to the cluster again.
                     "KUBEREC_BACKEND": "local", "PYTHONUNBUFFERED": "1"})

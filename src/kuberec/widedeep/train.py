@@ -139,8 +139,9 @@ def resolve_tables(examples_uri: str, version: int | None) -> dict[str, int]:
 
 # -- training -----------------------------------------------------------------------------------------------------
 
-# Called on rank 0 after each epoch with that epoch's history entry (epoch (1-based), loss, seconds, examples/s).
-EpochCallback = Callable[[dict[str, float]], None]
+# Called on rank 0 after each epoch with that epoch's history entry (epoch (1-based), loss, seconds, examples/s)
+# and the Keras model being trained (e.g. to score a validation split, as kuberec.tuning does).
+EpochCallback = Callable[[dict[str, float], Any], None]
 
 
 def train_widedeep(config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *, version: int | None = None,
@@ -229,7 +230,7 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
                 log.info("epoch %d/%d: loss %.4f, %.0f examples/s", epoch + 1, config.epochs, float(loss),
                          history[-1]["examples_per_second"])
                 if on_epoch_end is not None:
-                    on_epoch_end(history[-1])
+                    on_epoch_end(history[-1], model)
 
     checksum = weights_checksum(model)
     if save:
@@ -313,7 +314,7 @@ def train_tracked(run_id: str, config: WideDeepConfig, examples_uri: str, out_di
     from kuberec import tracking
     from kuberec.settings import load_settings
 
-    def log_epoch(entry: dict[str, float]) -> None:
+    def log_epoch(entry: dict[str, float], model: Any) -> None:
         tracking.log_metrics({key: value for key, value in entry.items() if key != "epoch"},
                              step=int(entry["epoch"]) - 1)
 
