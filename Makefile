@@ -4,7 +4,7 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup k8s-test-tools test pipeline-run pipeline-compile serve images lock bench clean
+.PHONY: setup k8s-test-tools test pipeline-run pipeline-compile pipeline-upload serve images lock bench clean
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,10 @@ pipeline-run: setup
 
 pipeline-compile: setup
 	$(VENV)/bin/python -m pipelines.run $(PIPELINE) --compile-only build/pipelines
+
+# Compiles each pipeline and uploads it to Kubeflow Pipelines at KFP_HOST (a new version after the first upload).
+pipeline-upload: setup
+	$(VENV)/bin/python -m pipelines.run $(PIPELINE) --upload
 
 # The registered champions on MLServer (V2) at 127.0.0.1:8080; SERVE_ARGS="--demo" adds the demo page on :8000.
 serve: setup

@@ -1,10 +1,12 @@
-"""Run, compile or submit kuberec's pipelines.
+"""Run, compile, submit or upload kuberec's pipelines.
 
-    python -m pipelines.run [all|catalog|...] [--param name=value ...] [--compile-only DIR]
+    python -m pipelines.run [all|catalog|...] [--param name=value ...] [--compile-only DIR | --upload]
 
 Without KFP_HOST the pipeline runs here with the KFP local runner (each component a subprocess of this venv,
 steps on the local backend). With KFP_HOST it is compiled and submitted to Kubeflow Pipelines as a run in the
-`kuberec` experiment, and the run's URL is printed. `--compile-only DIR` writes the pipeline YAML and stops.
+`kuberec` experiment (service account kuberec-runner), and the run's URL is printed. `--compile-only DIR` writes
+the pipeline YAML and stops. `--upload` compiles each pipeline and uploads it to KFP_HOST: a new pipeline the first
+time, else a new version of it named `<image tag>-<UTC time>`; it prints the pipeline's dashboard URL.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import importlib
 import json
 import logging
 import sys
+import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +33,9 @@ PIPELINES: dict[str, str] = {
 }
 ALL: tuple[str, ...] = ("similarity", "widedeep")  # the catalog pipeline is the first step of `similarity`
 EXPERIMENT = "kuberec"
+# The service account pipeline pods run as: manifests/base/rbac.yaml lets it create kuberec's custom resources.
+# kfp-kubernetes has no per-task service account, so it is a setting of each run.
+SERVICE_ACCOUNT = "kuberec-runner"
 
 
 def load_pipeline(name: str) -> Callable:
@@ -78,21 +85,66 @@ def run_local(name: str, params: dict[str, object]) -> dict[str, object]:
     return dict(task.outputs) if task.outputs else {"output": task.output}
 
 
-def submit(name: str, params: dict[str, object], host: str) -> str:
+def submit(name: str, params: dict[str, object], host: str, out_dir: Path,
+           service_account: str = SERVICE_ACCOUNT) -> str:
+    """Compile pipeline `name` into out_dir and start a run of that package on Kubeflow Pipelines; returns its URL."""
     import kfp
 
+    package = compile_pipeline(name, out_dir)
     client = kfp.Client(host=host)
-    run = client.create_run_from_pipeline_func(load_pipeline(name), arguments=params, experiment_name=EXPERIMENT,
-                                               run_name=f"{name}-{load_settings().image_tag}")
+    run = client.create_run_from_pipeline_package(str(package), arguments=params, experiment_name=EXPERIMENT,
+                                                  run_name=f"{name}-{load_settings().image_tag}",
+                                                  service_account=service_account or None)
     return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+
+
+def version_name(now: datetime | None = None) -> str:
+    """A pipeline version's name: the image tag the components run (the package version by default) and when."""
+    now = now or datetime.now(timezone.utc)
+    return f"{load_settings().image_tag}-{now:%Y%m%d-%H%M%S}"
+
+
+def upload(name: str, host: str, out_dir: Path) -> dict[str, str]:
+    """Compile pipeline `name` into out_dir and upload that package to Kubeflow Pipelines at `host`: the pipeline
+    (named as in its @dsl.pipeline) is created the first time, later uploads add a version to it. Returns the
+    pipeline's and version's names and ids and the dashboard URL."""
+    import kfp
+
+    package = compile_pipeline(name, out_dir)
+    pipeline = load_pipeline(name)
+    client = kfp.Client(host=host)
+    pipeline_id = client.get_pipeline_id(pipeline.name)
+    if pipeline_id is None:
+        pipeline_id = client.upload_pipeline(str(package), pipeline_name=pipeline.name,
+                                             description=pipeline.description).pipeline_id
+        # KFP makes the package the pipeline's first version (named after the pipeline).
+        first = client.list_pipeline_versions(pipeline_id, page_size=1).pipeline_versions[0]
+        version, version_id = first.display_name, first.pipeline_version_id
+        log.info("created pipeline %s (%s) from %s", pipeline.name, pipeline_id, package)
+    else:
+        version = version_name()
+        version_id = client.upload_pipeline_version(str(package), pipeline_version_name=version,
+                                                    pipeline_id=pipeline_id,
+                                                    description=pipeline.description).pipeline_version_id
+        log.info("uploaded %s as version %s of pipeline %s", package, version, pipeline.name)
+    return {"pipeline": pipeline.name, "pipeline_id": pipeline_id, "version": version, "version_id": version_id,
+            "url": f"{host.rstrip('/')}/#/pipelines/details/{pipeline_id}/version/{version_id}"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", nargs="?", default="all", choices=["all", *PIPELINES])
     parser.add_argument("--param", action="append", default=[], help="pipeline parameter name=value (JSON value)")
-    parser.add_argument("--compile-only", type=Path, metavar="DIR", help="write pipeline YAML to DIR and stop")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--compile-only", type=Path, metavar="DIR", help="write pipeline YAML to DIR and stop")
+    mode.add_argument("--upload", action="store_true",
+                      help="compile and upload to Kubeflow Pipelines at KFP_HOST as a new pipeline version")
+    parser.add_argument("--service-account", default=SERVICE_ACCOUNT,
+                        help=f"service account of the pipeline's pods for runs submitted to KFP_HOST "
+                             f"(default {SERVICE_ACCOUNT}; empty: the KFP default)")
     args = parser.parse_args(argv)
+    if args.upload and args.param:
+        parser.error("--param sets a run's inputs; an uploaded pipeline takes them when a run is started from it")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = list(ALL) if args.pipeline == "all" else [args.pipeline]
     unknown = {pair.partition("=")[0] for pair in args.param} - {key for name in names for key in pipeline_inputs(name)}
@@ -100,15 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no pipeline of {', '.join(names)} takes --param {', '.join(sorted(unknown))}; see "
                      f"{', '.join(f'{n}: {sorted(pipeline_inputs(n))}' for n in names)}")
     settings = load_settings()
+    if args.upload and not settings.kfp_host:
+        raise SystemExit("--upload needs KFP_HOST, the Kubeflow Pipelines API endpoint (e.g. "
+                         "KFP_HOST=https://kubeflow.example.com/pipeline make pipeline-upload); nothing was uploaded")
     summary: dict[str, object] = {}
-    for name in names:
-        params = parse_params(name, args.param)
-        if args.compile_only:
-            summary[name] = str(compile_pipeline(name, args.compile_only))
-        elif settings.kfp_host:
-            summary[name] = {"run_url": submit(name, params, settings.kfp_host)}
-        else:
-            summary[name] = run_local(name, params)
+    with tempfile.TemporaryDirectory(prefix="kuberec-pipelines-") as packages:
+        for name in names:
+            params = parse_params(name, args.param)
+            if args.compile_only:
+                summary[name] = str(compile_pipeline(name, args.compile_only))
+            elif args.upload:
+                summary[name] = upload(name, settings.kfp_host, Path(packages))
+            elif settings.kfp_host:
+                url = submit(name, params, settings.kfp_host, Path(packages), args.service_account)
+                summary[name] = {"run_url": url}
+            else:
+                summary[name] = run_local(name, params)
     print("\n== kuberec pipeline summary ==")
     print(json.dumps(_rounded(summary), indent=2, sort_keys=True, default=str))
     if not (args.compile_only or settings.kfp_host):

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from components import configure_for_cluster
 from components.catalog import ingest_fashion_mnist
 from components.similarity import evaluate_similarity, register_similarity, train_similarity
 
@@ -15,11 +16,13 @@ def similarity_pipeline(max_per_split: int = 0, workers: int = 2, config_json: s
                         eval_queries: int = 0, set_champion: bool = True) -> NamedTuple(
         "Outputs", model_uri=str, version=int, champion=bool, metrics=dict, training_run_id=str):
     """max_per_split/max_examples/eval_queries: 0 = all data (smaller values make quick runs)."""
-    catalog = ingest_fashion_mnist(max_per_split=max_per_split)
+    catalog = configure_for_cluster(ingest_fashion_mnist(max_per_split=max_per_split))
     table = dict(table_uri=catalog.outputs["table_uri"], table_version=catalog.outputs["version"])
-    trained = train_similarity(workers=workers, config_json=config_json, max_examples=max_examples, **table)
-    evaluated = evaluate_similarity(run_id=trained.output, max_queries=eval_queries, **table)
-    registered = register_similarity(run_id=trained.output, set_champion=set_champion, **table)
+    trained = configure_for_cluster(train_similarity(workers=workers, config_json=config_json,
+                                                     max_examples=max_examples, **table))
+    evaluated = configure_for_cluster(evaluate_similarity(run_id=trained.output, max_queries=eval_queries, **table))
+    registered = configure_for_cluster(register_similarity(run_id=trained.output, set_champion=set_champion,
+                                                           **table))
     registered.after(evaluated)  # register only a model whose evaluation succeeded
     outputs = NamedTuple("Outputs", model_uri=str, version=int, champion=bool, metrics=dict, training_run_id=str)
     return outputs(registered.outputs["model_uri"], registered.outputs["version"], registered.outputs["champion"],

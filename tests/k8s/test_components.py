@@ -204,6 +204,7 @@ def test_ingest_component_fails_with_the_operators_message(cluster, k8s_config, 
         ingest_fashion_mnist(max_per_split=20)
     name = operator.result()["metadata"]["name"]
     output = capfd.readouterr().out
+    assert f"SparkApplication {name}: SUBMITTED" in output  # the states the backend saw, in the task's log
     assert f"SparkApplication {cluster['KUBEREC_NAMESPACE']}/{name} failed: driver pod OOMKilled" in output
 
 

@@ -92,6 +92,10 @@ def test_cli_trains_through_the_local_backend(tracked_settings, examples_uri, ca
     from kuberec import tracking
     from kuberec.cli import main
     from kuberec.widedeep import steps
+    from kuberec.widedeep.pyfunc import EXPERIMENT
+
+    def train_runs() -> int:
+        return len(tracking.client(tracked_settings).search_runs([tracking.experiment_id(EXPERIMENT)]))
 
     code = main(["train", "widedeep", "--examples", examples_uri, "--epochs", "1", "--steps-per-epoch", "3",
                  "--hidden-units", "8", "--batch-size", "64"])
@@ -99,9 +103,12 @@ def test_cli_trains_through_the_local_backend(tracked_settings, examples_uri, ca
     run_id = re.search(r"MLflow run (\w+)", capsys.readouterr().out).group(1)
     result = TrainResult.load(steps.train_dir(tracked_settings, run_id))
     assert result.steps_per_epoch == 3 and result.config.hidden_units == 8 and result.config.batch_size == 64
-    runs = tracking.client(tracked_settings).search_runs(
-        [tracking.experiment_id("kuberec-widedeep")], "tags.mlflow.runName = 'train-widedeep'")
+    runs = train_runs()
     assert main(["train", "widedeep", "--examples", examples_uri, "--width-decline", "1.5"]) == 2
     assert "width_decline must be in (0, 1]" in capsys.readouterr().err
-    assert len(tracking.client(tracked_settings).search_runs(  # a bad config fails before any run is created
-        [tracking.experiment_id("kuberec-widedeep")], "tags.mlflow.runName = 'train-widedeep'")) == len(runs)
+    assert train_runs() == runs  # a bad config fails before any run is created
+    # The next verbs find the model by run id (the steps themselves: tests/widedeep/test_widedeep_pipeline.py).
+    assert main(["evaluate", "widedeep", "--run", run_id]) == 0
+    assert "popularity" in capsys.readouterr().out
+    assert main(["register", "widedeep", "--run", run_id, "--name", "test-widedeep-cli"]) == 0
+    assert "registered test-widedeep-cli version 1 (champion): models:/test-widedeep-cli/1" in capsys.readouterr().out

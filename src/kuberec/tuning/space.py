@@ -44,6 +44,7 @@ class ModelSpec:
     metrics: Mapping[str, str]  # validation metric reported every epoch -> "max" or "min"
     default_metric: str
     default_table: str  # lake table name the sweep reads by default
+    max_examples_hint: str = ""  # empty: the sweep can cap its training examples; else how to bound training
 
     def config_class(self) -> type:
         module, _, name = self.config_class_path.partition(":")
@@ -92,6 +93,8 @@ MODELS: dict[str, ModelSpec] = {
         metrics={"auc": "max", "log_loss": "min", "map_at_10": "max", "loss": "min"},
         default_metric="auc",
         default_table="instacart_gold_examples",
+        max_examples_hint="a wide & deep sweep streams the whole train split; bound each trial's training with "
+                          "steps_per_epoch in the search space instead (e.g. {\"steps_per_epoch\": 50})",
     ),
 }
 

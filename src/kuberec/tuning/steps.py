@@ -88,6 +88,8 @@ def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, c
     for option, value in (("trials", trials), ("concurrent", concurrent), ("cpus_per_trial", cpus_per_trial)):
         if value < 1:
             raise KuberecError(f"{option} must be at least 1, not {value}")
+    if max_examples is not None and spec.max_examples_hint:
+        raise KuberecError(f"max_examples: {spec.max_examples_hint}")
     name = check_name(name or f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
     if runs.find_sweep(settings, name) is not None:
         raise KuberecError(f"a sweep named {name!r} already exists; resume it (kuberec tune {model} --name {name} "
@@ -149,8 +151,12 @@ def _launch(settings: Settings, parent_run_id: str, params: Mapping[str, Any], e
     try:
         get_backend(settings).run_ray(job)
     except BaseException:
-        interrupted = mlflow_client.get_run(parent_run_id).data.tags.get(runs.STATE_TAG) == "interrupted"
-        mlflow_client.set_terminated(parent_run_id, "KILLED" if interrupted else "FAILED")
+        # The driver tags an interrupted sweep (resumable) itself; anything else is a failure.
+        if mlflow_client.get_run(parent_run_id).data.tags.get(runs.STATE_TAG) == "interrupted":
+            mlflow_client.set_terminated(parent_run_id, "KILLED")
+        else:
+            mlflow_client.set_tag(parent_run_id, runs.STATE_TAG, "failed")
+            mlflow_client.set_terminated(parent_run_id, "FAILED")
         raise
     mlflow_client.set_terminated(parent_run_id, "FINISHED")
     result = read_result(settings, parent_run_id)

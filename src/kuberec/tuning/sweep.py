@@ -196,8 +196,8 @@ def sweep(args: argparse.Namespace) -> Outcome:
     if unfinished or (len(results) < args.trials and not out_of_time):
         killed = runs.kill_running_children(settings, args.parent_run_id)
         tracking.client(settings).set_tag(args.parent_run_id, runs.STATE_TAG, "interrupted")
-        raise SweepInterrupted(f"sweep {args.name} was interrupted after {len(results) - unfinished} of "
-                               f"{args.trials} trials ({killed} were running); resume it with "
+        raise SweepInterrupted(f"sweep {args.name} was interrupted with {len(results) - unfinished} of "
+                               f"{args.trials} trials done ({killed} were running); resume it with "
                                f"`kuberec tune {args.model} --name {args.name} --resume`")
     outcome = summarize(results, metric, mode, space.epochs)
     best_run = record_outcome(settings, args.parent_run_id, space, metric, outcome)

@@ -92,9 +92,6 @@ def load_data(model: str, table: TableRef, *, max_examples: int | None = None,
               seed: int = 0) -> SimilarityData | WideDeepData:
     if model == "similarity":
         return load_similarity_data(table, max_examples=max_examples, seed=seed)
-    if max_examples is not None:
-        raise KuberecError("--max-examples applies to similarity sweeps; a wide & deep sweep bounds its training "
-                           "with steps_per_epoch in the search space (e.g. --space '{\"steps_per_epoch\": 50}')")
     return load_widedeep_data(table)
 
 

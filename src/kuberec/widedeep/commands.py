@@ -49,14 +49,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     given = args.examples or args.version is not None
-    result = steps.evaluate(settings, args.run, _examples(settings, args.examples, args.version) if given else None)
+    result = steps.evaluate(settings, args.run_id, _examples(settings, args.examples, args.version) if given else None)
     print(result.table())
-    print(f"logged to MLflow run {args.run}: {result.files['json']}\n"
-          f"register: kuberec register widedeep --run {args.run}")
+    print(f"logged to MLflow run {args.run_id}: {result.files['json']}\n"
+          f"register: kuberec register widedeep --run {args.run_id}")
 
 
 def _evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="MLflow run id printed by `kuberec train widedeep`")
+    parser.add_argument("--run", dest="run_id", metavar="RUN_ID", required=True,
+                        help="MLflow run id printed by `kuberec train widedeep`")
     parser.add_argument("--examples", help="gold examples table to test on (default: the table and version the run "
                                            "trained on)")
     parser.add_argument("--version", type=int, help="its Delta version (default with --examples: latest)")
@@ -66,7 +67,7 @@ def _register(args: argparse.Namespace) -> None:
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
 
-    registered = steps.register(load_settings(), args.run, set_champion=True if args.champion else None,
+    registered = steps.register(load_settings(), args.run_id, set_champion=True if args.champion else None,
                                 name=args.name)
     print(f"registered {registered.name} version {registered.version}"
           f"{' (champion)' if registered.champion else ''}: {registered.model_uri}")
@@ -75,7 +76,8 @@ def _register(args: argparse.Namespace) -> None:
 def _register_args(parser: argparse.ArgumentParser) -> None:
     from kuberec.widedeep.pyfunc import DEFAULT_NAME
 
-    parser.add_argument("--run", required=True, help="MLflow run id printed by `kuberec train widedeep`")
+    parser.add_argument("--run", dest="run_id", metavar="RUN_ID", required=True,
+                        help="MLflow run id printed by `kuberec train widedeep`")
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"registered model name (default {DEFAULT_NAME})")
     parser.add_argument("--champion", action="store_true",
                         help="make this version the champion (default: only when there is none yet)")

@@ -123,7 +123,8 @@ def evaluate(settings: Settings, run_id: str, examples: TableRef | None = None) 
                                   for metric, value in values.items()})
             mlflow.log_artifact(result.files["json"], EVALUATION_ARTIFACTS)
     result.files = {"json": f"runs:/{run_id}/{EVALUATION_ARTIFACTS}/{RESULT_FILE}"}
-    log.info("evaluation of run %s:\n%s", run_id, result.table())
+    log.info("evaluation logged to run %s: wide & deep AUC %.4f, MAP@10 %.4f", run_id,
+             result.metrics["wide_deep"]["auc"], result.metrics["wide_deep"]["map_at_10"])
     return result
 
 
