@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from components import configure_for_cluster
 from components.widedeep import (build_features, evaluate_widedeep, ingest_instacart, instacart_source,
                                  register_widedeep, train_widedeep)
 
@@ -16,19 +17,19 @@ DEFAULT_CONFIG = '{"batch_size": 1024, "epochs": 2}'
 
 
 @dsl.pipeline(name="kuberec-widedeep",
-              description="Instacart -> bronze/gold Delta (Spark) -> wide & deep (Horovod) -> evaluate -> MLflow registry")
+              description="Instacart -> bronze/gold Delta (Spark) -> wide & deep (Horovod) -> evaluate -> registry")
 def widedeep_pipeline(users: int = 5000, seed: int = 0, source: str = "", workers: int = 2,
                       config_json: str = DEFAULT_CONFIG, set_champion: bool = True,
                       model_name: str = "kuberec-widedeep") -> NamedTuple(
         "Outputs", model_uri=str, run_id=str, examples_version=int, metrics=dict):
-    data = instacart_source(source=source, users=users, seed=seed)
-    bronze = ingest_instacart(source=data.output)
-    gold = build_features(bronze=bronze.output)
-    trained = train_widedeep(table_uri=gold.outputs["table_uri"], version=gold.outputs["version"],
-                             config_json=config_json, workers=workers)
-    evaluated = evaluate_widedeep(run_id=trained.output, table_uri=gold.outputs["table_uri"],
-                                  version=gold.outputs["version"])
-    registered = register_widedeep(run_id=trained.output, set_champion=set_champion, model_name=model_name)
+    data = configure_for_cluster(instacart_source(source=source, users=users, seed=seed))
+    bronze = configure_for_cluster(ingest_instacart(source=data.output))
+    gold = configure_for_cluster(build_features(bronze=bronze.output))
+    examples = dict(table_uri=gold.outputs["table_uri"], version=gold.outputs["version"])
+    trained = configure_for_cluster(train_widedeep(config_json=config_json, workers=workers, **examples))
+    evaluated = configure_for_cluster(evaluate_widedeep(run_id=trained.output, **examples))
+    registered = configure_for_cluster(register_widedeep(run_id=trained.output, set_champion=set_champion,
+                                                         model_name=model_name))
     registered.after(evaluated)  # the registered model carries the evaluation
     return NamedTuple("Outputs", model_uri=str, run_id=str, examples_version=int, metrics=dict)(
         registered.outputs["model_uri"], trained.output, gold.outputs["version"], evaluated.output)

@@ -18,8 +18,6 @@ import yaml
 from components import OPTIONAL_SETTINGS, REQUIRED_SETTINGS, SECRETS, SETTINGS_CONFIG_MAP
 from pipelines import run
 
-# Pipelines whose tasks do not yet call components.configure_for_cluster (remove a name once it does).
-NOT_YET_CONFIGURED = {"widedeep"}
 
 
 def compiled(name: str, tmp_path) -> dict:
@@ -28,10 +26,7 @@ def compiled(name: str, tmp_path) -> dict:
     return {key: value for document in documents for key, value in document.items()}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(name in NOT_YET_CONFIGURED, strict=True,
-                                               reason="the pipeline does not call configure_for_cluster yet"))
-    for name in sorted(run.PIPELINES)])
+@pytest.mark.parametrize("name", sorted(run.PIPELINES))
 def test_every_task_gets_the_cluster_settings(name, tmp_path):
     spec = compiled(name, tmp_path)
     executors = spec["deploymentSpec"]["executors"]

@@ -69,14 +69,14 @@ def test_bad_requests_fail_before_any_run(tracked_settings, fashion_mnist, capsy
 
 
 def test_similarity_sweep_logs_trials_under_one_parent_and_survives_a_failing_trial(tracked_settings, fashion_mnist,
-                                                                                    capsys):
+                                                                                    capfd):
     settings, table = tracked_settings, fashion_mnist
     code = kuberec_main(["tune", "similarity", "--table", table.uri, "--version", str(table.version),
                          "--trials", "3", "--concurrent", "2", "--max-examples", str(MAX_EXAMPLES), "--seed", "1",
                          "--space", json.dumps(SIMILARITY_SPACE), "--initial-point", json.dumps(DIVERGES),
                          "--initial-point", json.dumps(CONVERGES), "--name", "sim", "--json"])
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    result = json.loads(capfd.readouterr().out)  # the driver's progress went to stderr
     assert result["trials_failed"] >= 1 and result["trials_finished"] >= 1  # the diverging point did not stop it
     assert result["trials_failed"] + result["trials_finished"] == 3
     assert result["metric"] == "precision_at_5" and result["mode"] == "max"

@@ -86,7 +86,7 @@ def test_two_horovod_workers_end_with_identical_averaged_weights(examples_uri, t
     assert not np.array_equal(shards[0].columns["user_id"][:50], shards[1].columns["user_id"][:50])
 
 
-def test_cli_trains_through_the_local_backend(tracked_settings, examples_uri, capsys):
+def test_cli_trains_through_the_local_backend(tracked_settings, gold, examples_uri, capsys, monkeypatch):
     import re
 
     from kuberec import tracking
@@ -97,6 +97,7 @@ def test_cli_trains_through_the_local_backend(tracked_settings, examples_uri, ca
     def train_runs() -> int:
         return len(tracking.client(tracked_settings).search_runs([tracking.experiment_id(EXPERIMENT)]))
 
+    monkeypatch.setenv("KUBEREC_LAKE", gold.lake_uri)  # registering copies features from the lake's gold tables
     code = main(["train", "widedeep", "--examples", examples_uri, "--epochs", "1", "--steps-per-epoch", "3",
                  "--hidden-units", "8", "--batch-size", "64"])
     assert code == 0

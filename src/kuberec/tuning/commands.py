@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from kuberec.cli import Command
@@ -41,6 +42,8 @@ def _tune(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     model = args.target
+    if args.json:  # MLflow prints run links on stdout, which must hold only the JSON
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if args.resume:
         if not args.name:
             raise KuberecError("--resume needs the --name of the sweep to continue")

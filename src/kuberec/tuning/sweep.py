@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ray's progress tables and the trials' output are progress, not results: keep the launcher's stdout clean
+    # (`kuberec tune ... --json` prints only the result there).
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name, value in (("--trials", args.trials), ("--concurrent", args.concurrent),

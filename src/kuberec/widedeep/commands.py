@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from kuberec.cli import Command
 
+if TYPE_CHECKING:
+    from kuberec.settings import Settings
+    from kuberec.steps import TableRef
 
-def _examples(settings, uri: str | None, version: int | None):
-    """TableRef of `uri` (default: the lake's gold examples) at `version` (default: latest); a clear error if missing."""
+
+def _examples(settings: Settings, uri: str | None, version: int | None) -> TableRef:
+    """`uri` (default: the lake's gold examples) at `version` (default: latest); a clear error if it is missing."""
     from kuberec.ingest.instacart_features import EXAMPLES_TABLE
     from kuberec.steps import TableRef
     from kuberec.widedeep.train import resolve_tables
