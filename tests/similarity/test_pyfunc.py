@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from kuberec.model_input import ModelInputError
 from kuberec import tracking
 from kuberec.settings import load_settings
 from kuberec.similarity.index import HnswParams, ItemIndex, items_frame
@@ -164,9 +165,9 @@ def test_bad_requests_say_what_is_wrong(champion, frame, params, message):
 
 def test_bad_params_and_oversized_batches_directly(champion):
     model = champion.unwrap_python_model()
-    with pytest.raises(SimilarityInputError, match="k must be an integer"):
+    with pytest.raises(ModelInputError, match="k must be an integer"):
         model.predict(None, pd.DataFrame({"item_id": [1]}), params={"k": "five"})
-    with pytest.raises(SimilarityInputError, match="unknown parameters"):
+    with pytest.raises(ModelInputError, match="unknown parameters"):
         model.predict(None, pd.DataFrame({"item_id": [1]}), params={"top": 3})
     with pytest.raises(SimilarityInputError, match="at most 1024"):
         model.predict(None, pd.DataFrame({"item_id": list(range(1025))}))

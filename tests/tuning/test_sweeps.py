@@ -117,9 +117,21 @@ def test_similarity_sweep_logs_trials_under_one_parent_and_survives_a_failing_tr
         steps.tune(settings, "similarity", table, name="sim", space=SIMILARITY_SPACE)
 
 
-def test_interrupted_sweep_resumes_without_repeating_finished_trials(tracked_settings, fashion_mnist):
+def sweep_drivers() -> list:
+    """This test process's `python -m kuberec.tuning.sweep` descendants."""
     import psutil
 
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "kuberec.tuning.sweep" in process.cmdline():
+                found.append(process)
+        except psutil.Error:  # exited (or a zombie) meanwhile
+            continue
+    return found
+
+
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(tracked_settings, fashion_mnist):
     settings, name, trials = tracked_settings, "resumable", 6
     space = {**SIMILARITY_SPACE, "epochs": 3, "steps_per_epoch": 60, "learning_rate": {"loguniform": [1e-3, 1e-2]}}
     outcome: dict[str, Any] = {}
@@ -131,16 +143,19 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tracked_set
         except BaseException as err:  # noqa: BLE001  (handed to the test thread)
             outcome["error"] = err
 
-    thread = threading.Thread(target=sweep)
+    thread = threading.Thread(target=sweep, daemon=True)
     thread.start()
-    parent = wait_for(lambda: runs.find_sweep(settings, name), what="the parent run")
-    wait_for(lambda: any(c.info.status == "FINISHED" for c in runs.child_runs(settings, parent.info.run_id)),
-             what="a finished trial")
-    # What a pod deletion or `kill` sends; the driver saves Tune's state and stops.
-    driver = [p for p in psutil.Process().children(recursive=True) if "kuberec.tuning.sweep" in " ".join(p.cmdline())]
-    assert len(driver) == 1
-    driver[0].send_signal(signal.SIGTERM)
-    thread.join(timeout=180)
+    try:
+        parent = wait_for(lambda: runs.find_sweep(settings, name), what="the parent run")
+        wait_for(lambda: any(c.info.status == "FINISHED" for c in runs.child_runs(settings, parent.info.run_id)),
+                 what="a finished trial")
+        driver = sweep_drivers()
+        assert len(driver) == 1
+        driver[0].send_signal(signal.SIGTERM)  # what a pod deletion or `kill` sends: Tune saves its state and stops
+        thread.join(timeout=180)
+    finally:  # a failed assertion must not leave a sweep running against the session's MLflow server
+        for process in sweep_drivers():
+            process.kill()
     assert isinstance(outcome.get("error"), JobFailed), outcome
 
     parent = tracking.client(settings).get_run(parent.info.run_id)

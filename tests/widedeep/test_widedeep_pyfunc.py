@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kuberec.model_input import ModelInputError
 from kuberec import feed, tracking
 from kuberec.ingest.instacart_features import EXAMPLES_TABLE, USER_TABLE
-from kuberec.widedeep.pyfunc import DEFAULT_NAME, POPULAR_CANDIDATES, WideDeepInputError, log_widedeep_model, \
+from kuberec.widedeep.pyfunc import DEFAULT_NAME, POPULAR_CANDIDATES, log_widedeep_model, \
     load_ranker
 
 
@@ -68,5 +69,5 @@ def test_unknown_user_gets_flagged_popularity_fallback(registered):
 ])
 def test_bad_requests_are_clear_errors(registered, frame, params, message):
     _, _, model, _ = registered
-    with pytest.raises(WideDeepInputError, match=message):
+    with pytest.raises(ModelInputError, match=message):
         model.unwrap_python_model().predict(None, pd.DataFrame(frame), params=params)

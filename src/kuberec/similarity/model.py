@@ -16,18 +16,18 @@ SavedModel whose signature maps uint8 images [N, 28, 28] to L2-normalised float3
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, ClassVar, Callable, Mapping
 
 import numpy as np
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+from kuberec.config import ConfigError, ModelConfig  # noqa: F401  (ConfigError: part of this API)
 from kuberec.errors import KuberecError
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,15 @@ AUGMENTATIONS = ("none", "flip", "flip_shift")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
-class ConfigError(KuberecError):
-    """A similarity training configuration value is invalid."""
-
-
 class ModelLoadError(KuberecError):
     """An exported embedding model is missing or unreadable."""
 
 
 @dataclass(frozen=True)
-class SimilarityConfig:
+class SimilarityConfig(ModelConfig):
     """Everything that defines a similarity training run (besides its data)."""
+
+    label: ClassVar[str] = "similarity"
 
     architecture: str = "vgg"
     embedding_size: int | None = None  # None: the architecture's own default (ARCHITECTURES)
@@ -104,19 +102,6 @@ class SimilarityConfig:
     def embedding_dim(self) -> int:
         return self.embedding_size or ARCHITECTURES[self.architecture][1]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SimilarityConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown similarity config keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> "SimilarityConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def resolve_precision(precision: str) -> str:

@@ -39,12 +39,11 @@ from typing import Any, Mapping
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from kuberec import tracking
 from kuberec.datasets.fashion_mnist import IMAGE_BYTES, IMAGE_SIDE
 from kuberec.errors import KuberecError
+from kuberec.model_input import MAX_K, ModelInputError, checked_params, parse_k
 from kuberec.settings import Settings
 from kuberec.similarity.index import ItemIndex
 
@@ -53,7 +52,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "kuberec-similarity"
 EXPERIMENT = "kuberec-similarity"
 ARTIFACT_NAME = "model"
-DEFAULT_K, MAX_K = 5, 100
+DEFAULT_K = 5
 MAX_QUERIES = 1024  # rows per request
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # decoded upload size
 TRAINING_RUN_TAG = "kuberec.training_run_id"
@@ -64,11 +63,8 @@ INDEX_ITEMS_TAG = "kuberec.index.items"
 REQUIREMENTS = ("mlflow", "tensorflow", "tf-keras", "faiss-cpu", "numpy", "pandas", "pyarrow", "pillow")
 
 
-class SimilarityInputError(KuberecError, MlflowException):
-    """A request the model cannot answer; the message names the row and what to fix."""
-
-    def __init__(self, message: str) -> None:
-        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+class SimilarityInputError(ModelInputError):
+    """A similarity request the model cannot answer."""
 
 
 def signature():
@@ -189,20 +185,8 @@ def parse_queries(model_input: Any) -> Queries:
 
 
 def parse_params(params: Mapping[str, Any] | None) -> tuple[int, bool, bool]:
-    params = dict(params or {})
-    unknown = sorted(set(params) - {"k", "with_images", "include_query"})
-    if unknown:
-        raise SimilarityInputError(f"unknown parameters {unknown}; known: k, with_images, include_query")
-    k = params.get("k", DEFAULT_K)
-    try:
-        k_int = int(k)
-        if k_int != float(k):
-            raise ValueError
-    except (TypeError, ValueError) as err:
-        raise SimilarityInputError(f"k must be an integer 1..{MAX_K}, got {k!r}") from err
-    if not 1 <= k_int <= MAX_K:
-        raise SimilarityInputError(f"k must be between 1 and {MAX_K}, got {k_int}")
-    return k_int, _flag(params, "with_images"), _flag(params, "include_query")
+    params = checked_params(params, ("k", "with_images", "include_query"))
+    return parse_k(params, DEFAULT_K, MAX_K), _flag(params, "with_images"), _flag(params, "include_query")
 
 
 def _flag(params: Mapping[str, Any], name: str) -> bool:

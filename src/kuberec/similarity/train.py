@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -37,8 +36,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+from kuberec import config as model_config
+from kuberec.config import config_to_args  # noqa: F401  (part of this module's API)
+from kuberec.distributed import TrainingError, agree, init_horovod, weights_checksum  # noqa: F401
 from kuberec.errors import KuberecError
-from kuberec.similarity.model import (ConfigError, SimilarityConfig, augment_batch, build_loss, build_model,
+from kuberec.similarity.model import (SimilarityConfig, augment_batch, build_loss, build_model,
                                       export_embedding_model, resolve_precision)
 
 log = logging.getLogger("kuberec.similarity.train")  # a stable name also when run with `python -m`
@@ -49,10 +51,6 @@ RESULT_FILE = "train_result.json"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 ARTIFACT_PATH = "train"  # where a tracked run's outputs go in its MLflow artifacts
-
-
-class TrainingError(KuberecError):
-    """Training cannot start or continue with the given data or output directory."""
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -156,37 +154,6 @@ class ClassBalancedSampler:
         return out
 
 
-# -- Horovod ------------------------------------------------------------------------------------------------------
-
-def _horovod():
-    try:
-        import horovod.tensorflow as hvd
-    except ImportError as err:
-        raise TrainingError(f"Horovod is not importable ({err}); run `make setup`, which builds it into the "
-                            f"virtualenv") from err
-    hvd.init()
-    return hvd
-
-
-def _limit_threads(hvd) -> None:
-    """Workers sharing one machine split its cores instead of each starting a thread per core."""
-    if hvd.local_size() <= 1:
-        return
-    import tensorflow as tf
-
-    threads = max(1, (os.cpu_count() or 1) // hvd.local_size())
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already started in this process: keep its settings
-        log.debug("TensorFlow already initialised; thread settings unchanged")
-
-
-def _agree(hvd, value: Any) -> Any:
-    """Rank 0's value on every worker (a no-op in one process)."""
-    return hvd.broadcast_object(value, root_rank=0) if hvd.size() > 1 else value
-
-
 # -- training -----------------------------------------------------------------------------------------------------
 
 def steps_per_epoch(config: SimilarityConfig, total_examples: int, world_size: int) -> int:
@@ -194,14 +161,6 @@ def steps_per_epoch(config: SimilarityConfig, total_examples: int, world_size: i
     if config.steps_per_epoch:
         return config.steps_per_epoch
     return max(1, total_examples // (config.batch_size * world_size))
-
-
-def weights_checksum(model) -> str:
-    """SHA-256 over all of the model's variables (trainable and not), in model order."""
-    digest = hashlib.sha256()
-    for variable in model.variables:
-        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
-    return digest.hexdigest()
 
 
 def _prepare_out_dir(out_dir: Path, config: SimilarityConfig, resume: bool) -> str | None:
@@ -232,14 +191,13 @@ def train_on_arrays(config: SimilarityConfig, images: np.ndarray, labels: np.nda
     metrics to MLflow, or to measure retrieval quality with the Keras model); an exception it raises stops the run,
     which `resume=True` can later continue from that checkpoint.
     """
-    hvd = _horovod()
-    _limit_threads(hvd)
+    hvd = init_horovod()
     import tensorflow as tf
 
     rank, size = hvd.rank(), hvd.size()
     out_dir = Path(out_dir).absolute()
     error = _prepare_out_dir(out_dir, config, resume) if rank == 0 else None
-    error = _agree(hvd, error)
+    error = agree(hvd, error)
     if error:
         raise TrainingError(error)
 
@@ -275,7 +233,7 @@ def train_on_arrays(config: SimilarityConfig, images: np.ndarray, labels: np.nda
                      config.epochs)
         elif resume:
             log.warning("--resume: no checkpoint in %s, starting from scratch", out_dir / CHECKPOINT_DIR)
-    start_epoch, history = _agree(hvd, (int(epoch_var.numpy()), history))
+    start_epoch, history = agree(hvd, (int(epoch_var.numpy()), history))
     if size > 1:
         hvd.broadcast_variables(model.variables + list(optimizer.variables) + [epoch_var], root_rank=0)
 
@@ -366,11 +324,10 @@ def train_similarity(config: SimilarityConfig, table_uri: str, version: int | No
     from kuberec import feed
     from kuberec.lake.delta import table_version
 
-    hvd = _horovod()
-    _limit_threads(hvd)
+    hvd = init_horovod()
     rank, size = hvd.rank(), hvd.size()
     if version is None:
-        version = _agree(hvd, table_version(table_uri) if rank == 0 else None)
+        version = agree(hvd, table_version(table_uri) if rank == 0 else None)
     arrays = feed.load_arrays(table_uri, version=version, split=split, shard=rank, num_shards=size)
     images, labels = arrays.images, arrays.labels
     if max_examples is not None:
@@ -384,43 +341,12 @@ def train_similarity(config: SimilarityConfig, table_uri: str, version: int | No
 
 # -- command line -------------------------------------------------------------------------------------------------
 
-CONFIG_FLAGS: dict[str, type] = {
-    "architecture": str, "embedding_size": int, "learning_rate": float, "lr_schedule": str,
-    "classes_per_batch": int, "examples_per_class": int, "steps_per_epoch": int, "epochs": int,
-    "dropout": float, "precision": str, "augment": str, "seed": int,
-}
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config JSON|FILE` plus one flag per SimilarityConfig field (flags win over --config)."""
-    parser.add_argument("--config", help="SimilarityConfig as a JSON object or a path to a .json file")
-    for name, kind in CONFIG_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                            help=f"(default {getattr(SimilarityConfig(), name)})")
+    model_config.add_config_arguments(parser, SimilarityConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> SimilarityConfig:
-    values: dict[str, Any] = {}
-    if args.config:
-        text = args.config
-        if not text.lstrip().startswith("{"):
-            path = Path(text)
-            if not path.is_file():
-                raise ConfigError(f"--config {text!r} is neither a JSON object nor an existing file")
-            text = path.read_text()
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config is not valid JSON: {err}") from err
-        if not isinstance(values, dict):
-            raise ConfigError("--config must be a JSON object of SimilarityConfig fields")
-    values.update({name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None})
-    return SimilarityConfig.from_dict(values)
-
-
-def config_to_args(config: SimilarityConfig) -> list[str]:
-    """The `--config` argument that reproduces `config` in a child process."""
-    return ["--config", json.dumps(config.to_dict(), sort_keys=True)]
+    return model_config.config_from_args(args, SimilarityConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:

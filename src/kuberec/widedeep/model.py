@@ -20,17 +20,17 @@ Inputs (`MODEL_INPUTS`): user_id, product_id, aisle_id, department_id int32 [B];
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 import numpy as np
 import tensorflow as tf
 
+from kuberec.config import ConfigError, ModelConfig  # noqa: F401  (ConfigError: part of this API)
 from kuberec.errors import KuberecError
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
 
@@ -44,12 +44,9 @@ MODEL_INPUTS = (*ID_INPUTS, NUMERIC_INPUT)
 METADATA_FILE = "kuberec-widedeep.json"
 
 
-class ConfigError(KuberecError):
-    """A wide & deep configuration value is out of range."""
-
-
 @dataclass(frozen=True)
-class WideDeepConfig:
+class WideDeepConfig(ModelConfig):
+    label: ClassVar[str] = "wide & deep"
     kind: str = "wide_deep"
     # wide part
     user_buckets: int = 2 ** 18
@@ -102,19 +99,6 @@ class WideDeepConfig:
     def layer_widths(self) -> list[int]:
         return [max(1, round(self.hidden_units * self.width_decline ** i)) for i in range(self.hidden_layers)]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "WideDeepConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown wide & deep config keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> "WideDeepConfig":
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

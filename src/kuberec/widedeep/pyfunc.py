@@ -29,11 +29,9 @@ from typing import Any, Mapping
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from kuberec import tracking
-from kuberec.errors import KuberecError
+from kuberec.model_input import MAX_K, ModelInputError, checked_params, parse_k
 from kuberec.ingest.instacart_features import (EXAMPLES_TABLE, PRODUCT_FEATURES, PRODUCT_TABLE, UP_FEATURES,
                                                USER_FEATURES, USER_TABLE)
 from kuberec.settings import Settings
@@ -43,18 +41,15 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "kuberec-widedeep"
 EXPERIMENT = "kuberec-widedeep"
 ARTIFACT_NAME = "model"
-DEFAULT_K, MAX_K = 10, 100
+DEFAULT_K = 10
 MAX_ROWS = 10_000  # rows per request
 POPULAR_CANDIDATES = 50
 FEATURES_FILE = "features.json"
 REQUIREMENTS = ("mlflow", "tensorflow", "tf-keras", "numpy", "pandas", "pyarrow")
 
 
-class WideDeepInputError(KuberecError, MlflowException):
-    """A request the model cannot answer; the message names the row and what to fix."""
-
-    def __init__(self, message: str) -> None:
-        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+class WideDeepInputError(ModelInputError):
+    """A wide & deep request the model cannot answer."""
 
 
 def signature():
@@ -148,20 +143,7 @@ def parse_requests(model_input: Any) -> list[tuple[int, list[int], list[int]]]:
 
 
 def parse_params(params: Mapping[str, Any] | None) -> int:
-    params = dict(params or {})
-    unknown = sorted(set(params) - {"k"})
-    if unknown:
-        raise WideDeepInputError(f"unknown parameters {unknown}; known: k")
-    k = params.get("k", DEFAULT_K)
-    try:
-        k_int = int(k)
-        if k_int != float(k):
-            raise ValueError
-    except (TypeError, ValueError) as err:
-        raise WideDeepInputError(f"k must be an integer 1..{MAX_K}, got {k!r}") from err
-    if not 1 <= k_int <= MAX_K:
-        raise WideDeepInputError(f"k must be between 1 and {MAX_K}, got {k_int}")
-    return k_int
+    return parse_k(checked_params(params, ("k",)), DEFAULT_K, MAX_K)
 
 
 # -- the model ------------------------------------------------------------------------------------------------------

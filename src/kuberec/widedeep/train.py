@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,10 +37,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+from kuberec import config as model_config
+from kuberec.config import config_to_args  # noqa: F401  (part of this module's API)
+from kuberec.distributed import TrainingError, agree, init_horovod, weights_checksum  # noqa: F401
 from kuberec.errors import KuberecError
 from kuberec.ingest.instacart_features import (CATEGORICAL_FEATURES, EXAMPLES_TABLE, ID_COLUMNS, NUMERIC_FEATURES,
                                                PRODUCT_TABLE, USER_TABLE)
-from kuberec.widedeep.model import ConfigError, WideDeepConfig
+from kuberec.widedeep.model import WideDeepConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,6 @@ RESULT_FILE = "train_result.json"
 MODEL_DIR = "model"
 TRAIN_ARTIFACTS = "train"  # the output directory's artifact path in the MLflow run
 FEED_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
-
-
-class TrainingError(KuberecError):
-    """Training cannot start or finish with the given data or output directory."""
 
 
 @dataclass
@@ -90,30 +88,6 @@ class TrainResult:
 def run_params(config: WideDeepConfig, world_size: int) -> dict[str, Any]:
     """MLflow params of a training run: the config fields and the worker count, under `widedeep.`."""
     return {f"widedeep.{key}": value for key, value in config.to_dict().items()} | {"widedeep.world_size": world_size}
-
-
-# -- Horovod ------------------------------------------------------------------------------------------------------
-
-def _horovod():
-    try:
-        import horovod.tensorflow as hvd
-    except ImportError as err:
-        raise TrainingError(f"Horovod is not importable ({err}); run `make setup`, which builds it into the "
-                            f"virtualenv") from err
-    hvd.init()
-    return hvd
-
-
-def _agree(hvd, value: Any) -> Any:
-    """Rank 0's value on every worker (a no-op in one process)."""
-    return hvd.broadcast_object(value, root_rank=0) if hvd.size() > 1 else value
-
-
-def weights_checksum(model) -> str:
-    digest = hashlib.sha256()
-    for variable in model.variables:
-        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
-    return digest.hexdigest()
 
 
 def steps_per_epoch(config: WideDeepConfig, total_examples: int, world_size: int) -> int:
@@ -156,22 +130,15 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
                          version: int | None = None, split: str = "train", save: bool = True,
                          on_epoch_end: EpochCallback | None = None):
     """(TrainResult, trained Keras model); `save=False` keeps the model in memory only (baselines)."""
-    hvd = _horovod()
+    hvd = init_horovod()
     import tensorflow as tf
 
     from kuberec import feed
     from kuberec.widedeep import model as wd
 
     rank, size = hvd.rank(), hvd.size()
-    if size > 1 and hvd.local_size() > 1:  # workers sharing a machine split its cores
-        threads = max(1, (os.cpu_count() or 1) // hvd.local_size())
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            log.debug("TensorFlow already initialised; thread settings unchanged")
     out_dir = Path(out_dir).absolute()
-    tables = _agree(hvd, _resolve_or_error(examples_uri, version) if rank == 0 else None)
+    tables = agree(hvd, _resolve_or_error(examples_uri, version) if rank == 0 else None)
     if isinstance(tables, str):
         raise TrainingError(tables)
     version = tables[examples_uri]
@@ -264,35 +231,11 @@ def _resolve_or_error(examples_uri: str, version: int | None) -> dict[str, int] 
 # -- command line -------------------------------------------------------------------------------------------------
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config JSON|FILE` plus one flag per WideDeepConfig field (flags win over --config)."""
-    parser.add_argument("--config", help="WideDeepConfig as a JSON object or a path to a .json file")
-    for f in dataclasses.fields(WideDeepConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
-                            help=f"(default {f.default})")
+    model_config.add_config_arguments(parser, WideDeepConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> WideDeepConfig:
-    values: dict[str, Any] = {}
-    if args.config:
-        text = args.config
-        if not text.lstrip().startswith("{"):
-            path = Path(text)
-            if not path.is_file():
-                raise ConfigError(f"--config {text!r} is neither a JSON object nor an existing file")
-            text = path.read_text()
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config is not valid JSON: {err}") from err
-        if not isinstance(values, dict):
-            raise ConfigError("--config must be a JSON object of WideDeepConfig fields")
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(WideDeepConfig)
-                   if getattr(args, f.name) is not None})
-    return WideDeepConfig.from_dict(values)
-
-
-def config_to_args(config: WideDeepConfig) -> list[str]:
-    return ["--config", json.dumps(config.to_dict(), sort_keys=True)]
+    return model_config.config_from_args(args, WideDeepConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
-        if args.mlflow_run_id and _horovod().rank() == 0:  # the other ranks never touch MLflow
+        if args.mlflow_run_id and init_horovod().rank() == 0:  # the other ranks never touch MLflow
             train_tracked(args.mlflow_run_id, config, examples, args.out, version=args.version, split=args.split)
         else:
             train_widedeep(config, examples, args.out, version=args.version, split=args.split)
