@@ -1,4 +1,4 @@
-"""Step: index the catalog and register the recommender (`kuberec index build`, `python -m kuberec.similarity.build_index`).
+"""Step: index the catalog and register the recommender (`kuberec index build`).
 
 Embeds every catalog row of one Delta table snapshot (default: the latest; all splits unless --splits) with an
 exported embedding model, builds the HNSW index, and logs model + index + item metadata as one MLflow pyfunc,
@@ -62,19 +62,3 @@ def run(args: argparse.Namespace) -> RegisteredSimilarityModel:
     print(f"registered {result.name} version {result.version}: {result.items} items from {result.table_uri} "
           f"v{result.table_version} (run {result.run_id})" + (f"; now @{tracking.CHAMPION}" if result.champion else ""))
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kuberec.similarity.build_index",
-                                     description=__doc__.splitlines()[0])
-    build_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(args)
-    return 0
-
-
-if __name__ == "__main__":
-    from kuberec.cli import run_step
-
-    run_step(main)

@@ -1,8 +1,8 @@
 """CLI: `kuberec index build | refresh` — index the catalog and register the recommender; re-index new rows.
 
-Both steps are light (one process: TensorFlow inference on CPU, FAISS, the MLflow client), so the CLI runs them in
-this process; a pipeline component runs `python -m kuberec.similarity.build_index` / `...refresh`, which parse the
-same arguments. Argument defaults that live in heavy modules are None here and resolved by the step.
+Both steps are light (one process: TensorFlow inference on CPU, FAISS, the MLflow client), so the CLI and the pipeline
+components run them in their own process. Argument defaults that live in heavy modules are None here and resolved by
+the step.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Step: re-index without retraining (`kuberec index refresh`, `python -m kuberec.similarity.refresh`).
+"""Step: re-index without retraining (`kuberec index refresh`).
 
 Loads a registered similarity model (default: `champion`), finds the catalog rows inserted into its Delta table
 since the version its index was built from, embeds only those with the model's own weights, adds them to the index
@@ -143,18 +143,3 @@ def run(args: argparse.Namespace) -> RefreshResult:
               + (f"now @{tracking.CHAMPION}" if result.champion
                  else f"@{tracking.CHAMPION} unchanged (promote with --set-champion)"))
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kuberec.similarity.refresh", description=__doc__.splitlines()[0])
-    refresh_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(args)
-    return 0
-
-
-if __name__ == "__main__":
-    from kuberec.cli import run_step
-
-    run_step(main)
