@@ -6,9 +6,11 @@ from components import component
 
 
 @component
-def train_similarity(table_uri: str, table_version: int, workers: int, config_json: str, max_examples: int) -> str:
+def train_similarity(table_uri: str, table_version: int, workers: int, config_json: str, max_examples: int,
+                     sweep_run_id: str) -> str:
     """Horovod training job on the table's train split; returns the MLflow run id. config_json: SimilarityConfig
-    fields overriding the shipped defaults ("{}" = defaults); max_examples 0 = all images."""
+    fields overriding the shipped defaults ("{}" = defaults); max_examples 0 = all images; sweep_run_id: the sweep
+    that chose the config ("" = none)."""
     import json
 
     from kuberec.settings import load_settings
@@ -18,7 +20,7 @@ def train_similarity(table_uri: str, table_version: int, workers: int, config_js
 
     return steps.train(load_settings(), TableRef(table_uri, table_version),
                        SimilarityConfig.from_dict(json.loads(config_json)), workers=workers,
-                       max_examples=max_examples or None)
+                       max_examples=max_examples or None, sweep_run_id=sweep_run_id or None)
 
 
 @component

@@ -47,10 +47,11 @@ def build_features(bronze: dict) -> NamedTuple("ExamplesTable", table_uri=str, v
 
 
 @component
-def train_widedeep(table_uri: str, version: int, config_json: str, workers: int) -> str:
+def train_widedeep(table_uri: str, version: int, config_json: str, workers: int, sweep_run_id: str) -> str:
     """Horovod job (`workers` processes locally via horovodrun, an MPIJob on Kubernetes): train on the examples
     table at `version` with WideDeepConfig fields from `config_json` (a JSON object; missing fields keep their
-    defaults). Returns the MLflow run id that holds params, lineage, per-epoch metrics and the model."""
+    defaults); sweep_run_id: the sweep that chose them ("" = none). Returns the MLflow run id that holds params,
+    lineage, per-epoch metrics and the model."""
     import json
 
     from kuberec.settings import load_settings
@@ -59,7 +60,8 @@ def train_widedeep(table_uri: str, version: int, config_json: str, workers: int)
     from kuberec.widedeep.model import WideDeepConfig
 
     config = WideDeepConfig.from_dict(json.loads(config_json or "{}"))
-    return steps.train(load_settings(), TableRef(table_uri, version), config, workers)
+    return steps.train(load_settings(), TableRef(table_uri, version), config, workers,
+                       sweep_run_id=sweep_run_id or None)
 
 
 @component

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from components import configure_for_cluster
+from components.tuning import tune_config
 from components.widedeep import (build_features, evaluate_widedeep, ingest_instacart, instacart_source,
                                  register_widedeep, train_widedeep)
 
@@ -20,13 +21,19 @@ DEFAULT_CONFIG = '{"batch_size": 1024, "epochs": 2}'
               description="Instacart -> bronze/gold Delta (Spark) -> wide & deep (Horovod) -> evaluate -> registry")
 def widedeep_pipeline(users: int = 5000, seed: int = 0, source: str = "", workers: int = 2,
                       config_json: str = DEFAULT_CONFIG, set_champion: bool = True,
-                      model_name: str = "kuberec-widedeep") -> NamedTuple(
+                      model_name: str = "kuberec-widedeep", tune_trials: int = 0,
+                      tune_time_budget: int = 0) -> NamedTuple(
         "Outputs", model_uri=str, run_id=str, examples_version=int, metrics=dict):
     data = configure_for_cluster(instacart_source(source=source, users=users, seed=seed))
     bronze = configure_for_cluster(ingest_instacart(source=data.output))
     gold = configure_for_cluster(build_features(bronze=bronze.output))
     examples = dict(table_uri=gold.outputs["table_uri"], version=gold.outputs["version"])
-    trained = configure_for_cluster(train_widedeep(config_json=config_json, workers=workers, **examples))
+    tuned = configure_for_cluster(tune_config(model="widedeep", table_uri=gold.outputs["table_uri"],
+                                              table_version=gold.outputs["version"], config_json=config_json,
+                                              tune_trials=tune_trials, tune_time_budget=tune_time_budget,
+                                              max_examples=0))
+    trained = configure_for_cluster(train_widedeep(config_json=tuned.outputs["config_json"], workers=workers,
+                                                   sweep_run_id=tuned.outputs["sweep_run_id"], **examples))
     evaluated = configure_for_cluster(evaluate_widedeep(run_id=trained.output, **examples))
     registered = configure_for_cluster(register_widedeep(run_id=trained.output, set_champion=set_champion,
                                                          model_name=model_name))

@@ -23,8 +23,9 @@ def test_catalog_pipeline_runs_locally(settings):
 
 
 def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_settings):
-    """The whole similarity pipeline on 150 images per split: ingest (Spark) -> 2-worker horovodrun training ->
-    evaluation -> index -> registry; the champion it registers answers for an image and for an item id."""
+    """The whole similarity pipeline on 150 images per split: ingest (Spark) -> a 2-trial Ray Tune sweep ->
+    2-worker horovodrun training of its best config -> evaluation -> index -> registry; the champion it registers
+    answers for an image and for an item id."""
     import numpy as np
     import pandas as pd
 
@@ -33,7 +34,7 @@ def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_setti
 
     config = '{"architecture": "seed", "epochs": 2, "steps_per_epoch": 4}'
     outputs = run.run_local("similarity", {"max_per_split": 150, "workers": 2, "config_json": config,
-                                           "eval_queries": 100})
+                                           "eval_queries": 100, "tune_trials": 2})
     assert outputs["champion"] is True and outputs["model_uri"].startswith("models:/kuberec-similarity/")
     assert 0 <= outputs["metrics"]["precision_at_5"] <= 1 and "raw_pixels_precision_at_5" in outputs["metrics"]
 
@@ -43,6 +44,10 @@ def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_setti
     assert tracking.parse_lineage(training.data.tags) == {"fashion_mnist": (table, 0)}
     assert [m.step for m in client.get_metric_history(training.info.run_id, "loss")] == [1, 2]
     assert training.data.metrics["precision_at_5"] == outputs["metrics"]["precision_at_5"]
+    # The sweep chose the config (its fixed fields are config_json's) and the training run says which sweep.
+    sweep = client.get_run(training.data.tags[tracking.SWEEP_RUN_TAG])
+    assert sweep.data.params["model"] == "similarity" and sweep.info.status == "FINISHED"
+    assert training.data.params["architecture"] == "seed" and training.data.params["epochs"] == "2"
 
     model, version = load_recommender(tracked_settings)
     assert int(version.version) == outputs["version"]

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 LINEAGE_PREFIX = "kuberec.lineage."
+SWEEP_RUN_TAG = "kuberec.tuned_by_sweep_run"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # cold start is 15-60 s on the 2-core machine; more when it is busy
 UNHEALTHY_GRACE_S = 30.0
@@ -319,6 +320,11 @@ def start_run(settings: Settings, experiment: str, *, run_name: str | None = Non
         if params:
             log_params(params)
         yield run
+
+
+def sweep_tags(sweep_run_id: str | None) -> dict[str, str]:
+    """Tags of a training run whose config a tuning sweep chose (its MLflow parent run), or none."""
+    return {SWEEP_RUN_TAG: sweep_run_id} if sweep_run_id else {}
 
 
 def record_lineage(reads: Mapping[str, int]) -> None:

@@ -31,15 +31,17 @@ def trained_model_uri(run_id: str) -> str:
 
 
 def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, workers: int = 1,
-          max_examples: int | None = None, out_dir: Path | None = None, resume: bool = False) -> str:
+          max_examples: int | None = None, out_dir: Path | None = None, resume: bool = False,
+          sweep_run_id: str | None = None) -> str:
     """Train on `table` (its train split) as a Horovod job of `workers` processes; returns the MLflow run id.
 
     The run holds the config, the table version read (lineage), per-epoch metrics and the exported model.
     `resume` continues the interrupted training in `out_dir` from its last checkpoint (in a new run).
+    `sweep_run_id`: the tuning sweep that chose `config`, recorded as a tag.
     """
     params = {**config.to_dict(), "workers": workers, "max_examples": max_examples}
     with tracking.step_run(settings, EXPERIMENT, run_name="train-similarity", lineage={table.uri: table.version},
-                           params=params) as run_id:
+                           params=params, tags=tracking.sweep_tags(sweep_run_id)) as run_id:
         out_dir = out_dir or settings.home / "runs" / f"similarity-{run_id}"
         args = ["--table", table.uri, "--version", str(table.version), "--out", str(out_dir),
                 "--mlflow-run-id", run_id, *config_to_args(config)]

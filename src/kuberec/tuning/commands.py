@@ -61,7 +61,8 @@ def _tune(args: argparse.Namespace) -> None:
         return
     config = json.dumps(result.best_config, sort_keys=True)
     print(f"sweep {result.name}: best {result.metric} {result.best_metric:.4f} (MLflow run {result.best_run_id}); "
-          f"{result.trials_finished} trials finished ({result.trials_stopped_early} stopped early by ASHA), "
+          f"{result.trials_finished} trials finished ({result.trials_stopped_early} stopped before their last epoch "
+          f"by ASHA or the time budget), "
           f"{result.trials_failed} failed\nparent run: {result.parent_run_id}\nbest config: {config}\n"
           f"train it: kuberec train {model} --config '{config}'")
 

@@ -6,7 +6,8 @@ params `best.<field>`, `best_<metric>` and the trial counts as metrics, and `bes
 config: `kuberec train <model> --config best_config.json` trains it).
 
 Children: tag `mlflow.parentRunId`, the trial's config as params, every epoch's validation metrics (step = epoch),
-status FINISHED (tag `kuberec.tuning.stopped_early=true` when ASHA stopped it), FAILED (with the error's last line)
+status FINISHED (tag `kuberec.tuning.stopped_early=true` when ASHA or the time budget stopped it before its last
+epoch), FAILED (with the error's last line)
 or KILLED (the sweep was interrupted while it ran). The best trial's child has `kuberec.best_trial=true`.
 A resumed sweep finds its children again by trial id, so a trial never gets two runs.
 """

@@ -47,9 +47,9 @@ class TuneResult:
     best_config: dict[str, Any]  # a complete config of the model: `kuberec train <model> --config <it as JSON>`
     best_metric: float
     best_run_id: str  # the best trial's MLflow child run
-    trials_finished: int  # ran all epochs or were stopped early by ASHA
+    trials_finished: int  # reported at least one epoch and did not fail
     trials_failed: int
-    trials_stopped_early: int
+    trials_stopped_early: int  # of the finished: stopped before their last epoch (by ASHA or the time budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +109,8 @@ def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, c
                                  params={k: v for k, v in params.items() if v is not None},
                                  tags={runs.SWEEP_TAG: name, runs.MODEL_TAG: model, runs.STATE_TAG: "running"})
     log.info("sweep %s: %d trials of %s, %d at a time, MLflow parent run %s", name, trials, model, concurrent, parent)
-    return _launch(settings, parent, params, [arg for point in points for arg in ("--initial-point", json.dumps(point))])
+    starts = [arg for point in points for arg in ("--initial-point", json.dumps(point))]
+    return _launch(settings, parent, params, starts)
 
 
 def resume(settings: Settings, name: str, *, model: str | None = None, retry_failed: bool = False) -> TuneResult:
@@ -184,3 +185,19 @@ def read_result(settings: Settings, parent_run_id: str) -> TuneResult:
                       best_run_id=tags[runs.BEST_RUN_TAG], trials_finished=int(metrics["trials_finished"]),
                       trials_failed=int(metrics["trials_failed"]),
                       trials_stopped_early=int(metrics["trials_stopped_early"]))
+
+
+def config_for_training(settings: Settings, model: str, table: TableRef, config: Mapping[str, Any], *,
+                        trials: int, time_budget_s: float | None = None, max_examples: int | None = None,
+                        seed: int = 0) -> tuple[dict[str, Any], str | None]:
+    """The config a pipeline's training step uses, and the sweep that chose it (its parent run id) if any.
+
+    `trials` 0: `config` as given (fields over the model's defaults), no sweep. Otherwise a sweep of `trials`
+    trials in which the fields of `config` stay fixed and the rest of the model's search space is explored; the best
+    trial's complete config is returned.
+    """
+    if trials <= 0:
+        return dict(config), None
+    result = tune(settings, model, table, trials=trials, time_budget_s=time_budget_s, seed=seed,
+                  max_examples=max_examples, space=config)
+    return result.best_config, result.parent_run_id

@@ -58,9 +58,9 @@ class Outcome:
     best_trial_id: str
     best_config: dict[str, Any]
     best_metric: float
-    finished: int  # ran to their last epoch or were stopped early by ASHA
+    finished: int  # reported at least one epoch and did not fail
     failed: int
-    stopped_early: int
+    stopped_early: int  # of the finished: stopped before their last epoch (ASHA, or the time budget)
 
 
 def experiment_dir(storage: Path, name: str) -> Path:
@@ -119,7 +119,10 @@ def _new_tuner(args: argparse.Namespace, space: SearchSpace, trainable, storage:
 def summarize(results, metric: str, mode: str, epochs: int) -> Outcome:
     """Counts and the best trial (by its last reported `metric`) of a finished sweep's ResultGrid."""
     failed = results.num_errors
-    stopped_early = sum(1 for r in results if r.error is None and r.metrics.get("training_iteration", 0) < epochs)
+    # A trial that the time budget stopped before its first report counts as neither finished nor failed.
+    epochs_done = [r.metrics.get("training_iteration", 0) for r in results if r.error is None and r.metrics]
+    finished = sum(1 for done in epochs_done if done >= 1)
+    stopped_early = sum(1 for done in epochs_done if 1 <= done < epochs)
     try:
         best = results.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
     except RuntimeError:  # no trial has a finite value of the metric
@@ -128,7 +131,7 @@ def summarize(results, metric: str, mode: str, epochs: int) -> Outcome:
         raise SweepFailed(f"no trial reported {metric}: {len(results)} trials, {failed} failed (their MLflow runs "
                           f"hold the errors)")
     return Outcome(best_trial_id=best.metrics["trial_id"], best_config=dict(best.config),
-                   best_metric=float(best.metrics[metric]), finished=results.num_terminated, failed=failed,
+                   best_metric=float(best.metrics[metric]), finished=finished, failed=failed,
                    stopped_early=stopped_early)
 
 
@@ -192,8 +195,9 @@ def sweep(args: argparse.Namespace) -> Outcome:
     elapsed = time.monotonic() - started
 
     unfinished = len(results) - results.num_terminated - results.num_errors  # pending or running when stopped
+    # The time budget ends a sweep early on purpose; anything else that leaves trials undone is an interruption.
     out_of_time = args.time_budget is not None and elapsed >= args.time_budget
-    if unfinished or (len(results) < args.trials and not out_of_time):
+    if not out_of_time and (unfinished or len(results) < args.trials):
         killed = runs.kill_running_children(settings, args.parent_run_id)
         tracking.client(settings).set_tag(args.parent_run_id, runs.STATE_TAG, "interrupted")
         raise SweepInterrupted(f"sweep {args.name} was interrupted with {len(results) - unfinished} of "

@@ -82,18 +82,19 @@ def train_dir(settings: Settings, run_id: str) -> Path:
     return settings.home / "runs" / f"widedeep-{run_id}"
 
 
-def train(settings: Settings, examples: TableRef, config: WideDeepConfig, workers: int = 1) -> str:
+def train(settings: Settings, examples: TableRef, config: WideDeepConfig, workers: int = 1,
+          sweep_run_id: str | None = None) -> str:
     """Horovod job: train on `examples` with `workers` workers in a new MLflow run; returns the run id.
 
-    The run records the config, the worker count and the Delta versions read (examples, user and product features)
-    before the job starts; it ends FAILED when the job fails.
+    The run records the config, the worker count, the Delta versions read (examples, user and product features) and
+    the tuning sweep that chose the config (`sweep_run_id`) before the job starts; it ends FAILED when the job fails.
     """
     from kuberec.widedeep.pyfunc import EXPERIMENT
     from kuberec.widedeep.train import config_to_args, resolve_tables, run_params
 
     lineage = resolve_tables(examples.uri, examples.version)
     with tracking.step_run(settings, EXPERIMENT, run_name="train-widedeep", lineage=lineage,
-                           params=run_params(config, workers)) as run_id:
+                           params=run_params(config, workers), tags=tracking.sweep_tags(sweep_run_id)) as run_id:
         args = ("--examples", examples.uri, "--version", str(examples.version),
                 "--out", str(train_dir(settings, run_id)), *config_to_args(config), "--mlflow-run-id", run_id)
         get_backend(settings).run_horovod(HorovodJob("train-widedeep", TRAIN_MODULE, args, workers=workers))
