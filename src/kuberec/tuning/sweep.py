@@ -41,6 +41,10 @@ ASHA_REDUCTION_FACTOR = 3  # keep the best third at each rung
 # Tune's experiment checkpoint period: a driver killed without warning loses at most this much bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from sweeps
+# For the trial workers. A reused worker waits for the previous trial's thread to unwind (a wide & deep trial
+# stopped by ASHA closes its Petastorm reader first, which can take longer than Tune's default of 2 s); a reuse
+# that times out fails the next trial and leaves the search waiting for a slot that never frees.
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
 
 
 class SweepInterrupted(KuberecError):
@@ -73,11 +77,12 @@ def init_ray(num_cpus: int) -> None:
 
     if ray.is_initialized():
         return
+    runtime_env = {"env_vars": WORKER_ENV}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
         return
     ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-             log_to_driver=True)
+             runtime_env=runtime_env, log_to_driver=True)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -109,7 +114,8 @@ def _new_tuner(args: argparse.Namespace, space: SearchSpace, trainable, storage:
         trainable, param_space=space.param_space(),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search, scheduler=scheduler,
                                     num_samples=args.trials, max_concurrent_trials=args.concurrent,
-                                    time_budget_s=args.time_budget, reuse_actors=True),
+                                    time_budget_s=args.time_budget,
+                                    reuse_actors=True),  # a reused worker does not import TensorFlow again
         run_config=tune.RunConfig(
             name=args.name, storage_path=str(storage), verbose=1,
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
