@@ -14,7 +14,6 @@ from kuberec.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 # Downloads, built wheels and Delta jars stay in the project's cache so tests never refetch them.
 SHARED_CACHE = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute()
-SHARED_DIR = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """A real Kubernetes API server for the tests: etcd + k8s.io/apiextensions-apiserver on loopback, with the
-operators' CRDs from ../shared/crds installed.
+operators' CRDs from tests/k8s/crds installed.
 
 It is the CRD-serving half of kube-apiserver: schema validation (unknown fields, types, CEL), defaults, dry run,
 watch, generations and /status subresources are the real thing. It serves no built-in kinds and runs no operators
@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute()
 BIN = CACHE / "bin"
-CRD_DIR = REPO.parent / "shared" / "crds"
+CRD_DIR = Path(__file__).parent / "crds"  # the operators' CRDs, verbatim (crds/PROVENANCE.md)
 # Without the two *AdmissionPolicy plugins every write is 403 (they need core kinds this server lacks).
 DISABLED_ADMISSION = ("NamespaceLifecycle,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
                       "ValidatingAdmissionPolicy,MutatingAdmissionPolicy")
@@ -229,7 +229,7 @@ class TestAPIServer:
 def apiserver(tmp_path_factory) -> TestAPIServer:
     """The running API server with all CRDs Established (one per test session)."""
     if not CRD_DIR.is_dir():
-        pytest.fail(f"CRDs not found at {CRD_DIR} (the repository's sibling shared/crds)")
+        pytest.fail(f"CRDs not found at {CRD_DIR}")
     server = TestAPIServer(tmp_path_factory.mktemp("apiserver"))
     try:
         server.start()

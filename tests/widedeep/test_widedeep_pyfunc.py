@@ -11,21 +11,25 @@ import pytest
 from kuberec.model_input import ModelInputError
 from kuberec import feed, tracking
 from kuberec.ingest.instacart_features import EXAMPLES_TABLE, USER_TABLE
-from kuberec.widedeep.pyfunc import DEFAULT_NAME, POPULAR_CANDIDATES, log_widedeep_model, \
+from kuberec.widedeep.pyfunc import POPULAR_CANDIDATES, log_widedeep_model, \
     load_ranker
+
+
+# Its own name: the session's MLflow server is shared with the serving tests, which register kuberec-widedeep.
+NAME = "test-widedeep-pyfunc"
 
 
 @pytest.fixture(scope="module")
 def registered(gold, trained, mlflow_server):
     settings = dataclasses.replace(gold, mlflow_tracking_uri=mlflow_server.url)
-    registered = log_widedeep_model(settings, trained)
-    model, version = load_ranker(settings)  # models:/kuberec-widedeep@champion
+    registered = log_widedeep_model(settings, trained, name=NAME)
+    model, version = load_ranker(settings, NAME)  # models:/<NAME>@champion
     return settings, registered, model, version
 
 
 def test_registered_as_champion_with_lineage(registered):
     settings, info, _, version = registered
-    assert info.name == DEFAULT_NAME and info.champion and int(version.version) == info.version
+    assert info.name == NAME and info.champion and int(version.version) == info.version
     lineage = tracking.parse_lineage(version.tags)
     assert {EXAMPLES_TABLE, USER_TABLE, "instacart_gold_product_features"} <= set(lineage)
     assert lineage[EXAMPLES_TABLE][1] == info.tables[settings.table_uri(EXAMPLES_TABLE)]
