@@ -234,7 +234,7 @@ def test_train_component_runs_an_mpijob(cluster, tracked_settings, k8s_config):
 
     operator = FakeOperator(k8s_config, MPIJOB, cluster["KUBEREC_NAMESPACE"], play)
     task = train_similarity(table_uri=table_uri, table_version=3, workers=2, config_json='{"epochs": 1}',
-                            max_examples=200)
+                            max_examples=200, sweep_run_id="")
     mpijob = operator.result()
 
     run = mlflow.get_run(task.output)
@@ -264,7 +264,7 @@ def test_train_component_fails_and_marks_the_run_failed(cluster, tracked_setting
     operator = FakeOperator(k8s_config, MPIJOB, cluster["KUBEREC_NAMESPACE"], play)
     with pytest.raises(RuntimeError, match="FAILURE"):
         train_similarity(table_uri=f"s3a://{BUCKET}/x/fashion_mnist", table_version=0, workers=1,
-                         config_json="{}", max_examples=0)
+                         config_json="{}", max_examples=0, sweep_run_id="")
     mpijob = operator.result()
     output = capfd.readouterr().out
     assert (f"MPIJob {cluster['KUBEREC_NAMESPACE']}/{mpijob['metadata']['name']} failed: "
