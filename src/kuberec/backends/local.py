@@ -27,9 +27,16 @@ class LocalBackend:
     def _run(self, name: str, argv: list[str]) -> None:
         env = {**os.environ, **self.settings.to_env()}
         log.info("%s: %s", name, " ".join(argv))
-        completed = subprocess.run(argv, env=env, check=False)
-        if completed.returncode != 0:
-            raise JobFailed(f"step {name!r} failed with exit status {completed.returncode}: {' '.join(argv)}")
+        process = subprocess.Popen(argv, env=env)
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            # The job (same process group) got the Ctrl-C too: let it stop cleanly (a sweep saves its state, a
+            # training its checkpoint) instead of killing it as subprocess.run would after 0.25 s.
+            process.wait()
+            raise
+        if returncode != 0:
+            raise JobFailed(f"step {name!r} failed with exit status {returncode}: {' '.join(argv)}")
 
     def run_spark(self, job: SparkJob) -> None:
         self._run(job.name, [sys.executable, "-m", job.module, *job.args])

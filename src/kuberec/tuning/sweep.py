@@ -100,6 +100,7 @@ def _trainable(model: str, data: Any, cpus: int):
 
 def _new_tuner(args: argparse.Namespace, space: SearchSpace, trainable, storage: Path, metric: str, mode: str,
                points: list[dict[str, Any]], settings: Settings):
+    from optuna.samplers import TPESampler
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -107,7 +108,7 @@ def _new_tuner(args: argparse.Namespace, space: SearchSpace, trainable, storage:
     from kuberec.tuning.runs import TrialRuns
 
     spec = model_spec(space.model)
-    search = OptunaSearch(points_to_evaluate=points or None, seed=args.seed)  # TPE is Optuna's default sampler
+    search = OptunaSearch(points_to_evaluate=points or None, sampler=TPESampler(seed=args.seed))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.epochs, grace_period=1,
                               reduction_factor=ASHA_REDUCTION_FACTOR)
     return tune.Tuner(
