@@ -12,6 +12,17 @@ from kuberec.datasets import fashion_mnist as fm
 EMBEDDING_DIM = 16
 
 
+@pytest.fixture(scope="module")
+def registry(mlflow_server, tmp_path_factory):
+    """Settings of a fresh home whose MLflow is the session's real server (one registry namespace per module)."""
+    from kuberec.settings import load_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBEREC_HOME", str(tmp_path_factory.mktemp("home")))
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+        yield load_settings()
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_slice():
     """f(split, start, stop) -> (uint8 images [N,28,28], int32 labels [N]): real Fashion-MNIST rows."""

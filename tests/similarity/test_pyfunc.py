@@ -15,7 +15,6 @@ from PIL import Image
 
 from kuberec.model_input import ModelInputError
 from kuberec import tracking
-from kuberec.settings import load_settings
 from kuberec.similarity.index import HnswParams, ItemIndex, items_frame
 from kuberec.similarity.pyfunc import (
     INDEX_VERSION_TAG,
@@ -32,14 +31,6 @@ def png_b64(image: np.ndarray, fmt: str = "PNG", size: int = 28) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).resize((size, size)).save(buffer, format=fmt)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def registry(mlflow_server, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KUBEREC_HOME", str(tmp_path_factory.mktemp("home")))
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-        yield load_settings()
 
 
 @pytest.fixture(scope="module")

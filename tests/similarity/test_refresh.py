@@ -14,21 +14,12 @@ from kuberec import cli, tracking
 from kuberec.datasets import fashion_mnist as fm
 from kuberec.ingest.fashion_mnist import ingest_fashion_mnist
 from kuberec.ingest.images import ingest_images
-from kuberec.settings import load_settings
 from kuberec.similarity import refresh as refresh_step
 from kuberec.similarity.build_index import build_and_register
 from kuberec.similarity.pyfunc import SOURCE_VERSION_TAG, SimilarityInputError, png_b64
 
 NAME = "test-similarity-refresh"
 PER_SPLIT = 100
-
-
-@pytest.fixture(scope="module")
-def registry(mlflow_server, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KUBEREC_HOME", str(tmp_path_factory.mktemp("home")))
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-        yield load_settings()
 
 
 @pytest.fixture(scope="module")
