@@ -288,10 +288,6 @@ class RegisteredSimilarityModel:
         return tracking.model_uri(self.name, version=self.version)
 
 
-def requirements() -> list[str]:
-    return tracking.pinned_requirements(REQUIREMENTS)
-
-
 def log_similarity_model(settings: Settings, embedding_model_path: str | Path, index: ItemIndex | str | Path, *,
                          name: str = DEFAULT_NAME, training_run_id: str | None = None,
                          set_champion: bool | None = None, experiment: str = EXPERIMENT,
@@ -329,7 +325,7 @@ def log_similarity_model(settings: Settings, embedding_model_path: str | Path, i
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT_NAME, python_model=SimilarityRecommender(),
                 artifacts={"embedding_model": str(embedding_model_path), "index": str(index_dir)},
-                signature=signature(), pip_requirements=requirements())
+                signature=signature(), pip_requirements=tracking.pinned_requirements(REQUIREMENTS))
             run_id = run.info.run_id
     version, champion = tracking.register_and_promote(
         settings, info.model_uri, name, set_champion=set_champion, tags=version_tags,

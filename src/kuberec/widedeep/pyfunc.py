@@ -245,10 +245,6 @@ class RegisteredWideDeepModel:
         return tracking.model_uri(self.name, version=self.version)
 
 
-def requirements() -> list[str]:
-    return tracking.pinned_requirements(REQUIREMENTS)
-
-
 def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str = DEFAULT_NAME,
                        set_champion: bool | None = None, experiment: str = EXPERIMENT,
                        evaluation: Mapping[str, Mapping[str, float]] | None = None,
@@ -281,7 +277,7 @@ def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str =
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT_NAME, python_model=WideDeepRanker(),
                 artifacts={"model": str(trained.model_dir), "features": str(features_dir)},
-                signature=signature(), pip_requirements=requirements())
+                signature=signature(), pip_requirements=tracking.pinned_requirements(REQUIREMENTS))
             if evaluation:  # linked to the logged model, so the registered version shows how it scored
                 mlflow.log_metrics({f"{model_name}_{metric}": value for model_name, values in evaluation.items()
                                     for metric, value in values.items()}, model_id=info.model_id)
