@@ -16,14 +16,16 @@ def default_train_dir(home: Path) -> Path:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from kuberec.config import config_from_args
     from kuberec.lake.delta import table_version
     from kuberec.settings import load_settings
     from kuberec.similarity import steps
-    from kuberec.similarity.train import TrainResult, config_from_args
+    from kuberec.similarity.model import SimilarityConfig
+    from kuberec.similarity.train import TrainResult
     from kuberec.steps import TableRef
 
     settings = load_settings()
-    config = config_from_args(args)  # validate here: a bad value fails before any worker starts
+    config = config_from_args(args, SimilarityConfig)  # validate here: a bad value fails before any worker starts
     table_uri = args.table or settings.table_uri("fashion_mnist")
     table = TableRef(table_uri, table_version(table_uri) if args.version is None else args.version)
     out_dir = Path(args.out).absolute() if args.out else default_train_dir(settings.home)
@@ -41,7 +43,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
-    from kuberec.similarity.train import add_config_arguments
+    from kuberec.config import add_config_arguments
+    from kuberec.similarity.model import SimilarityConfig
 
     parser.add_argument("--workers", type=int, default=1, help="Horovod workers (default 1)")
     parser.add_argument("--table", help="Delta table (default: the lake's fashion_mnist)")
@@ -49,7 +52,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output directory (default: <home>/runs/similarity-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     parser.add_argument("--max-examples", type=int, help="use at most this many training images (quick runs)")
-    add_config_arguments(parser)
+    add_config_arguments(parser, SimilarityConfig)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -341,14 +341,6 @@ def train_similarity(config: SimilarityConfig, table_uri: str, version: int | No
 
 # -- command line -------------------------------------------------------------------------------------------------
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    model_config.add_config_arguments(parser, SimilarityConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> SimilarityConfig:
-    return model_config.config_from_args(args, SimilarityConfig)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kuberec.similarity.train", description=__doc__.splitlines()[0])
     parser.add_argument("--table", required=True, help="Delta table URI (Fashion-MNIST format)")
@@ -359,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-examples", type=int, default=None, help="use at most this many images (quick runs)")
     parser.add_argument("--mlflow-run-id", default=None,
                         help="MLflow run (created by the launching step) that rank 0 logs epochs and outputs into")
-    add_config_arguments(parser)
+    model_config.add_config_arguments(parser, SimilarityConfig)
     return parser
 
 
@@ -397,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines
     try:
-        config = config_from_args(args)
+        config = model_config.config_from_args(args, SimilarityConfig)
         options = dict(resume=args.resume, split=args.split, max_examples=args.max_examples)
         if args.mlflow_run_id:
             train_tracked(args.mlflow_run_id, config, args.table, args.version, args.out, **options)

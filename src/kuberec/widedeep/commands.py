@@ -25,12 +25,13 @@ def _examples(settings: Settings, uri: str | None, version: int | None) -> Table
 
 def _train(args: argparse.Namespace) -> None:
     from kuberec import tracking
+    from kuberec.config import config_from_args
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
-    from kuberec.widedeep.train import config_from_args
+    from kuberec.widedeep.model import WideDeepConfig
 
     settings = load_settings()
-    config = config_from_args(args)  # validate here: a bad value fails before any run or worker starts
+    config = config_from_args(args, WideDeepConfig)  # validate here: a bad value fails before any run or worker starts
     examples = _examples(settings, args.examples, args.version)
     run_id = steps.train(settings, examples, config, args.workers)
     metrics = tracking.client(settings).get_run(run_id).data.metrics
@@ -40,12 +41,13 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
-    from kuberec.widedeep.train import add_config_arguments
+    from kuberec.config import add_config_arguments
+    from kuberec.widedeep.model import WideDeepConfig
 
     parser.add_argument("--workers", type=int, default=1, help="Horovod workers (default 1)")
     parser.add_argument("--examples", help="gold examples table (default: the lake's instacart_gold_examples)")
     parser.add_argument("--version", type=int, help="table version to train on (default: latest)")
-    add_config_arguments(parser)
+    add_config_arguments(parser, WideDeepConfig)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

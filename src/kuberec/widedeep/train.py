@@ -230,14 +230,6 @@ def _resolve_or_error(examples_uri: str, version: int | None) -> dict[str, int] 
 
 # -- command line -------------------------------------------------------------------------------------------------
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    model_config.add_config_arguments(parser, WideDeepConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> WideDeepConfig:
-    return model_config.config_from_args(args, WideDeepConfig)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kuberec.widedeep.train", description=__doc__.splitlines()[0])
     parser.add_argument("--examples", help=f"gold examples Delta table URI (default: the lake's {EXAMPLES_TABLE})")
@@ -245,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="train", help="rows of this split are trained on (default: train)")
     parser.add_argument("--out", required=True, help="output directory (model, results)")
     parser.add_argument("--mlflow-run-id", help="existing MLflow run that rank 0 logs epochs and outputs into")
-    add_config_arguments(parser)
+    model_config.add_config_arguments(parser, WideDeepConfig)
     return parser
 
 
@@ -275,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
     try:
-        config = config_from_args(args)
+        config = model_config.config_from_args(args, WideDeepConfig)
         examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
         if args.mlflow_run_id and init_horovod().rank() == 0:  # the other ranks never touch MLflow
             train_tracked(args.mlflow_run_id, config, examples, args.out, version=args.version, split=args.split)
