@@ -59,3 +59,11 @@ def weights_checksum(model) -> str:
     for variable in model.variables:
         digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
     return digest.hexdigest()
+
+
+def configure_logging() -> None:
+    """INFO logging whose lines say which Horovod rank wrote them (workers share one output under horovodrun)."""
+    rank = os.environ.get("HOROVOD_RANK", "0")
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines

@@ -38,7 +38,8 @@ import numpy as np
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec import config as model_config
 from kuberec.config import config_to_args  # noqa: F401  (part of this module's API)
-from kuberec.distributed import TrainingError, agree, init_horovod, weights_checksum  # noqa: F401
+from kuberec.distributed import (TrainingError, agree, configure_logging, init_horovod,  # noqa: F401
+                                 weights_checksum)
 from kuberec.errors import KuberecError
 from kuberec.similarity.model import (SimilarityConfig, augment_batch, build_loss, build_model,
                                       export_embedding_model, resolve_precision)
@@ -384,10 +385,7 @@ def train_tracked(run_id: str, config: SimilarityConfig, table_uri: str, version
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank = os.environ.get("HOROVOD_RANK", "0")
-    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
-                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines
+    configure_logging()
     try:
         config = model_config.config_from_args(args, SimilarityConfig)
         options = dict(resume=args.resume, split=args.split, max_examples=args.max_examples)

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ import numpy as np
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec import config as model_config
 from kuberec.config import config_to_args  # noqa: F401  (part of this module's API)
-from kuberec.distributed import TrainingError, agree, init_horovod, weights_checksum  # noqa: F401
+from kuberec.distributed import (TrainingError, agree, configure_logging, init_horovod,  # noqa: F401
+                                 weights_checksum)
 from kuberec.errors import KuberecError
 from kuberec.ingest.instacart_features import (CATEGORICAL_FEATURES, EXAMPLES_TABLE, ID_COLUMNS, NUMERIC_FEATURES,
                                                PRODUCT_TABLE, USER_TABLE)
@@ -263,9 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kuberec.settings import load_settings
 
     args = build_parser().parse_args(argv)
-    rank = os.environ.get("HOROVOD_RANK", "0")
-    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
-                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
+    configure_logging()
     try:
         config = model_config.config_from_args(args, WideDeepConfig)
         examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
