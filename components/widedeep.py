@@ -66,9 +66,9 @@ def train_widedeep(table_uri: str, version: int, config_json: str, workers: int,
 
 @component
 def evaluate_widedeep(run_id: str, table_uri: str, version: int) -> dict:
-    """Score the run's model and wide-only, deep-only (both trained here with the same config, so this takes about
-    twice the training time) and popularity baselines on the test split; logs the metrics into the run. Returns
-    {model: {auc, log_loss, map_at_10}}."""
+    """Score the run's model, wide-only and deep-only (both trained here with the same config and budget, so this
+    takes about twice the training time), popularity and gradient-boosted-trees baselines on the test split; logs
+    the metrics into the run. Returns {model: {auc, user_auc, log_loss, map_at_10, recall_at_10, f1}}."""
     from kuberec.settings import load_settings
     from kuberec.steps import TableRef
     from kuberec.widedeep import steps

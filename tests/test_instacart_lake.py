@@ -21,10 +21,12 @@ from kuberec.ingest.instacart import BRONZE_TABLES, ingest_instacart, last_commi
 from kuberec.lake.delta import table_exists, table_version
 from kuberec.settings import Settings
 
-# A hand-built dataset whose features are worked out below. days_prior = days from an order to the user's last one.
-#   user 1: orders 101..107 prior (days_prior 185, 155, 125, 95, 65, 35, 5), 108 train (0)
-#   user 2: orders 201..203 prior (31, 17, 3), 204 train (0)
-#   user 3: orders 301, 302 prior (32, 12), 303 test (0): no label, but counted in the metrics
+# A hand-built dataset whose features are worked out below. Orders with known contents: user 1 101..108 (108 the
+# train order), user 2 201..204 (204 train), user 3 301, 302 (303 is a test order: contents withheld).
+# days_prior = days from an order to the snapshot's last history order. In the serving snapshot (whole history):
+#   user 1: 108: 0, 107: 5, 106: 35, 105: 65, 104: 95, 103: 125, 102: 155, 101: 185
+#   user 2: 204: 0, 203: 3, 202: 17, 201: 31
+#   user 3: 302: 0, 301: 20
 # Products: 10 Banana, 20 Apple (aisle 1 fruit, dept 1 produce), 30 Milk (aisle 2, dept 2), 40 Brie (aisle 3,
 # dept 2), 50 Kiwi (aisle 1, never ordered).
 HAND = {
@@ -107,18 +109,19 @@ def test_bronze_tables_keep_the_files_columns_and_types(spark, hand):
 
 
 def test_user_features_by_hand(spark, hand):
+    """The serving snapshot: every order with known contents is history."""
     users = {r["user_id"]: r for r in _rows(spark, hand, gold.USER_TABLE)}
     assert set(users) == {1, 2, 3}
     expected = {
-        # user 1: windows hold orders {107}, {102..107}, {101..107}
-        1: dict(orders=(1, 6, 7), products=(3, 3, 4), aisles=(2, 2, 3), departments=(2, 2, 2),
-                reordered=(3 / 3, 7 / 9, 7 / 11), med_lines=1, med_days=30),
-        # user 2: {202, 203}, {201..203}, {201..203}; lines per order 2, 1, 2; gaps 14 and 14
-        2: dict(orders=(2, 3, 3), products=(2, 2, 2), aisles=(2, 2, 2), departments=(2, 2, 2),
-                reordered=(3 / 3, 3 / 5, 3 / 5), med_lines=2, med_days=14),
-        # user 3 (test user): {302}, {301, 302}, {301, 302}
-        3: dict(orders=(1, 2, 2), products=(2, 2, 2), aisles=(2, 2, 2), departments=(2, 2, 2),
-                reordered=(1 / 2, 1 / 3, 1 / 3), med_lines=1, med_days=20),
+        # user 1: windows hold orders {107, 108}, {102..108}, {101..108}
+        1: dict(orders=(2, 7, 8), products=(4, 4, 4), aisles=(3, 3, 3), departments=(2, 2, 2),
+                reordered=(5 / 5, 9 / 11, 9 / 13), med_lines=1, med_days=30),
+        # user 2: {202..204}, {201..204}, {201..204}; lines per order 2, 1, 2, 2; gaps 14, 14, 3
+        2: dict(orders=(3, 4, 4), products=(3, 3, 3), aisles=(2, 2, 2), departments=(2, 2, 2),
+                reordered=(4 / 5, 4 / 7, 4 / 7), med_lines=2, med_days=14),
+        # user 3 (a test user: their last known order is 302): {301, 302} in every window
+        3: dict(orders=(2, 2, 2), products=(2, 2, 2), aisles=(2, 2, 2), departments=(2, 2, 2),
+                reordered=(1 / 3, 1 / 3, 1 / 3), med_lines=1, med_days=20),
     }
     for user, want in expected.items():
         row = users[user]
@@ -136,10 +139,10 @@ def test_global_and_product_features_by_hand(spark, hand):
     (metrics,) = _rows(spark, hand, gold.GLOBAL_TABLE)
     assert list(metrics) == list(gold.GLOBAL_METRICS)
     expected_global = {
-        "orders": (4, 11, 12),  # prior orders with days_prior <= 30: 107, 202, 203, 302
+        "orders": (7, 13, 14),  # within 30 days: 107, 108, 202..204, 301, 302
         "users": (3, 3, 3),
-        "products": (3, 3, 4),  # Brie only at 185 days; Kiwi never
-        "aisles": (2, 2, 3),
+        "products": (4, 4, 4),  # Brie again in 108; Kiwi never
+        "aisles": (3, 3, 3),
         "departments": (2, 2, 2),
     }
     for what, values in expected_global.items():
@@ -152,54 +155,84 @@ def test_global_and_product_features_by_hand(spark, hand):
     def shares(product: int, what: str) -> list[float]:
         return [products[product][f"product_shr_{what}_last_{w}_days"] for w in gold.WINDOWS]
 
-    # Banana: users 1 and 3 in every window; orders {107, 302}, +{102, 103, 105, 301}, +{101};
-    # reordered lines 2 of 2, 5 of 6, 5 of 7.
-    assert shares(10, "distinct_users") == pytest.approx([2 / 3] * 3)
-    assert shares(10, "distinct_orders") == pytest.approx([2 / 4, 6 / 11, 7 / 12])
-    assert shares(10, "reordered") == pytest.approx([2 / 2, 5 / 6, 5 / 7])
-    # Milk: all three users; orders {107, 202, 203, 302}, 7 of 11, 7 of 12; reordered 3/4, 4/7, 4/7.
+    # Banana: all three users in every window; orders {107, 108, 204, 301, 302}, +{102, 103, 105}, +{101};
+    # reordered lines 3 of 5, 6 of 8, 6 of 9.
+    assert shares(10, "distinct_users") == pytest.approx([1.0] * 3)
+    assert shares(10, "distinct_orders") == pytest.approx([5 / 7, 8 / 13, 9 / 14])
+    assert shares(10, "reordered") == pytest.approx([3 / 5, 6 / 8, 6 / 9])
+    # Milk: all three users; orders {107, 202, 203, 204, 302}, +{103, 104, 201}; reordered 4/5, 5/8, 5/8.
     assert shares(30, "distinct_users") == pytest.approx([1.0] * 3)
-    assert shares(30, "distinct_orders") == pytest.approx([4 / 4, 7 / 11, 7 / 12])
-    assert shares(30, "reordered") == pytest.approx([3 / 4, 4 / 7, 4 / 7])
-    # Brie: one line, 185 days before user 1's last order.
-    assert shares(40, "distinct_users") == pytest.approx([0, 0, 1 / 3])
-    assert shares(40, "distinct_orders") == pytest.approx([0, 0, 1 / 12])
-    assert shares(40, "reordered") == [0, 0, 0]
+    assert shares(30, "distinct_orders") == pytest.approx([5 / 7, 8 / 13, 8 / 14])
+    assert shares(30, "reordered") == pytest.approx([4 / 5, 5 / 8, 5 / 8])
+    # Brie: user 1's 101 (185 days) and 108 (0 days, a reorder).
+    assert shares(40, "distinct_users") == pytest.approx([1 / 3] * 3)
+    assert shares(40, "distinct_orders") == pytest.approx([1 / 7, 1 / 13, 2 / 14])
+    assert shares(40, "reordered") == pytest.approx([1, 1, 1 / 2])
     # Kiwi was never ordered: a row of zeros, not a missing row.
     assert all(products[50][c] == 0 for c in gold.PRODUCT_FEATURES)
 
 
-def test_examples_labels_and_user_product_features_by_hand(spark, hand):
+def test_examples_are_time_shifted_snapshots_by_hand(spark, hand):
     examples = spark.read.format("delta").load(hand.table_uri(gold.EXAMPLES_TABLE))
     assert examples.columns == [*gold.ID_COLUMNS, *gold.CATEGORICAL_FEATURES, *gold.NUMERIC_FEATURES, "label",
-                                "split"]
+                                "split", "snapshot"]
     types = {f.name: f.dataType.simpleString() for f in examples.schema.fields}
     assert all(types[c] == "float" for c in gold.NUMERIC_FEATURES)
     assert types["label"] == "int" and types["user_id"] == "int" and types["split"] == "string"
-    rows = {(r["user_id"], r["product_id"]): r for r in (r.asDict() for r in examples.collect())}
-    # Candidates: what users 1 and 2 bought before; user 3's final order is `test` (no label); user 2's first
-    # Banana is in the final order only, so it is not a candidate.
-    assert set(rows) == {(1, 10), (1, 20), (1, 30), (1, 40), (2, 20), (2, 30)}
-    assert {k: r["label"] for k, r in rows.items()} == {(1, 10): 1, (1, 20): 0, (1, 30): 0, (1, 40): 1,
-                                                        (2, 20): 0, (2, 30): 1}
-    up = {  # (prior orders with it, shares of the user's orders in each window, days since last purchase)
-        (1, 10): (5, (1 / 1, 4 / 6, 5 / 7), 5),
-        (1, 20): (2, (1 / 1, 2 / 6, 2 / 7), 5),
-        (1, 30): (3, (1 / 1, 3 / 6, 3 / 7), 5),
-        (1, 40): (1, (0, 0, 1 / 7), 185),
-        (2, 20): (2, (1 / 2, 2 / 3, 2 / 3), 3),
-        (2, 30): (3, (2 / 2, 3 / 3, 3 / 3), 3),
+    rows = {(r["snapshot"], r["user_id"], r["product_id"]): r for r in (r.asDict() for r in examples.collect())}
+    # Snapshot s predicts the (s+1)-th last known order from the orders before it; candidates are the products in
+    # that history (a product first bought in the target order is not one: Apple in 106, Banana in 204).
+    labels = {
+        (0, 1, 10): 1, (0, 1, 20): 0, (0, 1, 30): 0, (0, 1, 40): 1,  # target 108
+        (1, 1, 10): 1, (1, 1, 20): 1, (1, 1, 30): 1, (1, 1, 40): 0,  # target 107
+        (2, 1, 10): 0, (2, 1, 30): 0, (2, 1, 40): 0,  # target 106 (Apple only, a first purchase)
+        (3, 1, 10): 1, (3, 1, 30): 0, (3, 1, 40): 0,  # target 105
+        (0, 2, 20): 0, (0, 2, 30): 1,  # target 204
+        (1, 2, 20): 1, (1, 2, 30): 1,  # target 203
+        (2, 2, 20): 0, (2, 2, 30): 1,  # target 202; no snapshot 3: order 201 has no history
+        (0, 3, 10): 1,  # user 3's last known order is 302 (303 is withheld)
     }
-    for key, (count, shares, days) in up.items():
+    assert {k: r["label"] for k, r in rows.items()} == labels
+    # Prior-order targets are training rows; the train orders are valid or test, a whole user at a time.
+    assert {k: r["split"] for k, r in rows.items() if r["split"] == "train"}.keys() == {
+        k for k in labels if k[0] > 0 or k[1] == 3}
+    assert {rows[(0, 1, p)]["split"] for p in (10, 20, 30, 40)} in ({"valid"}, {"test"})
+    # Snapshot 0 of user 1: history 101..107, days_prior 107: 0, 106: 30, ..., 101: 180; their orders in the
+    # windows: 2, 7, 7.
+    up = {  # (orders with it, shares of the user's orders in each window, days since, orders since its last purchase)
+        (0, 1, 10): (5, (1 / 2, 5 / 7, 5 / 7), 0, 0),
+        (0, 1, 20): (2, (2 / 2, 2 / 7, 2 / 7), 0, 0),
+        (0, 1, 30): (3, (1 / 2, 3 / 7, 3 / 7), 0, 0),
+        (0, 1, 40): (1, (0, 1 / 7, 1 / 7), 180, 6),
+        # snapshot 2 of user 1: history 101..105 (days 120, 90, 60, 30, 0)
+        (2, 1, 30): (2, (1 / 2, 2 / 5, 2 / 5), 30, 1),
+        (2, 2, 20): (1, (1, 1, 1), 0, 0),
+    }
+    for key, (count, shares, days, orders_since) in up.items():
         row = rows[key]
         assert row["up_cnt_orders"] == count, key
         assert [row[f"up_shr_orders_last_{w}_days"] for w in gold.WINDOWS] == pytest.approx(shares), key
         assert row["up_days_since_last_purchase"] == days, key
-    # Denormalised user and product features match their own tables.
-    assert rows[(1, 40)]["user_cnt_distinct_orders_last_180_days"] == 6
-    assert rows[(2, 30)]["product_shr_reordered_last_30_days"] == pytest.approx(3 / 4)
-    assert (rows[(1, 40)]["aisle_id"], rows[(1, 40)]["department_id"]) == (3, 2)
-    assert {r["split"] for r in rows.values()} <= set(gold.SPLITS)
+        assert row["up_orders_since_last_purchase"] == orders_since, key
+    # User and product features are the snapshot's own: 7 orders of user 1 within 180 days of 107, 5 before 106.
+    assert rows[(0, 1, 40)]["user_cnt_distinct_orders_last_180_days"] == 7
+    assert rows[(2, 1, 10)]["user_cnt_distinct_orders_last_360_days"] == 5
+    # Milk in snapshot 0: lines within 30 days of each user's cut-off: 107 (u1) and 201..203 (u2); user 3's history
+    # (301) has none; reordered 3 of 4.
+    assert rows[(0, 2, 30)]["product_shr_reordered_last_30_days"] == pytest.approx(3 / 4)
+    assert (rows[(0, 1, 40)]["aisle_id"], rows[(0, 1, 40)]["department_id"]) == (3, 2)
+
+
+def test_user_products_are_the_serving_history_by_hand(spark, hand):
+    rows = {(r["user_id"], r["product_id"]): r for r in _rows(spark, hand, gold.USER_PRODUCT_TABLE)}
+    assert set(rows) == {(1, 10), (1, 20), (1, 30), (1, 40), (2, 10), (2, 20), (2, 30), (3, 10), (3, 30)}
+    assert list(rows[(1, 10)]) == [*gold.ID_COLUMNS, *gold.UP_FEATURES]
+    # Brie: bought in 101 and 108 (the latest known order); Apple last in 107, one order before 108.
+    assert (rows[(1, 40)]["up_cnt_orders"], rows[(1, 40)]["up_days_since_last_purchase"]) == (2, 0)
+    assert [rows[(1, 40)][f"up_shr_orders_last_{w}_days"] for w in gold.WINDOWS] == pytest.approx([1 / 2, 1 / 7,
+                                                                                                  2 / 8])
+    assert (rows[(1, 20)]["up_days_since_last_purchase"], rows[(1, 20)]["up_orders_since_last_purchase"]) == (5, 1)
+    assert rows[(2, 10)]["up_cnt_orders"] == 1  # first bought in the train order: history for serving
 
 
 def test_gold_commits_record_their_bronze_versions(hand):
@@ -211,41 +244,56 @@ def test_gold_commits_record_their_bronze_versions(hand):
 
 
 def _truth(source: Path) -> pd.DataFrame:
-    """Candidates and labels computed directly from the CSV files."""
+    """Snapshots, candidates, labels and splits computed directly from the CSV files (pandas, not Spark)."""
     orders = pd.read_csv(source / "orders.csv")
-    prior = pd.read_csv(source / "order_products__prior.csv").merge(orders, on="order_id")
-    train = pd.read_csv(source / "order_products__train.csv").merge(orders, on="order_id")
-    train_users = set(orders.loc[orders.eval_set == "train", "user_id"])
-    pairs = prior.loc[prior.user_id.isin(train_users), ["user_id", "product_id"]].drop_duplicates()
-    positives = train[["user_id", "product_id"]].assign(label=1)
-    return pairs.merge(positives, on=["user_id", "product_id"], how="left").fillna({"label": 0}) \
-        .astype({"label": int})
+    lines = pd.concat([pd.read_csv(source / name) for name in ("order_products__prior.csv",
+                                                               "order_products__train.csv")])
+    known = orders[orders.eval_set != "test"]
+    lines = lines.merge(known[["order_id", "user_id", "order_number"]], on="order_id")
+    last = known.groupby("user_id")["order_number"].max()
+    frames = []
+    for shift in range(gold.TRAIN_SHIFTS + 1):
+        target = (last - shift).rename("target").reset_index()
+        target = target[target.target >= 2]
+        history = lines.merge(target, on="user_id")
+        candidates = history.loc[history.order_number < history.target, ["user_id", "product_id"]].drop_duplicates()
+        bought = history.loc[history.order_number == history.target, ["user_id", "product_id"]].assign(label=1)
+        eval_set = target.merge(known, left_on=["user_id", "target"], right_on=["user_id", "order_number"])
+        frames.append(candidates.merge(bought, on=["user_id", "product_id"], how="left").fillna({"label": 0})
+                      .merge(eval_set[["user_id", "eval_set"]], on="user_id").assign(snapshot=shift))
+    return pd.concat(frames).astype({"label": int})
 
 
 def _examples(spark, settings: Settings) -> pd.DataFrame:
     return spark.read.format("delta").load(settings.table_uri(gold.EXAMPLES_TABLE)) \
-        .select("user_id", "product_id", "label", "split").toPandas()
+        .select("snapshot", "user_id", "product_id", "label", "split").toPandas()
+
+
+KEY = ["snapshot", "user_id", "product_id"]
 
 
 def test_labels_match_the_files(spark, synth):
     settings, source = synth
-    got = _examples(spark, settings).sort_values(["user_id", "product_id"]).reset_index(drop=True)
-    want = _truth(source).sort_values(["user_id", "product_id"]).reset_index(drop=True)
+    got = _examples(spark, settings).sort_values(KEY).reset_index(drop=True)
+    want = _truth(source).sort_values(KEY).reset_index(drop=True)
     assert len(got) == len(want) and got.user_id.nunique() == SYNTH_USERS
-    assert (got[["user_id", "product_id", "label"]].to_numpy() == want.to_numpy()).all()
+    assert (got[[*KEY, "label"]].to_numpy() == want[[*KEY, "label"]].to_numpy()).all()
+    assert ((got.split == "train") == (want.eval_set == "prior")).all()
+    assert sorted(got.snapshot.unique()) == list(range(gold.TRAIN_SHIFTS + 1))
     assert 0.03 < got.label.mean() < 0.3
 
 
-def test_split_is_stratified_and_disjoint(spark, synth):
+def test_split_holds_out_whole_users_final_orders(spark, synth):
     examples = _examples(spark, synth[0])
-    assert not examples.duplicated(["user_id", "product_id"]).any(), "each pair is in exactly one split"
+    assert not examples.duplicated(KEY).any()
     assert set(examples.split) == set(gold.SPLITS)
-    for label, stratum in examples.groupby("label"):
-        n = len(stratum)
-        for split, fraction in zip(gold.SPLITS, (0.8, 0.1, 0.1)):
-            share = (stratum.split == split).mean()
-            tolerance = 4 * math.sqrt(fraction * (1 - fraction) / n)  # four standard deviations of a binomial
-            assert abs(share - fraction) < tolerance, (label, split, share, n)
+    final = examples[examples.snapshot == 0]
+    per_user = final.groupby("user_id")["split"].agg(["nunique", "first"])
+    assert (per_user["nunique"] == 1).all(), "a user's final order is in one split"
+    assert set(per_user["first"]) == {"valid", "test"}
+    share = (per_user["first"] == "valid").mean()
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(per_user)), share  # four binomial standard deviations
+    assert (examples.loc[examples.snapshot > 0, "split"] == "train").all()
 
 
 def test_rerun_commits_nothing(spark, synth):
@@ -310,7 +358,7 @@ def test_changed_input_replaces_tables_and_keeps_splits(spark, synth):
     examples = _examples(spark, settings)
     assert gone not in set(examples.user_id)
     kept = before_examples[before_examples.user_id != gone]
-    merged = kept.merge(examples, on=["user_id", "product_id"], suffixes=("_before", "_after"))
+    merged = kept.merge(examples, on=KEY, suffixes=("_before", "_after"))
     assert len(merged) == len(kept) == len(examples)
     assert (merged.split_before == merged.split_after).all() and (merged.label_before == merged.label_after).all()
 

@@ -161,8 +161,10 @@ def make_table_dataset(table_uri: str, columns: Sequence[str], *, version: int |
                        shuffle_buffer: int = 0) -> Iterator:
     """A tf.data.Dataset of `{column: tensor [B]}` batches of scalar columns from one snapshot (one shard of it).
 
-    `shuffle` shuffles the order of row groups; `shuffle_buffer` > 0 also shuffles rows within a buffer of that
-    many (slower: rows are unbatched). `num_epochs=None` repeats forever. A context manager like `make_dataset`.
+    `shuffle` shuffles the order of row groups and the rows within each row group (one vectorised gather per row
+    group: a row-by-row shuffle buffer cost four fifths of wide & deep's training time), and with `shuffle_buffer`
+    > `batch_size` also mixes whole batches in a buffer of about that many rows. `num_epochs=None` repeats
+    forever. A context manager like `make_dataset`.
     """
     import tensorflow as tf
     from petastorm.tf_utils import make_petastorm_dataset
@@ -171,11 +173,17 @@ def make_table_dataset(table_uri: str, columns: Sequence[str], *, version: int |
     version, files = split_files(table_uri, version, split)
     log.info("feed: %s v%d split=%s shard %d/%d (%d files, %d columns)", table_uri, version, split, shard,
              num_shards, len(files), len(columns))
+
+    def permuted(batch):
+        order = tf.random.shuffle(tf.range(tf.shape(batch[columns[0]])[0]), seed=seed)
+        return {c: tf.gather(batch[c], order) for c in columns}
+
     with _reader(files, shard, num_shards, num_epochs, shuffle, seed, columns=columns) as reader:
         dataset = make_petastorm_dataset(reader).map(lambda batch: {c: getattr(batch, c) for c in columns},
                                                      num_parallel_calls=tf.data.AUTOTUNE)
-        if shuffle_buffer > 0:
-            dataset = dataset.unbatch().shuffle(shuffle_buffer, seed=seed).batch(batch_size)
-        else:
-            dataset = dataset.rebatch(batch_size)
+        if shuffle:
+            dataset = dataset.map(permuted)
+        dataset = dataset.rebatch(batch_size)
+        if shuffle and shuffle_buffer > batch_size:
+            dataset = dataset.shuffle(shuffle_buffer // batch_size, seed=seed)
         yield dataset.prefetch(tf.data.AUTOTUNE)

@@ -30,8 +30,8 @@ SIMILARITY_SPACE = {"epochs": 2, "architecture": "seed", "embedding_size": 32, "
                     "learning_rate": {"choice": [0.003, 1e30]}}
 DIVERGES = {"classes_per_batch": 5, "learning_rate": 1e30}  # Adam steps of 1e30: NaN loss in the first epoch
 CONVERGES = {"classes_per_batch": 10, "learning_rate": 0.003}
-WIDEDEEP_SPACE = {"epochs": 2, "steps_per_epoch": 10, "batch_size": 128, "shuffle_buffer": 512, "user_buckets": 4096,
-                  "product_buckets": 4096, "cross_buckets": 65536, "hidden_units": {"choice": [16, 32]},
+WIDEDEEP_SPACE = {"epochs": 2, "steps_per_epoch": 10, "batch_size": 128, "shuffle_buffer": 512,
+                  "hidden_units": {"choice": [16, 32]},
                   "hidden_layers": {"int": [1, 2]}}
 
 

@@ -15,8 +15,8 @@ SHARED_CACHE = Path(os.environ.get("KUBEREC_CACHE", Path(__file__).resolve().par
 
 SYNTH_USERS, SYNTH_SEED = 300, 5
 # Small and quick: the tests check behaviour, quality is measured by benchmarks/widedeep_quality.py.
-TEST_CONFIG = {"hidden_layers": 2, "hidden_units": 32, "batch_size": 128, "epochs": 2, "shuffle_buffer": 512,
-               "user_buckets": 4096, "product_buckets": 4096, "cross_buckets": 65536, "seed": 3}
+TEST_CONFIG = {"hidden_layers": 2, "hidden_units": 32, "batch_size": 128, "epochs": 3, "shuffle_buffer": 512,
+               "seed": 3}
 
 
 @pytest.fixture(scope="session")

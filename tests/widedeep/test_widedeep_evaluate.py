@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from kuberec.widedeep.evaluate import (EvaluationError, MODELS, Popularity, auc, evaluate_widedeep, log_loss,
-                                       map_at_k)
+from kuberec.widedeep.evaluate import (METRICS, MODELS, EvaluationError, Popularity, auc, basket_f1,
+                                       best_threshold, evaluate_widedeep, log_loss, map_at_k, ranking_metrics,
+                                       user_auc)
 
 
 def test_auc_counts_pairs_and_ties():
@@ -40,20 +41,58 @@ def test_map_at_10_by_hand():
     assert map_at_k(np.zeros(12), np.ones(12), np.arange(12), k=10) == pytest.approx(1.0)
 
 
+def test_recall_at_k_by_hand():
+    # User 1: 3 positives, 2 of them in the top 2; user 2: 1 positive ranked 3rd; user 3: no positive (left out).
+    users = np.array([1, 1, 1, 1, 2, 2, 2, 3])
+    labels = np.array([1, 1, 0, 1, 0, 0, 1, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.9, 0.8, 0.7, 0.5])
+    assert ranking_metrics(users, labels, scores, k=2)["recall_at_2"] == pytest.approx((2 / 3 + 0) / 2)
+    assert ranking_metrics(users, labels, scores, k=3)["recall_at_3"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_user_auc_is_the_mean_of_each_users_auc():
+    # User 1 ranks perfectly (AUC 1); user 2 is reversed (0); user 3 ties (0.5); user 4 has one label (left out).
+    # Pooled AUC mixes users: user 2's high scores beat user 1's positives.
+    users = np.array([1, 1, 2, 2, 3, 3, 4])
+    labels = np.array([1, 0, 1, 0, 1, 0, 1])
+    scores = np.array([0.3, 0.2, 0.8, 0.9, 0.5, 0.5, 0.7])
+    assert user_auc(users, labels, scores) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert auc(labels, scores) != pytest.approx(user_auc(users, labels, scores))
+    with pytest.raises(EvaluationError, match="both labels"):
+        user_auc(np.array([1, 1]), np.array([1, 1]), np.array([0.1, 0.2]))
+
+
+def test_basket_f1_by_hand_and_its_threshold():
+    # Threshold 0.5: user 1 picks {a, b} of positives {a, c}: F1 = 2*1/(2+2) = 0.5; user 2 picks {} of {d}: F1 0.
+    users = np.array([1, 1, 1, 2, 2])
+    labels = np.array([1, 0, 1, 1, 0])
+    scores = np.array([0.9, 0.6, 0.2, 0.4, 0.1])
+    assert basket_f1(users, labels, scores, 0.5) == pytest.approx((0.5 + 0) / 2)
+    # Threshold 0.15 picks everything but the last row: user 1 {a, b, c}: F1 0.8; user 2 {d}: 1.0.
+    assert basket_f1(users, labels, scores, 0.15) == pytest.approx((0.8 + 1.0) / 2)
+    chosen = best_threshold(users, labels, scores)
+    assert basket_f1(users, labels, scores, chosen) >= basket_f1(users, labels, scores, 0.5)
+
+
 def test_popularity_is_a_smoothed_rate():
     popularity = Popularity.fit(np.array([1, 1, 1, 1, 2, 2]), np.array([1, 1, 1, 0, 0, 0]), prior_weight=2)
     assert popularity.global_rate == pytest.approx(0.5)
     np.testing.assert_allclose(popularity.score([1, 2, 99]), [(3 + 1) / 6, (0 + 1) / 4, 0.5])
 
 
-def test_evaluation_compares_all_four_on_the_test_split(trained, examples_uri, tmp_path):
+def test_evaluation_compares_every_model_on_the_test_split(trained, examples_uri, tmp_path):
     result = evaluate_widedeep(examples_uri, tmp_path / "eval", model_dir=trained)
     assert list(result.metrics) == list(MODELS)
     for values in result.metrics.values():
-        assert 0 <= values["auc"] <= 1 and values["log_loss"] > 0 and 0 <= values["map_at_10"] <= 1
-    # Trained models beat chance on generated data with strong repeat purchasing.
-    assert result.metrics["wide_deep"]["auc"] > 0.6 and result.metrics["popularity"]["auc"] > 0.5
-    assert set(result.seconds) == {"wide", "deep"}  # baselines trained in this run; W&D came from the model
+        assert list(values) == list(METRICS)
+        assert all(0 <= values[m] <= 1 for m in METRICS if m != "log_loss") and values["log_loss"] > 0
+    # Trained models beat chance on generated data with strong repeat purchasing; so do the wide part alone and the
+    # trees.
+    for model in ("wide_deep", "wide", "deep", "gbt"):
+        assert result.metrics[model]["user_auc"] > 0.6, (model, result.metrics[model])
+    assert result.metrics["popularity"]["auc"] > 0.5
+    assert set(result.seconds) == {"wide", "deep", "gbt"}  # trained in this run; W&D came from the model
+    assert set(result.thresholds) == set(MODELS)
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["metrics"] == result.metrics and saved["test_rows"] == result.test_rows > 0
     assert "wide_deep" in result.table() and "popularity" in result.table()

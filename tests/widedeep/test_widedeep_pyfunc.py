@@ -10,7 +10,7 @@ import pytest
 
 from kuberec.model_input import ModelInputError
 from kuberec import feed, tracking
-from kuberec.ingest.instacart_features import EXAMPLES_TABLE, USER_TABLE
+from kuberec.ingest.instacart_features import EXAMPLES_TABLE, USER_PRODUCT_TABLE, USER_TABLE
 from kuberec.widedeep.pyfunc import POPULAR_CANDIDATES, log_widedeep_model, \
     load_ranker
 
@@ -35,25 +35,48 @@ def test_registered_as_champion_with_lineage(registered):
     assert lineage[EXAMPLES_TABLE][1] == info.tables[settings.table_uri(EXAMPLES_TABLE)]
 
 
-def test_known_user_gets_ranked_products_from_history_and_popular(registered):
+def _history(settings) -> pd.DataFrame:
+    return pd.DataFrame(feed.load_table_arrays(settings.table_uri(USER_PRODUCT_TABLE),
+                                               ("user_id", "product_id", "up_cnt_orders")).columns)
+
+
+def test_known_user_gets_their_history_scored_then_popular_products(registered):
     settings, _, model, _ = registered
-    history = feed.load_table_arrays(settings.table_uri(EXAMPLES_TABLE), ("user_id", "product_id"))
-    user = int(history.columns["user_id"][0])
-    bought = set(history.columns["product_id"][history.columns["user_id"] == user].tolist())
+    history = _history(settings)
+    sizes = history.groupby("user_id").size()
+    user = int(sizes[sizes.between(5, 40)].index[0])
+    bought = set(history.loc[history.user_id == user, "product_id"].tolist())
     out = model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 5})
     assert list(out.columns) == ["user_id", "rank", "product_id", "score", "product_name", "fallback"]
     assert out["user_id"].tolist() == [user] * 5 and out["rank"].tolist() == [1, 2, 3, 4, 5]
     assert not out["fallback"].any() and out["score"].is_monotonic_decreasing
     assert out["product_name"].str.len().min() > 0
+    # Every product of their history (latest order included), scored by the model, then never-bought popular
+    # products ranked after them by popularity and flagged: the model never saw such rows.
     everything = model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 100})
-    assert bought <= set(everything["product_id"]) or len(everything) == 100
-    assert len(everything) == min(100, len(bought | set(everything["product_id"])))
-    # Given candidates are the only ones ranked.
+    scored = everything[~everything["fallback"]]
+    assert set(scored["product_id"]) == bought and scored["rank"].max() == len(bought)
+    rest = everything[everything["fallback"]]
+    assert len(rest) > 0 and not set(rest["product_id"]) & bought and rest["score"].is_monotonic_decreasing
+    # Given candidates are the only ones ranked, with the same scores.
     candidates = sorted(bought)[:3]
     chosen = model.predict(pd.DataFrame({"user_id": [user] * 3, "product_id": candidates}), params={"k": 10})
     assert sorted(chosen["product_id"]) == candidates
     row = everything.set_index("product_id").loc[candidates, "score"].to_numpy()
     np.testing.assert_allclose(chosen.set_index("product_id").loc[candidates, "score"].to_numpy(), row, rtol=1e-6)
+
+
+def test_a_heavy_rebuyer_gets_their_usual_products(registered):
+    """The user with the longest history: their top 10 are mostly the products they bought most often."""
+    settings, _, model, _ = registered
+    history = _history(settings)
+    orders = pd.DataFrame(feed.load_table_arrays(settings.table_uri(USER_TABLE), (
+        "user_id", "user_cnt_distinct_orders_last_360_days")).columns)
+    user = int(orders.sort_values("user_cnt_distinct_orders_last_360_days").iloc[-1]["user_id"])
+    mine = history[history.user_id == user].sort_values("up_cnt_orders", ascending=False)
+    usual = set(mine["product_id"].head(20))
+    top = model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 10})
+    assert len(set(top["product_id"]) & usual) >= 7, (top, mine.head(20))
 
 
 def test_unknown_user_gets_flagged_popularity_fallback(registered):

@@ -16,20 +16,21 @@ from kuberec import feed
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
 from kuberec.lake.delta import table_version
 from kuberec.widedeep import model as wd
+from kuberec.widedeep.evaluate import EVAL_COLUMNS, log_loss
 from kuberec.widedeep.train import TrainResult, TrainingError, train_widedeep
 
 
 def test_table_feed_shards_cover_the_split_once(spark, examples_uri):
-    truth = spark.read.format("delta").load(examples_uri).where("split = 'train'").select("user_id", "product_id")
+    key = ("snapshot", "user_id", "product_id")  # a row's identity: a pair is in several snapshots
+    truth = spark.read.format("delta").load(examples_uri).where("split = 'train'").select(*key)
     expected = sorted(tuple(r) for r in truth.collect())
-    whole = feed.load_table_arrays(examples_uri, ("user_id", "product_id", "label"), split="train")
+    whole = feed.load_table_arrays(examples_uri, (*key, "label"), split="train")
     assert whole.version == table_version(examples_uri)
-    assert sorted(zip(whole.columns["user_id"].tolist(), whole.columns["product_id"].tolist())) == expected
-    shards = [feed.load_table_arrays(examples_uri, ("user_id", "product_id"), split="train", shard=r, num_shards=2)
-              for r in range(2)]
-    pairs = [set(zip(s.columns["user_id"].tolist(), s.columns["product_id"].tolist())) for s in shards]
-    assert pairs[0] and pairs[1] and not pairs[0] & pairs[1]
-    assert sorted(pairs[0] | pairs[1]) == expected
+    assert sorted(zip(*(whole.columns[k].tolist() for k in key))) == expected
+    shards = [feed.load_table_arrays(examples_uri, key, split="train", shard=r, num_shards=2) for r in range(2)]
+    rows = [set(zip(*(s.columns[k].tolist() for k in key))) for s in shards]
+    assert rows[0] and rows[1] and not rows[0] & rows[1]
+    assert sorted(rows[0] | rows[1]) == expected
     with feed.make_table_dataset(examples_uri, ("user_id", "label", NUMERIC_FEATURES[0]), split="train",
                                  batch_size=100) as dataset:
         batches = list(dataset)
@@ -48,10 +49,18 @@ def test_single_process_training(trained, examples_uri, test_config):
     rows = len(feed.load_table_arrays(examples_uri, ("label",), split="train"))
     assert result.train_examples == rows == sum(result.rank_examples)
     assert result.steps_per_epoch == rows // test_config["batch_size"]
-    assert len(result.history) == test_config["epochs"]
+    assert 1 < len(result.history) <= test_config["epochs"]
     assert result.history[-1]["loss"] < result.history[0]["loss"] + 0.05
     assert (trained / "weights-rank0.sha256").read_text().strip() == result.weights_sha256
+    # The wide part's vocabularies are the train split's ids, exactly.
+    ids = feed.load_table_arrays(examples_uri, ("user_id", "product_id"), split="train").columns
+    assert result.vocabulary == wd.Vocabulary.from_ids(ids["user_id"], ids["product_id"]).sizes()
     model = wd.load_model(result.model_dir)
+    # Early stopping kept the epoch with the best valid-split log loss, and the saved model is that epoch's.
+    valid_losses = [entry["valid_log_loss"] for entry in result.history]
+    assert result.best_epoch == 1 + int(np.argmin(valid_losses))
+    valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, split="valid").columns
+    assert log_loss(valid["label"], wd.predict(model, valid)) == pytest.approx(min(valid_losses), rel=1e-5)
     test = feed.load_table_arrays(examples_uri, ("user_id", "product_id", "aisle_id", "department_id",
                                                  *NUMERIC_FEATURES), split="test")
     probabilities = wd.predict(model, test.columns)

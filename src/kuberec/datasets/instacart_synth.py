@@ -3,12 +3,17 @@
 Writes the six Instacart files (kuberec.datasets.instacart) from a generative model of grocery shopping; the model,
 its parameters and how its output compares with the public dataset are in docs/instacart-synth.md. In short:
 
-- a catalogue of 21 departments, 134 aisles and P products with Zipf-like popularity (a few staples, a long tail);
+- a catalogue of 21 departments, 134 aisles and P products (default: Instacart's 49,688) with Zipf-like popularity
+  (a few staples, a long tail);
 - users with persistent tastes over departments and aisles (Gamma-weighted, so each user favours a few), an
   activity level (4..100 orders, heavy-tailed), a basket size, a gap between orders and a repeat propensity;
+- a persistent personal affinity per (user, product) pair (pair_affinity: a hash of seed, user and product, so it
+  needs no memory), which decides how readily a product the user has bought comes back: a quarter are personal
+  favourites that come back whenever drawn, most others rarely, whatever their purchase counts so far;
 - orders drawn one order_number at a time for all users at once: each basket slot either repeats a product from
-  one of the user's earlier orders (recent ones favoured) or explores a new one (aisle from the user's taste, product
-  by popularity within the aisle); `reordered` is then derived exactly from each user's history;
+  one of the user's earlier orders (recent ones favoured, accepted with the pair's affinity) or explores a new one
+  (aisle from the user's taste, product by popularity within the aisle); `reordered` is then derived exactly from
+  each user's history;
 - every user's last order is their `train` order (the public data also has `test` users, whose final order's
   contents are withheld; generated data has none), drawn by the same process, so it depends on history.
 
@@ -35,7 +40,7 @@ from kuberec.errors import KuberecError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: personal (user, product) affinity, full catalogue by default, refitted constants
 MANIFEST = "instacart-synth.json"
 CHUNK_USERS = 10_000  # fixed: the random streams are per chunk, so changing it changes the output
 
@@ -43,15 +48,18 @@ CHUNK_USERS = 10_000  # fixed: the random streams are per chunk, so changing it 
 N_AISLES = 134
 INSTACART_PRODUCTS = 49_688
 MIN_ORDERS, MAX_ORDERS = 4, 100  # per user, the final (train) order included, as in the public data
-ACTIVITY_SHAPE, ACTIVITY_MEAN = 0.75, 12.6  # extra orders beyond 4 ~ Poisson(Gamma(shape, mean/shape))
+ACTIVITY_SHAPE, ACTIVITY_MEAN = 0.75, 11.6  # extra orders beyond 4 ~ Poisson(Gamma(shape, mean/shape))
 ZIPF_EXPONENT, ZIPF_OFFSET = 1.0, 10.0  # product popularity ~ (rank + offset) ** -exponent
 AISLE_BOOST_SIGMA = 0.7  # some aisles (fresh produce, dairy) are much busier than others
 DEPT_TASTE_SHAPE, AISLE_TASTE_SHAPE = 0.6, 0.5  # smaller = more concentrated tastes
-BASKET_MEDIAN, BASKET_SIGMA, BASKET_SHAPE, MAX_BASKET = 10.5, 0.55, 3.0, 100
-REPEAT_A, REPEAT_B = 3.7, 2.0  # per-user repeat propensity ~ Beta(a, b)
+BASKET_MEDIAN, BASKET_SIGMA, BASKET_SHAPE, MAX_BASKET = 9.3, 0.55, 3.0, 100
+FINAL_BASKET = 1.38  # final (train) orders are bigger than prior ones in Instacart (11.8 vs 9.1 lines)
+REPEAT_A, REPEAT_B = 3.85, 2.0  # per-user repeat propensity ~ Beta(a, b)
+AFFINITY_MU, AFFINITY_SIGMA = -1.0, 1.5  # pair affinity = min(1, LogNormal(mu, sigma)): staples at 1, long tail
+REPEAT_TRIES = 3  # a repeat draws a past line up to this often, kept with the pair's affinity; else it explores
 REPEAT_RAMP, REPEAT_RAMP_ORDERS = 0.5, 3.0  # repeats are rarer while a history is short
 RECENCY_SHARE, RECENCY_P = 0.5, 0.35  # half the repeats come from the last few orders (geometric)
-GAP_MEDIAN, GAP_SIGMA, GAP_ACTIVITY, GAP_SHAPE = 11.0, 0.7, 0.35, 1.6
+GAP_MEDIAN, GAP_SIGMA, GAP_ACTIVITY, GAP_SHAPE = 11.8, 0.7, 0.35, 1.6
 WEEKLY_SNAP = 0.2  # share of gaps that fall on whole weeks (a weekly shopping routine)
 DAYS_CAP = 30  # the public data caps days_since_prior_order at 30
 DOW_PREFERENCE = 0.4
@@ -92,8 +100,36 @@ class SynthResult:
 
 
 def default_products(users: int) -> int:
-    """Catalogue size: about one product per four users, between 1,000 and Instacart's 49,688."""
-    return int(np.clip(users // 4, 1_000, INSTACART_PRODUCTS))
+    """Catalogue size: Instacart's 49,688 for any number of users (a smaller one makes baskets too repetitive).
+
+    Takes `users` so that callers comparing a manifest with the defaults (kuberec.widedeep.steps) need not change.
+    """
+    del users
+    return INSTACART_PRODUCTS
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of uint64 whose outputs look independent for consecutive inputs."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def pair_affinity(seed: int, user_id: np.ndarray, product_id: np.ndarray) -> np.ndarray:
+    """Personal affinity in (0, 1] of each (user_id, product_id) (1-based, as in the files) under `seed`.
+
+    A hash, not a stored draw: the same pair has the same affinity in every order (and from the first time it is
+    bought) with no per-pair memory, and anyone can recompute it (the tests do). min(1, LogNormal(mu, sigma)),
+    from a Box-Muller normal of the hash's two 32-bit halves.
+    """
+    salt = _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64))
+    key = (np.asarray(user_id).astype(np.uint64) << np.uint64(32)) | np.asarray(product_id).astype(np.uint64)
+    bits = _mix64(key ^ salt)
+    u1 = ((bits >> np.uint64(32)).astype(np.float64) + 0.5) / 2.0 ** 32
+    u2 = ((bits & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) / 2.0 ** 32
+    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return np.minimum(np.exp(AFFINITY_MU + AFFINITY_SIGMA * normal), 1.0)
 
 
 @dataclass(frozen=True)
@@ -175,8 +211,12 @@ def _weighted_pick(keys: np.ndarray, row: np.ndarray, rng: np.random.Generator) 
     return np.searchsorted(keys, row + rng.random(len(row)), side="right")
 
 
-def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.ndarray) -> dict[str, np.ndarray]:
-    """Orders and order lines of one chunk of users (local indexes 0..C-1), `n_orders[u]` orders each."""
+def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.ndarray, seed: int = 0,
+                   first_user: int = 0) -> dict[str, np.ndarray]:
+    """Orders and order lines of one chunk of users (local indexes 0..C-1), `n_orders[u]` orders each.
+
+    Local user u is user_id first_user + u + 1, whose pair affinities are pair_affinity(seed, ...).
+    """
     users = len(n_orders)
     n_products = len(catalogue.product_aisle)
     basket = rng.lognormal(np.log(BASKET_MEDIAN), BASKET_SIGMA, users)
@@ -199,6 +239,7 @@ def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.
     for k in range(1, top + 1):
         active = np.flatnonzero(n_orders >= k)
         intensity = rng.gamma(BASKET_SHAPE, basket[active] / BASKET_SHAPE)
+        intensity *= np.where(n_orders[active] == k, FINAL_BASKET, 1.0)
         slots = np.minimum(1 + rng.poisson(np.maximum(intensity - 1.0, 0.0)), MAX_BASKET)
         slot_user = np.repeat(active, slots)
         products = np.empty(len(slot_user), np.int64)
@@ -207,13 +248,20 @@ def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.
             is_repeat = rng.random(len(slot_user)) < repeat[slot_user] * ramp
         else:
             is_repeat = np.zeros(len(slot_user), bool)
-        # Repeats: a product from one of the user's earlier orders, the last few favoured.
-        who = slot_user[is_repeat]
-        recent = k - np.minimum(rng.geometric(RECENCY_P, len(who)), k - 1)
-        anywhere = 1 + (rng.random(len(who)) * (k - 1)).astype(np.int64)
-        past = np.where(rng.random(len(who)) < RECENCY_SHARE, recent, anywhere)
-        line = start[who, past] + (rng.random(len(who)) * size[who, past]).astype(np.int64)
-        products[is_repeat] = lines.product[line]
+        # Repeats: a line of one of the user's earlier orders (the last few favoured), kept with the pair's
+        # affinity, so of two products bought as often and as recently the user's favourite comes back more.
+        pending = np.flatnonzero(is_repeat)
+        for _ in range(REPEAT_TRIES):
+            who = slot_user[pending]
+            recent = k - np.minimum(rng.geometric(RECENCY_P, len(who)), k - 1)
+            anywhere = 1 + (rng.random(len(who)) * (k - 1)).astype(np.int64)
+            past = np.where(rng.random(len(who)) < RECENCY_SHARE, recent, anywhere)
+            line = start[who, past] + (rng.random(len(who)) * size[who, past]).astype(np.int64)
+            candidate = lines.product[line]
+            kept = rng.random(len(who)) < pair_affinity(seed, who + first_user + 1, candidate + 1)
+            products[pending[kept]] = candidate[kept]
+            pending = pending[~kept]
+        is_repeat[pending] = False  # no favourite came up: the slot explores instead
         # Exploration: an aisle from the user's taste, then a product by popularity within that aisle.
         who = slot_user[~is_repeat]
         aisle = _weighted_pick(taste_keys, who, rng) - who * N_AISLES
@@ -332,7 +380,8 @@ def _write_all(directory: Path, users: int, seed: int, n_products: int) -> Synth
         for chunk, begin in enumerate(tqdm(range(0, users, CHUNK_USERS), desc="instacart-synth", unit="chunk",
                                            disable=None)):
             end = min(begin + CHUNK_USERS, users)
-            sim = simulate_chunk(np.random.default_rng([seed, 3, chunk]), catalogue, n_orders[begin:end])
+            sim = simulate_chunk(np.random.default_rng([seed, 3, chunk]), catalogue, n_orders[begin:end], seed=seed,
+                                 first_user=begin)
             ids = order_ids[first_order[begin]:first_order[end]]
             final = sim["order_number"] == n_orders[begin:end][sim["order_user"]]
             outs[ORDERS.name].write({

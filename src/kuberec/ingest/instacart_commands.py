@@ -29,7 +29,7 @@ def _synth(args: argparse.Namespace) -> None:
 def _synth_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, required=True, help="number of users (Instacart has 206,209)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the output is a function of it")
-    parser.add_argument("--products", type=int, help="catalogue size (default: users/4, between 1,000 and 49,688)")
+    parser.add_argument("--products", type=int, help="catalogue size (default: Instacart's 49,688)")
     parser.add_argument("--out", help="output directory, replaced as a whole (default: <home>/data/instacart-synth)")
 
 

@@ -1,28 +1,42 @@
 """Spark job: bronze Instacart tables -> gold feature, label and split tables (`kuberec features instacart`).
 
-Features follow the wide & deep seed's feature notebook: user, product and global metrics over the 30, 180 and 360
-days before each user's last order, where an order's `days_prior_to_last_order` is the sum of
-days_since_prior_order over the user's later orders (0 for the last order itself). Only prior orders feed metrics.
+Time-shifted examples, as the Instacart competition's winners built them: a user's orders with known contents are
+1..m (m = the `train` order; for a `test` user, whose final order's contents are withheld, their last prior order).
+A *snapshot* cuts a user's history just before a target order t: the history is orders 1..t-1, the label of a
+candidate is whether the target order holds it, and every feature is computed from the history alone.
+
+    snapshot s = 0, 1, ..., TRAIN_SHIFTS: target order t = m - s (examples; needs t >= 2)
+    snapshot s = SERVING_SNAPSHOT (-1):  no target, history = all of 1..m (the feature tables serving reads)
+
+So the pairs a model is trained on (targets m-1, m-2, ...) are the same pairs it is evaluated on (target m) and the
+same pairs serving scores (history up to m): memorising a user x product pair pays, and no label leaks into a
+feature. Features follow the wide & deep seed's feature notebook: user, product and global metrics over the 30, 180
+and 360 days before the snapshot's cut-off, where an order's `days_prior` is the sum of days_since_prior_order over
+the user's later history orders (0 for the last history order itself: the gap to the next order is unknown when
+serving, so no feature uses it). Product and global metrics of a snapshot are over every user's history in that
+snapshot.
 
 Gold tables (`settings.table_uri(name)`); every numeric feature is FLOAT (float32), 0 where undefined (x/0):
 
-instacart_gold_examples: one row per candidate (user, product) pair, the model's input. Partitioned by `split`.
-    user_id INT, product_id INT            wide part: ids (hash them) and their cross
+instacart_gold_examples: one row per (snapshot >= 0, user, candidate product), the model's input. Partitioned by
+  `split`.
+    user_id INT, product_id INT            wide part: ids and their cross
     aisle_id INT, department_id INT        deep part: embeddings (CATEGORICAL_FEATURES)
     <NUMERIC_FEATURES> FLOAT               deep part: USER_FEATURES + PRODUCT_FEATURES + UP_FEATURES, in that order
-    label INT                              1 if the product is in the user's final (train) order, else 0
+    label INT                              1 if the snapshot's target order holds the product, else 0
     split STRING                           train | valid | test
-  Candidates are the products each user bought in prior orders, for users that have a train order (users whose
-  final order is `test` have no label). Products first bought in the final order are not candidates (as in the
-  seed, whose labels cover only pairs seen before).
-  Split: xxhash64(user_id, product_id, SPLIT_SALT) mod 10,000 below 8,000 -> train, below 9,000 -> valid, else
-  test. The rule is the same within each label stratum, so both labels are split 80/10/10 (up to sampling noise,
-  as with the seed's sampleBy), and a pair keeps its split when other data changes.
+    snapshot INT                           0 = the target is the user's last known order, 1 the one before, ...
+  Candidates are the products in the snapshot's history (a product first bought in the target order is not a
+  candidate, as in the seed). Split: a target that is a `prior` order -> train; the `train` order (snapshot 0 of a
+  train user) -> valid when pmod(xxhash64(user_id, SPLIT_SALT), 10,000) < 5,000, else test. Valid and test are
+  thus different users' final orders, scored with features of everything before them, and every user's earlier
+  orders are training data; a user keeps their split when other data changes.
 
-instacart_gold_user_features: one row per user with prior order lines: user_id INT, USER_FEATURES FLOAT.
+The serving snapshot's tables (whole known history, what `kuberec register widedeep` copies into the model):
+instacart_gold_user_features: one row per user with order lines: user_id INT, USER_FEATURES FLOAT.
     user_cnt_distinct_{orders,products,aisles,departments}_last_{30,180,360}_days
     user_shr_reordered_last_{W}_days        reordered lines / lines, in the window
-    user_med_lines_per_order, user_med_days_since_prior_order   over prior orders (percentile_approx 0.5:
+    user_med_lines_per_order, user_med_days_since_prior_order   over history orders (percentile_approx 0.5:
                                             the lower median, an actual value)
 instacart_gold_product_features: one row per product in products.csv (0 for never-ordered ones):
     product_id INT, aisle_id INT, department_id INT, PRODUCT_FEATURES FLOAT:
@@ -31,13 +45,16 @@ instacart_gold_product_features: one row per product in products.csv (0 for neve
     product_shr_reordered_last_{W}_days         its reordered lines / its lines, in the window
 instacart_gold_global_metrics: one row: global_cnt_distinct_{orders,users,products,aisles,departments}_last_{W}_days
     BIGINT (the denominators of the product shares).
-UP_FEATURES, per (user, product), on the examples only (the "user/product shares"):
-    up_cnt_orders                   prior orders of the user that contain the product
-    up_shr_orders_last_{W}_days     ... within the window / the user's prior orders within the window
-    up_days_since_last_purchase     days_prior_to_last_order of the latest prior order containing it
+instacart_gold_user_products: one row per (user, product in their history): user_id INT, product_id INT,
+    UP_FEATURES FLOAT.
+UP_FEATURES, per (user, product):
+    up_cnt_orders                   history orders of the user that contain the product
+    up_shr_orders_last_{W}_days     ... within the window / the user's history orders within the window
+    up_days_since_last_purchase     days_prior of the latest history order containing it
+    up_orders_since_last_purchase   history orders after the latest one containing it
 
 Lineage and idempotence: each gold commit's userMetadata holds {"step", "features_version", "bronze": {table:
-version}, "params"}; the job reads the bronze tables at exactly those versions. When all four gold tables' latest
+version}, "params"}; the job reads the bronze tables at exactly those versions. When all gold tables' latest
 commits already carry the metadata the current bronze versions would produce, nothing is written. Each table is
 replaced by one overwrite commit; a run that fails half-way is redone completely by the next run.
 """
@@ -63,18 +80,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEP = "features-instacart"
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: time-shifted snapshots, per-user valid/test split, the user-products table
 WINDOWS = (30, 180, 360)
+TRAIN_SHIFTS = 3  # snapshots 1..3: targets m-1, m-2, m-3 are training labels
+SERVING_SNAPSHOT = -1
 SPLITS = ("train", "valid", "test")
 SPLIT_BUCKETS = 10_000
-SPLIT_BOUNDS = (8_000, 9_000)  # bucket < 8000: train; < 9000: valid; else test
-SPLIT_SALT = "kuberec-instacart-split-v1"
+VALID_BUCKETS = 5_000  # final orders of users whose bucket is below this: valid; the others: test
+SPLIT_SALT = "kuberec-instacart-split-v2"
 
 EXAMPLES_TABLE = "instacart_gold_examples"
 USER_TABLE = "instacart_gold_user_features"
 PRODUCT_TABLE = "instacart_gold_product_features"
 GLOBAL_TABLE = "instacart_gold_global_metrics"
-GOLD_TABLES = (EXAMPLES_TABLE, USER_TABLE, PRODUCT_TABLE, GLOBAL_TABLE)
+USER_PRODUCT_TABLE = "instacart_gold_user_products"
+GOLD_TABLES = (EXAMPLES_TABLE, USER_TABLE, PRODUCT_TABLE, GLOBAL_TABLE, USER_PRODUCT_TABLE)
+EXAMPLE_FILES = 8  # files per split: Petastorm shards by row group, so each Horovod rank needs some
 
 ID_COLUMNS = ("user_id", "product_id")
 CATEGORICAL_FEATURES = ("aisle_id", "department_id")
@@ -88,7 +109,8 @@ PRODUCT_FEATURES: tuple[str, ...] = tuple(
     f"product_shr_{what}_last_{w}_days" for what in ("distinct_users", "distinct_orders", "reordered")
     for w in WINDOWS)
 UP_FEATURES: tuple[str, ...] = (
-    "up_cnt_orders", *(f"up_shr_orders_last_{w}_days" for w in WINDOWS), "up_days_since_last_purchase")
+    "up_cnt_orders", *(f"up_shr_orders_last_{w}_days" for w in WINDOWS), "up_days_since_last_purchase",
+    "up_orders_since_last_purchase")
 NUMERIC_FEATURES: tuple[str, ...] = USER_FEATURES + PRODUCT_FEATURES + UP_FEATURES
 GLOBAL_METRICS: tuple[str, ...] = tuple(
     f"global_cnt_distinct_{what}_last_{w}_days" for what in ("orders", "users", "products", "aisles", "departments")
@@ -96,8 +118,8 @@ GLOBAL_METRICS: tuple[str, ...] = tuple(
 
 
 def params() -> dict[str, Any]:
-    return {"windows": list(WINDOWS), "splits": list(SPLITS), "split_buckets": SPLIT_BUCKETS,
-            "split_bounds": list(SPLIT_BOUNDS), "split_salt": SPLIT_SALT}
+    return {"windows": list(WINDOWS), "train_shifts": TRAIN_SHIFTS, "splits": list(SPLITS),
+            "split_buckets": SPLIT_BUCKETS, "valid_buckets": VALID_BUCKETS, "split_salt": SPLIT_SALT}
 
 
 @dataclass
@@ -154,46 +176,61 @@ class GoldFrames:
 
 
 def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
-    """The four gold DataFrames from the six bronze ones (keys: bronze table names); a pure function of them."""
+    """The gold DataFrames from the six bronze ones (keys: bronze table names); a pure function of them.
+
+    Every aggregate is grouped by `snapshot` first (see the module docstring): each history order line is copied
+    once per snapshot whose history holds it, and the seed's metrics are computed per snapshot from those copies.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     orders = bronze[BRONZE_TABLES["orders.csv"]]
     products = bronze[BRONZE_TABLES["products.csv"]].select("product_id", "aisle_id", "department_id")
-    prior_lines = bronze[BRONZE_TABLES["order_products__prior.csv"]]
-    train_lines = bronze[BRONZE_TABLES["order_products__train.csv"]]
+    # Order lines with known contents: prior orders and the train orders (test orders' lines are withheld).
+    all_lines = bronze[BRONZE_TABLES["order_products__prior.csv"]].unionByName(
+        bronze[BRONZE_TABLES["order_products__train.csv"]]).select("order_id", "product_id", "reordered")
 
-    later = Window.partitionBy("user_id").orderBy(F.col("order_number").desc()) \
+    by_number = Window.partitionBy("user_id").orderBy("order_number") \
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    orders = orders.select(
-        "order_id", "user_id", "eval_set", "days_since_prior_order",
-        (F.coalesce(F.sum("days_since_prior_order").over(later), F.lit(0.0))
-         - F.coalesce(F.col("days_since_prior_order"), F.lit(0.0))).alias("days_prior"),
+    known = orders.where(F.col("eval_set") != "test").select(
+        "order_id", "user_id", "order_number", "eval_set", "days_since_prior_order",
+        F.sum(F.coalesce(F.col("days_since_prior_order"), F.lit(0.0))).over(by_number).alias("elapsed"),
     ).persist()
-    prior_orders = orders.where(F.col("eval_set") == "prior").select(
-        "order_id", "user_id", "days_prior", "days_since_prior_order")
+    snapshots = known.sparkSession.range(SERVING_SNAPSHOT, TRAIN_SHIFTS + 1).select(
+        F.col("id").cast("int").alias("snapshot"))
+    # Per (snapshot, user): the target order number (the serving snapshot's is the unknown next order).
+    targets = (known.groupBy("user_id").agg(F.max("order_number").alias("last_known"))
+               .crossJoin(F.broadcast(snapshots))
+               .select("snapshot", "user_id", (F.col("last_known") - F.col("snapshot")).alias("target_number"))
+               .where(F.col("target_number") >= 2))
+    cutoff = targets.join(known.select("user_id", (F.col("order_number") + 1).alias("target_number"),
+                                       F.col("elapsed").alias("cutoff_elapsed")), ["user_id", "target_number"])
+    history_orders = known.join(cutoff, "user_id").where(F.col("order_number") < F.col("target_number")).select(
+        "snapshot", "order_id", "user_id", "order_number", "days_since_prior_order", "target_number",
+        (F.col("cutoff_elapsed") - F.col("elapsed")).alias("days_prior"))
 
-    # Prior orders that have lines, with their size (the seed's metrics count orders through their lines).
-    order_stats = (prior_lines.groupBy("order_id").agg(F.count(F.lit(1)).alias("lines"))
-                   .join(prior_orders, "order_id")).persist()
-    lines = prior_lines.select("order_id", "product_id", "reordered").join(
-        F.broadcast(prior_orders.select("order_id", "user_id", "days_prior")), "order_id")
-    # One pass over the order lines: every metric below derives from these per-(user, product) aggregates.
-    # A product appears once per order (validated), so line counts are order counts.
-    up = (lines.groupBy("user_id", "product_id").agg(
+    # History orders that have lines, with their size (the seed's metrics count orders through their lines).
+    order_stats = (all_lines.groupBy("order_id").agg(F.count(F.lit(1)).alias("lines"))
+                   .join(history_orders, "order_id")).persist()
+    lines = all_lines.join(history_orders.select("snapshot", "order_id", "user_id", "order_number", "target_number",
+                                                 "days_prior"), "order_id")
+    # One pass over the order lines: every metric below derives from these per-(snapshot, user, product)
+    # aggregates. A product appears once per order (validated), so line counts are order counts.
+    up = (lines.groupBy("snapshot", "user_id", "product_id").agg(
         F.count(F.lit(1)).alias("n_orders"),
         F.min("days_prior").alias("min_days"),
+        (F.first("target_number") - 1 - F.max("order_number")).alias("orders_since"),
         *[_count_within("days_prior", w).alias(f"n_{w}") for w in WINDOWS],
         *[F.sum(F.when(_in_window("days_prior", w), F.col("reordered")).otherwise(0)).alias(f"r_{w}")
           for w in WINDOWS],
     ).join(F.broadcast(products), "product_id")).persist()
 
-    user_orders = order_stats.groupBy("user_id").agg(
+    user_orders = order_stats.groupBy("snapshot", "user_id").agg(
         *[_count_within("days_prior", w).alias(f"user_cnt_distinct_orders_last_{w}_days") for w in WINDOWS],
         F.percentile_approx("lines", 0.5).alias("user_med_lines_per_order"),
         F.percentile_approx("days_since_prior_order", 0.5).alias("user_med_days_since_prior_order"),
     )
-    user_products = up.groupBy("user_id").agg(
+    user_products = up.groupBy("snapshot", "user_id").agg(
         *[_count_within("min_days", w).alias(f"user_cnt_distinct_products_last_{w}_days") for w in WINDOWS],
         # A user touches at most 134 aisles / 21 departments: small sets, and no Expand as countDistinct would do.
         *[_distinct_within("min_days", w, "aisle_id").alias(f"user_cnt_distinct_aisles_last_{w}_days")
@@ -202,66 +239,77 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
           for w in WINDOWS],
         *[_ratio(F.sum(f"r_{w}"), F.sum(f"n_{w}")).alias(f"user_shr_reordered_last_{w}_days") for w in WINDOWS],
     )
-    users = user_orders.join(user_products, "user_id").select(
-        "user_id", *[F.coalesce(F.col(c).cast("float"), F.lit(0.0).cast("float")).alias(c) for c in USER_FEATURES]
+    users = user_orders.join(user_products, ["snapshot", "user_id"]).select(
+        "snapshot", "user_id",
+        *[F.coalesce(F.col(c).cast("float"), F.lit(0.0).cast("float")).alias(c) for c in USER_FEATURES]
     ).persist()
 
-    product_metrics = up.groupBy("product_id", "aisle_id", "department_id").agg(
-        F.min("min_days").alias("min_days"),
+    product_metrics = up.groupBy("snapshot", "product_id").agg(
         *[_count_within("min_days", w).alias(f"users_{w}") for w in WINDOWS],
         *[F.sum(f"n_{w}").alias(f"orders_{w}") for w in WINDOWS],
         *[F.sum(f"r_{w}").alias(f"reordered_{w}") for w in WINDOWS],
     ).persist()
-    global_metrics = order_stats.agg(
+    global_metrics = order_stats.groupBy("snapshot").agg(
         *[_count_within("days_prior", w).alias(f"orders_{w}") for w in WINDOWS],
         *[_distinct_within("days_prior", w, "user_id").alias(f"users_{w}") for w in WINDOWS],
-    ).crossJoin(product_metrics.agg(
+    ).join(up.groupBy("snapshot", "product_id", "aisle_id", "department_id").agg(
+        F.min("min_days").alias("min_days")).groupBy("snapshot").agg(
         *[_count_within("min_days", w).alias(f"products_{w}") for w in WINDOWS],
         *[_distinct_within("min_days", w, "aisle_id").alias(f"aisles_{w}") for w in WINDOWS],
         *[_distinct_within("min_days", w, "department_id").alias(f"departments_{w}") for w in WINDOWS],
-    )).select(*[
+    ), "snapshot").select("snapshot", *[
         F.coalesce(F.col(f"{what}_{w}"), F.lit(0)).cast("long").alias(f"global_cnt_distinct_{what}_last_{w}_days")
         for what in ("orders", "users", "products", "aisles", "departments") for w in WINDOWS]).persist()
 
-    shares = product_metrics.crossJoin(F.broadcast(global_metrics)).select("product_id", *[
-        expr.alias(f"product_shr_{what}_last_{w}_days")
+    shares = product_metrics.join(F.broadcast(global_metrics), "snapshot").select("snapshot", "product_id", *[
+        F.coalesce(expr, F.lit(0.0)).cast("float").alias(f"product_shr_{what}_last_{w}_days")
         for w in WINDOWS
         for what, expr in (
             ("distinct_users", _ratio(F.col(f"users_{w}"), F.col(f"global_cnt_distinct_users_last_{w}_days"))),
             ("distinct_orders", _ratio(F.col(f"orders_{w}"), F.col(f"global_cnt_distinct_orders_last_{w}_days"))),
             ("reordered", _ratio(F.col(f"reordered_{w}"), F.col(f"orders_{w}"))),
-        )])
-    product_features = products.join(shares, "product_id", "left").select(
-        "product_id", "aisle_id", "department_id",
-        *[F.coalesce(F.col(c), F.lit(0.0)).cast("float").alias(c) for c in PRODUCT_FEATURES]).persist()
+        )]).persist()
 
-    final_orders = orders.where(F.col("eval_set") == "train").select("order_id", "user_id")
-    positives = train_lines.select("order_id", "product_id").join(final_orders, "order_id") \
-        .select("user_id", "product_id", F.lit(1).alias("label"))
-    bucket = F.pmod(F.xxhash64(F.col("user_id"), F.col("product_id"), F.lit(SPLIT_SALT)), F.lit(SPLIT_BUCKETS))
-    split = (F.when(bucket < SPLIT_BOUNDS[0], F.lit(SPLITS[0]))
-             .when(bucket < SPLIT_BOUNDS[1], F.lit(SPLITS[1])).otherwise(F.lit(SPLITS[2])))
     user_product = {
         "up_cnt_orders": F.col("n_orders"),
         **{f"up_shr_orders_last_{w}_days": _ratio(F.col(f"n_{w}"), F.col(f"user_cnt_distinct_orders_last_{w}_days"))
            for w in WINDOWS},
         "up_days_since_last_purchase": F.col("min_days"),
+        "up_orders_since_last_purchase": F.col("orders_since"),
     }
+    up_features = up.join(users, ["snapshot", "user_id"]).select(
+        "snapshot", *ID_COLUMNS, *CATEGORICAL_FEATURES, *USER_FEATURES,
+        *[user_product[name].cast("float").alias(name) for name in UP_FEATURES])
+
+    # Targets: the order each example snapshot predicts, and which split its label belongs to.
+    target_orders = known.join(targets.where(F.col("snapshot") >= 0), "user_id") \
+        .where(F.col("order_number") == F.col("target_number")).select("order_id", "snapshot", "user_id", "eval_set")
+    positives = all_lines.join(target_orders, "order_id").select("snapshot", "user_id", "product_id",
+                                                                 F.lit(1).alias("label"))
+    user_bucket = F.pmod(F.xxhash64(F.col("user_id"), F.lit(SPLIT_SALT)), F.lit(SPLIT_BUCKETS))
+    split = (F.when(F.col("eval_set") == "prior", F.lit(SPLITS[0]))
+             .when(user_bucket < VALID_BUCKETS, F.lit(SPLITS[1])).otherwise(F.lit(SPLITS[2])))
     examples = (
-        up.join(F.broadcast(final_orders.select("user_id")), "user_id", "left_semi")
-        .join(positives, ["user_id", "product_id"], "left")
-        .join(F.broadcast(users), "user_id")
-        .join(F.broadcast(product_features.drop("aisle_id", "department_id")), "product_id")
+        up_features.where(F.col("snapshot") >= 0)
+        .join(target_orders.select("snapshot", "user_id", "eval_set"), ["snapshot", "user_id"])
+        .join(positives, ["snapshot", "user_id", "product_id"], "left")
+        .join(shares, ["snapshot", "product_id"])
         .select(
-            *ID_COLUMNS, *CATEGORICAL_FEATURES, *USER_FEATURES, *PRODUCT_FEATURES,
-            *[user_product[name].cast("float").alias(name) for name in UP_FEATURES],
+            *ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES,
             F.coalesce(F.col("label"), F.lit(0)).cast("int").alias("label"),
-            split.alias("split"),
+            split.alias("split"), "snapshot",
         )
     )
-    return GoldFrames({EXAMPLES_TABLE: examples, USER_TABLE: users, PRODUCT_TABLE: product_features,
-                       GLOBAL_TABLE: global_metrics},
-                      [orders, up, order_stats, users, product_metrics, global_metrics, product_features])
+    serving = F.col("snapshot") == SERVING_SNAPSHOT
+    product_features = products.join(shares.where(serving).drop("snapshot"), "product_id", "left").select(
+        "product_id", "aisle_id", "department_id",
+        *[F.coalesce(F.col(c), F.lit(0.0)).cast("float").alias(c) for c in PRODUCT_FEATURES])
+    return GoldFrames({EXAMPLES_TABLE: examples,
+                       USER_TABLE: users.where(serving).drop("snapshot"),
+                       PRODUCT_TABLE: product_features,
+                       GLOBAL_TABLE: global_metrics.where(serving).drop("snapshot"),
+                       USER_PRODUCT_TABLE: up_features.where(serving).select(*ID_COLUMNS, *UP_FEATURES)},
+                      [known, up, order_stats, users, product_metrics, global_metrics, shares])
 
 
 def _rows_written(table_uri: str) -> int:
@@ -301,12 +349,16 @@ def build_features(settings: Settings, spark: "SparkSession | None" = None, forc
     metadata = json.dumps(wanted, sort_keys=True)
     try:
         # Small tables first: each write reuses the persisted aggregates; the examples table comes last.
-        for name in (GLOBAL_TABLE, USER_TABLE, PRODUCT_TABLE, EXAMPLES_TABLE):
-            frame = gold.tables[name].coalesce(1) if name == GLOBAL_TABLE else gold.tables[name]
+        for name in (GLOBAL_TABLE, USER_TABLE, PRODUCT_TABLE, USER_PRODUCT_TABLE, EXAMPLES_TABLE):
+            frame = gold.tables[name]
+            if name == GLOBAL_TABLE:
+                frame = frame.coalesce(1)
+            elif name == EXAMPLES_TABLE:
+                frame = frame.repartition(EXAMPLE_FILES)
             writer = frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true") \
                 .option("userMetadata", metadata)
             if name == EXAMPLES_TABLE:
-                # File statistics only for the id columns (lookups by user/product); the other 31 feature columns
+                # File statistics only for the id columns (lookups by user/product); the other feature columns
                 # are never filtered on, and collecting their min/max cost a third of the write.
                 writer = writer.partitionBy("split").option("delta.dataSkippingNumIndexedCols", "4")
             writer.save(uris[name])

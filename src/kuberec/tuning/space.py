@@ -85,12 +85,14 @@ MODELS: dict[str, ModelSpec] = {
             "dropout": {"uniform": [0.0, 0.5]},
             "deep_optimizer": {"choice": ["adam", "adagrad"]},
             "deep_learning_rate": {"loguniform": [1e-4, 3e-2]},
-            "wide_learning_rate": {"loguniform": [5e-3, 0.5]},
+            "wide_learning_rate": {"loguniform": [0.05, 3.0]},
+            "ftrl_l2": {"loguniform": [0.03, 10.0]},
             "batch_size": {"choice": [128, 256, 512, 1024]},
             "epochs": 3,
         },
         # Validation: the gold examples table's `valid` split (kuberec.widedeep.evaluate.metrics).
-        metrics={"auc": "max", "log_loss": "min", "map_at_10": "max", "loss": "min"},
+        metrics={"auc": "max", "user_auc": "max", "log_loss": "min", "map_at_10": "max", "recall_at_10": "max",
+                 "loss": "min"},
         default_metric="auc",
         default_table="instacart_gold_examples",
         max_examples_hint="a wide & deep sweep streams the whole train split; bound each trial's training with "

@@ -1,14 +1,26 @@
-"""Evaluate wide & deep against its parts and a popularity baseline on the test split (`kuberec evaluate widedeep`).
+"""Evaluate wide & deep against its parts and two baselines on the test split (`kuberec evaluate widedeep`).
 
-In one run, on the same Delta version of the gold examples table: the wide & deep model (trained by
-`kuberec train widedeep`, or here when no model is given), a wide-only and a deep-only model trained here with the
-same config on the same train split, and a popularity baseline: each product's smoothed label rate in the train
-split, (positives + PRIOR_WEIGHT * global rate) / (candidates + PRIOR_WEIGHT), i.e. how often users who bought it
-before bought it again in their final order. All four score every test-split row and are compared by:
+In one run, on the same Delta version of the gold examples table (time-shifted snapshots: train on each user's
+earlier orders, valid/test on different users' final orders; kuberec.ingest.instacart_features):
 
-- AUC over all test rows (ties count one half), log loss (probabilities clipped to [1e-7, 1 - 1e-7]);
-- MAP@10 over users: each user's test candidates ranked by score, AP@10 = sum over the top 10 of precision@i at
-  each positive / min(10, the user's positives); users without a positive in the test split are left out.
+- wide & deep: the model `kuberec train widedeep` trained (or trained here when no model is given);
+- wide-only and deep-only: the same config with one part, trained here with the same data and the same budget: the
+  same optimizer steps per epoch on the same global batch (the trained model's batch x its workers, in one process:
+  synchronous data-parallel training averages the same gradients), the same epochs and early stopping on `valid`;
+- popularity: each product's smoothed label rate in the train split, (positives + PRIOR_WEIGHT * global rate) /
+  (candidates + PRIOR_WEIGHT), i.e. how often users who bought it before bought it again in a target order;
+- gbt: gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier, what a Kaggle user reaches for) on the
+  same numeric and aisle/department features, early stopping on the valid split, on at most GBT_MAX_ROWS train rows.
+
+Every model scores every test row; the metrics (`metrics`):
+- `auc`: pooled AUC over all test rows (ties count one half); `user_auc`: the mean over users with both labels of
+  each user's AUC among their own candidates (what ranking a user's products needs; pooled AUC also rewards telling
+  heavy from light buyers apart); `log_loss` (probabilities clipped to [1e-7, 1 - 1e-7]);
+- `map_at_10` and `recall_at_10` over users with a positive: each user's candidates ranked by score; AP@10 = sum
+  over the top 10 of precision@i at each positive / min(10, positives); recall@10 = positives in the top 10 /
+  positives;
+- `f1`: the Instacart competition's metric, the mean over users with a positive of the F1 of the predicted basket
+  (candidates scoring at least a threshold; the threshold that maximises the same metric on the valid split).
 
 Writes `evaluation.json` into the output directory; `kuberec evaluate widedeep --run ID` (kuberec.widedeep.steps)
 logs it and the metrics into the model's MLflow run and prints the table.
@@ -35,8 +47,10 @@ log = logging.getLogger(__name__)
 MAP_K = 10
 PRIOR_WEIGHT = 10.0
 EPSILON = 1e-7
+GBT_MAX_ROWS = 2_000_000
 RESULT_FILE = "evaluation.json"
-MODELS = ("wide_deep", "wide", "deep", "popularity")
+MODELS = ("wide_deep", "wide", "deep", "popularity", "gbt")
+METRICS = ("auc", "user_auc", "log_loss", f"map_at_{MAP_K}", f"recall_at_{MAP_K}", "f1")
 EVAL_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
 
 
@@ -62,30 +76,78 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def map_at_k(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = MAP_K) -> float:
-    """Mean over users with a positive of AP@k of their candidates ranked by score (ties: input order)."""
+def _ranked(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """One row per candidate, grouped by user, best score first (ties: input order), with rank and hits so far."""
     frame = pd.DataFrame({"user": np.asarray(users), "label": np.asarray(labels).astype(np.int64),
                           "score": np.asarray(scores, np.float64)})
     frame = frame.iloc[np.lexsort((-frame["score"].to_numpy(), frame["user"].to_numpy()))]
     grouped = frame.groupby("user", sort=False)
-    rank = grouped.cumcount().to_numpy() + 1
-    hits = grouped["label"].cumsum().to_numpy()
-    rel = frame["label"].to_numpy()
-    frame = frame.assign(gain=np.where((rank <= k) & (rel == 1), hits / rank, 0.0))
-    per_user = frame.groupby("user").agg(gain=("gain", "sum"), positives=("label", "sum"))
+    return frame.assign(rank=grouped.cumcount().to_numpy() + 1, hits=grouped["label"].cumsum().to_numpy())
+
+
+def ranking_metrics(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = MAP_K) -> dict[str, float]:
+    """MAP@k and recall@k: means over users with a positive (see the module docstring)."""
+    frame = _ranked(users, labels, scores)
+    top = (frame["rank"] <= k).to_numpy()
+    rel = frame["label"].to_numpy() == 1
+    frame = frame.assign(gain=np.where(top & rel, frame["hits"] / frame["rank"], 0.0), found=top & rel)
+    per_user = frame.groupby("user").agg(gain=("gain", "sum"), found=("found", "sum"), positives=("label", "sum"))
     per_user = per_user[per_user["positives"] > 0]
     if per_user.empty:
         raise EvaluationError("MAP@k needs at least one user with a positive")
-    return float((per_user["gain"] / np.minimum(per_user["positives"], k)).mean())
+    return {f"map_at_{k}": float((per_user["gain"] / np.minimum(per_user["positives"], k)).mean()),
+            f"recall_at_{k}": float((per_user["found"] / per_user["positives"]).mean())}
 
 
-def metrics(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    return {"auc": auc(labels, scores), "log_loss": log_loss(labels, scores),
-            f"map_at_{MAP_K}": map_at_k(users, labels, scores)}
+def map_at_k(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = MAP_K) -> float:
+    """Mean over users with a positive of AP@k of their candidates ranked by score (ties: input order)."""
+    return ranking_metrics(users, labels, scores, k)[f"map_at_{k}"]
 
 
-# -- the popularity baseline --------------------------------------------------------------------------------------
+def user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over users with both labels of the AUC among their own candidates (average ranks for ties)."""
+    frame = pd.DataFrame({"user": np.asarray(users), "label": np.asarray(labels).astype(np.int64),
+                          "score": np.asarray(scores, np.float64)})
+    frame["rank"] = frame.groupby("user")["score"].rank(method="average")
+    per_user = frame.groupby("user").agg(n=("label", "size"), pos=("label", "sum"))
+    per_user["rank_sum"] = frame[frame["label"] == 1].groupby("user")["rank"].sum()
+    per_user = per_user[(per_user["pos"] > 0) & (per_user["pos"] < per_user["n"])]
+    if per_user.empty:
+        raise EvaluationError("per-user AUC needs a user with both labels")
+    neg = per_user["n"] - per_user["pos"]
+    return float(((per_user["rank_sum"] - per_user["pos"] * (per_user["pos"] + 1) / 2)
+                  / (per_user["pos"] * neg)).mean())
 
+
+def basket_f1(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Mean over users with a positive of the F1 of {candidates scoring >= threshold} against their positives."""
+    frame = pd.DataFrame({"user": np.asarray(users), "label": np.asarray(labels).astype(np.int64),
+                          "chosen": np.asarray(scores, np.float64) >= threshold})
+    frame["hit"] = frame["chosen"] & (frame["label"] == 1)
+    per_user = frame.groupby("user").agg(positives=("label", "sum"), chosen=("chosen", "sum"), hits=("hit", "sum"))
+    per_user = per_user[per_user["positives"] > 0]
+    if per_user.empty:
+        raise EvaluationError("F1 needs at least one user with a positive")
+    return float((2 * per_user["hits"] / (per_user["positives"] + per_user["chosen"])).mean())
+
+
+def best_threshold(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold (a quantile of the scores) that maximises `basket_f1` on these rows."""
+    candidates = np.unique(np.quantile(np.asarray(scores, np.float64), np.linspace(0.5, 0.995, 60)))
+    return float(max(candidates, key=lambda t: basket_f1(users, labels, scores, t)))
+
+
+def metrics(users: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+            threshold: float | None = None) -> dict[str, float]:
+    """The metrics of the module docstring; `f1` only with the basket `threshold` (chosen on other rows)."""
+    values = {"auc": auc(labels, scores), "user_auc": user_auc(users, labels, scores),
+              "log_loss": log_loss(labels, scores), **ranking_metrics(users, labels, scores)}
+    if threshold is not None:
+        values["f1"] = basket_f1(users, labels, scores, threshold)
+    return values
+
+
+# -- baselines ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Popularity:
     """Smoothed per-product label rate from a training split; unknown products get the global rate."""
@@ -111,6 +173,38 @@ class Popularity:
         return np.where(known, self.rates[pos] if len(self.rates) else 0.0, self.global_rate)
 
 
+def _gbt_features(columns: dict[str, np.ndarray]) -> np.ndarray:
+    return np.stack([np.asarray(columns[name], np.float32) for name in (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES)],
+                    axis=1)
+
+
+@dataclass
+class GradientBoosted:
+    """HistGradientBoostingClassifier on the aisle/department ids (categorical) and the numeric features."""
+
+    model: Any
+
+    @classmethod
+    def fit(cls, train: dict[str, np.ndarray], valid: dict[str, np.ndarray], seed: int = 0,
+            max_rows: int = GBT_MAX_ROWS) -> "GradientBoosted":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        rows = len(train["label"])
+        keep = np.sort(np.random.default_rng(seed).permutation(rows)[:max_rows]) if rows > max_rows else slice(None)
+        x = _gbt_features(train)[keep]
+        # Ids below the tree's bin count are categories; anything larger is left numeric.
+        categorical = [bool(x[:, i].max() < 255) for i in range(len(CATEGORICAL_FEATURES))] \
+            + [False] * len(NUMERIC_FEATURES)
+        model = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, max_leaf_nodes=63,
+                                               categorical_features=categorical, early_stopping=True,
+                                               n_iter_no_change=10, random_state=seed)
+        model.fit(x, np.asarray(train["label"])[keep], X_val=_gbt_features(valid), y_val=np.asarray(valid["label"]))
+        return cls(model)
+
+    def score(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        return self.model.predict_proba(_gbt_features(columns))[:, 1]
+
+
 # -- the evaluation -----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -122,29 +216,30 @@ class EvaluationResult:
     train_rows: int
     config: dict[str, Any]
     metrics: dict[str, dict[str, float]]  # model -> metric -> value
+    thresholds: dict[str, float] = field(default_factory=dict)  # model -> basket threshold chosen on valid
     seconds: dict[str, float] = field(default_factory=dict)  # training time of each model trained here
     files: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
-        keys = ["auc", "log_loss", f"map_at_{MAP_K}"]
         lines = [f"test split of {self.examples_uri}@v{self.examples_version}: {self.test_rows} rows, "
                  f"{self.test_users_with_positives} users with a positive",
-                 f"{'model':<12}" + "".join(f"{k:>12}" for k in keys)]
+                 f"{'model':<12}" + "".join(f"{k:>14}" for k in METRICS)]
         for name, values in self.metrics.items():
-            lines.append(f"{name:<12}" + "".join(f"{values[k]:>12.4f}" for k in keys))
+            lines.append(f"{name:<12}" + "".join(f"{values[k]:>14.4f}" for k in METRICS))
         return "\n".join(lines)
 
 
 def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str | Path | None = None,
-                      config=None, version: int | None = None) -> EvaluationResult:
-    """Score W&D, wide-only, deep-only and popularity on the test split; see the module docstring.
+                      config=None, version: int | None = None, world_size: int = 1) -> EvaluationResult:
+    """Score every model of the module docstring on the test split.
 
-    `model_dir`: a `kuberec train widedeep` output directory (its config and table version are used unless given);
-    without it the wide & deep model is trained here too.
+    `model_dir`: a `kuberec train widedeep` output directory (its config, worker count, steps per epoch and table
+    version are used unless given); without it the wide & deep model is trained here too, as if by `world_size`
+    workers.
     """
     from kuberec import feed
     from kuberec.widedeep import model as wd
-    from kuberec.widedeep.train import TrainResult, train_widedeep_model
+    from kuberec.widedeep.train import FEED_COLUMNS, TrainResult, train_widedeep_model
 
     out_dir = Path(out_dir)
     trained = None
@@ -152,30 +247,42 @@ def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str 
         trained = TrainResult.load(model_dir)
         config = config or trained.config
         version = trained.tables.get(examples_uri, version) if version is None else version
+        world_size = trained.world_size
     config = config or wd.WideDeepConfig()
     test = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, version=version, split="test")
     version = test.version
-    train = feed.load_table_arrays(examples_uri, ("product_id", "label"), version=version, split="train")
+    valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, version=version, split="valid").columns
+    train = feed.load_table_arrays(examples_uri, FEED_COLUMNS, version=version, split="train").columns
     columns, users, labels = test.columns, test.columns["user_id"], test.columns["label"]
-    scores: dict[str, np.ndarray] = {}
+    # The same global batch and steps as the trained model (one process standing in for its workers).
+    budget = config.replace(batch_size=config.batch_size * world_size,
+                            steps_per_epoch=trained.steps_per_epoch if trained else config.steps_per_epoch)
+    scorers: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     scratch = out_dir / "scratch"
     for kind in ("wide_deep", "wide", "deep"):
         if kind == "wide_deep" and trained is not None:
-            scores[kind] = wd.predict(wd.load_model(trained.model_dir), columns)
-            continue
-        started = time.perf_counter()
-        _, model = train_widedeep_model(config.replace(kind=kind), examples_uri, scratch, version=version,
-                                        save=False)
-        seconds[kind] = round(time.perf_counter() - started, 2)
-        scores[kind] = wd.predict(model, columns)
-    scores["popularity"] = Popularity.fit(train.columns["product_id"], train.columns["label"]).score(
-        columns["product_id"])
+            model = wd.load_model(trained.model_dir)
+        else:
+            started = time.perf_counter()
+            _, model = train_widedeep_model(budget.replace(kind=kind), examples_uri, scratch, version=version,
+                                            save=False)
+            seconds[kind] = round(time.perf_counter() - started, 2)
+        scorers[kind] = lambda rows, model=model: wd.predict(model, rows)
+    popularity = Popularity.fit(train["product_id"], train["label"])
+    scorers["popularity"] = lambda rows: popularity.score(rows["product_id"])
+    started = time.perf_counter()
+    gbt = GradientBoosted.fit(train, valid, seed=config.seed)
+    seconds["gbt"] = round(time.perf_counter() - started, 2)
+    scorers["gbt"] = gbt.score
+    results, thresholds = {}, {}
+    for name in MODELS:
+        thresholds[name] = best_threshold(valid["user_id"], valid["label"], scorers[name](valid))
+        results[name] = metrics(users, labels, scorers[name](columns), thresholds[name])
     result = EvaluationResult(
         examples_uri=examples_uri, examples_version=version, test_rows=len(test),
-        test_users_with_positives=int(pd.Series(labels).groupby(users).max().sum()), train_rows=len(train),
-        config=config.to_dict(), metrics={name: metrics(users, labels, scores[name]) for name in MODELS},
-        seconds=seconds)
+        test_users_with_positives=int(pd.Series(labels).groupby(users).max().sum()), train_rows=len(train["label"]),
+        config=config.to_dict(), metrics=results, thresholds=thresholds, seconds=seconds)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULT_FILE
     result.files = {"json": str(path)}

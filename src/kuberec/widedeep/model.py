@@ -3,8 +3,11 @@
 `tf.estimator.DNNLinearCombinedClassifier` (the seed's model) is gone since TF 2.16, and tf_keras's
 `experimental.WideDeepModel` cannot be saved with two optimizers nor averaged by Horovod (STACK.md), so:
 
-- wide (memorisation): hashed user id, hashed product id and a hashed user x product cross; each is a one-hot
-  vector times a weight, i.e. a 1-d embedding lookup, summed with a bias -> wide logit. Optimised with FTRL.
+- wide (memorisation): exact user id, product id and user x product pair, each looked up in a vocabulary of the
+  training data (`Vocabulary`; index 0 = not seen in training) and given one weight, i.e. a linear model over
+  one-hot columns; wide logit = the three weights + a bias. Every wide variable starts at 0 and is owned by FTRL,
+  which sees the gradient summed over the global batch (per-example FTRL-Proximal, McMahan et al. 2013), so its
+  learning rate and l1/l2 strengths mean what they mean there whatever the batch size or worker count.
 - deep (generalisation): aisle and department embeddings + the numeric gold features (log1p, then standardised with
   statistics of the training data) -> `hidden_layers` Dense+ReLU+Dropout layers, the first `hidden_units` wide and
   each next one `width_decline` times the previous -> deep logit. Optimised with Adagrad or Adam.
@@ -12,7 +15,8 @@
 
 `kind` "wide" or "deep" builds the same model with only that part (the baselines). Layer names start with
 "wide_" or "deep_", which is how `split_variables` gives each optimizer its own variables. Models are saved as a
-TensorFlow SavedModel directory and reload (`load_model`) with identical predictions.
+TensorFlow SavedModel directory (the vocabularies are non-trainable variables in it) and reload (`load_model`) with
+identical predictions.
 
 Inputs (`MODEL_INPUTS`): user_id, product_id, aisle_id, department_id int32 [B]; numeric float32
 [B, len(NUMERIC_FEATURES)] in NUMERIC_FEATURES order.
@@ -48,13 +52,12 @@ METADATA_FILE = "kuberec-widedeep.json"
 class WideDeepConfig(ModelConfig):
     label: ClassVar[str] = "wide & deep"
     kind: str = "wide_deep"
-    # wide part
-    user_buckets: int = 2 ** 18
-    product_buckets: int = 2 ** 16
-    cross_buckets: int = 2 ** 20
-    wide_learning_rate: float = 0.05
+    # wide part: FTRL over per-example gradients (see the module docstring); chosen by measurement
+    # (docs/BENCHMARKS.md, "Wide & deep")
+    wide_learning_rate: float = 1.5
     ftrl_l1: float = 0.0
-    ftrl_l2: float = 0.001
+    ftrl_l2: float = 1.0
+    ftrl_initial_accumulator: float = 0.1
     # deep part (the seed's search space: layer count, first width, width decline, dropout, optimizer)
     aisle_buckets: int = 4096
     department_buckets: int = 1024
@@ -67,8 +70,9 @@ class WideDeepConfig(ModelConfig):
     deep_learning_rate: float = 0.001
     # training
     batch_size: int = 256  # per worker
-    epochs: int = 3
+    epochs: int = 3  # at most; early stopping may end sooner
     steps_per_epoch: int = 0  # 0: one pass over the training split by all workers together
+    early_stopping_patience: int = 1  # epochs without a better valid-split log loss before stopping (0: never)
     shuffle_buffer: int = 4096
     seed: int = 0
 
@@ -78,20 +82,22 @@ class WideDeepConfig(ModelConfig):
             problems.append(f"kind must be one of {KINDS}, not {self.kind!r}")
         if self.deep_optimizer not in DEEP_OPTIMIZERS:
             problems.append(f"deep_optimizer must be one of {DEEP_OPTIMIZERS}, not {self.deep_optimizer!r}")
-        for name in ("user_buckets", "product_buckets", "cross_buckets", "aisle_buckets", "department_buckets",
-                     "embedding_dim", "hidden_units", "batch_size", "epochs"):
+        for name in ("aisle_buckets", "department_buckets", "embedding_dim", "hidden_units", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("hidden_layers", "steps_per_epoch", "shuffle_buffer"):
+        for name in ("hidden_layers", "steps_per_epoch", "shuffle_buffer", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 or more, not {getattr(self, name)}")
         if not 0 < self.width_decline <= 1:
             problems.append(f"width_decline must be in (0, 1], not {self.width_decline}")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), not {self.dropout}")
-        for name in ("wide_learning_rate", "deep_learning_rate"):
+        for name in ("wide_learning_rate", "deep_learning_rate", "ftrl_initial_accumulator"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("ftrl_l1", "ftrl_l2"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 or more, not {getattr(self, name)}")
         if problems:
             raise ConfigError("invalid wide & deep config: " + "; ".join(problems))
 
@@ -118,8 +124,77 @@ class FeatureStats:
         return cls(mean.tolist(), variance.tolist(), int(count))
 
 
-def build_model(config: WideDeepConfig, stats: FeatureStats):
-    """The Keras model for `config.kind` (see the module docstring)."""
+PAIR_SHIFT = 2 ** 31  # pair key = user_id * PAIR_SHIFT + product_id: unique for the non-negative INT ids
+
+
+def pair_keys(user_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
+    return np.asarray(user_ids, np.int64) * PAIR_SHIFT + np.asarray(product_ids, np.int64)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The ids the wide part gives a weight of its own: every user, product and (user, product) pair of the training
+    rows, sorted int64 (pairs as `pair_keys`). Anything else shares index 0, whose weight training never moves."""
+
+    users: np.ndarray
+    products: np.ndarray
+    pairs: np.ndarray
+
+    @classmethod
+    def from_ids(cls, user_ids: np.ndarray, product_ids: np.ndarray) -> "Vocabulary":
+        return cls(np.unique(np.asarray(user_ids, np.int64)), np.unique(np.asarray(product_ids, np.int64)),
+                   np.unique(pair_keys(user_ids, product_ids)))
+
+    def sizes(self) -> dict[str, int]:
+        return {"users": len(self.users), "products": len(self.products), "pairs": len(self.pairs)}
+
+
+@tf.keras.utils.register_keras_serializable(package="kuberec")
+class IdLookup(tf.keras.layers.Layer):
+    """int ids -> int32 index into a sorted vocabulary, 1-based; 0 for ids not in it. The vocabulary is a
+    non-trainable variable, so it is saved, restored and broadcast with the weights (a config holds only its size)."""
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.vocabulary = self.add_weight(name="vocabulary", shape=(self.size,), dtype=tf.int64,
+                                          initializer="zeros", trainable=False)
+
+    def set_vocabulary(self, ids: np.ndarray) -> None:
+        self.vocabulary.assign(np.asarray(ids, np.int64))
+
+    def call(self, ids):
+        ids = tf.cast(ids, tf.int64)
+        at = tf.searchsorted(self.vocabulary, ids, side="left", out_type=tf.int32)
+        found = tf.gather(self.vocabulary, tf.minimum(at, self.size - 1)) == ids
+        return tf.where(found, at + 1, 0)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+@tf.keras.utils.register_keras_serializable(package="kuberec")
+class PairKey(tf.keras.layers.Layer):
+    """(user_id, product_id) -> int64 pair key, as `pair_keys`."""
+
+    def call(self, inputs):
+        user, product = inputs
+        return tf.cast(user, tf.int64) * PAIR_SHIFT + tf.cast(product, tf.int64)
+
+
+@tf.keras.utils.register_keras_serializable(package="kuberec")
+class Bias(tf.keras.layers.Layer):
+    """x + b with one scalar b, starting at 0 (the wide part's bias, owned by FTRL like its other weights)."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(name="bias", shape=(), initializer="zeros")
+
+    def call(self, inputs):
+        return inputs + self.bias
+
+
+def build_model(config: WideDeepConfig, stats: FeatureStats, vocabulary: Vocabulary | None = None):
+    """The Keras model for `config.kind` (see the module docstring); the wide part needs the `vocabulary`."""
     layers = tf.keras.layers
     n_numeric = len(NUMERIC_FEATURES)
     if len(stats.mean) != n_numeric:
@@ -128,18 +203,20 @@ def build_model(config: WideDeepConfig, stats: FeatureStats):
     inputs[NUMERIC_INPUT] = layers.Input(shape=(n_numeric,), dtype=tf.float32, name=NUMERIC_INPUT)
     logits = []
     if config.kind in ("wide_deep", "wide"):
-        hashed = {
-            "user": layers.Hashing(config.user_buckets, name="wide_hash_user")(inputs["user_id"]),
-            "product": layers.Hashing(config.product_buckets, name="wide_hash_product")(inputs["product_id"]),
-            "cross": layers.HashedCrossing(config.cross_buckets, name="wide_hash_cross")(
-                (inputs["user_id"], inputs["product_id"])),
-        }
-        buckets = {"user": config.user_buckets, "product": config.product_buckets, "cross": config.cross_buckets}
-        # A linear model over one-hot columns: each column's weight is a 1-d embedding of its bucket.
-        terms = [layers.Embedding(buckets[k], 1, embeddings_initializer="zeros", name=f"wide_weights_{k}")(v)
-                 for k, v in hashed.items()]
-        wide = layers.Add(name="wide_sum")(terms)
-        logits.append(layers.Dense(1, kernel_initializer="ones", name="wide_logit")(wide))
+        if vocabulary is None:
+            raise ConfigError("the wide part needs the vocabulary of the training ids")
+        ids = {"user": inputs["user_id"], "product": inputs["product_id"],
+               "pair": PairKey(name="wide_pair_key")((inputs["user_id"], inputs["product_id"]))}
+        terms = []
+        for what, known in (("user", vocabulary.users), ("product", vocabulary.products),
+                            ("pair", vocabulary.pairs)):
+            known = known if len(known) else np.array([-1], np.int64)  # ids are >= 0: -1 matches nothing
+            lookup = IdLookup(len(known), name=f"wide_lookup_{what}")
+            lookup.set_vocabulary(known)
+            # A linear model over one-hot columns: each column's weight is a 1-d embedding of its index.
+            weight = layers.Embedding(len(known) + 1, 1, embeddings_initializer="zeros", name=f"wide_weights_{what}")
+            terms.append(layers.Reshape((), name=f"wide_flat_{what}")(weight(lookup(ids[what]))))
+        logits.append(Bias(name="wide_bias")(layers.Add(name="wide_sum")(terms)))
     if config.kind in ("wide_deep", "deep"):
         aisle = layers.Embedding(config.aisle_buckets, config.embedding_dim, name="deep_embed_aisle")(
             layers.Hashing(config.aisle_buckets, name="deep_hash_aisle")(inputs["aisle_id"]))
@@ -154,9 +231,9 @@ def build_model(config: WideDeepConfig, stats: FeatureStats):
             x = layers.Dense(width, activation="relu", name=f"deep_dense_{i}")(x)
             if config.dropout > 0:
                 x = layers.Dropout(config.dropout, name=f"deep_dropout_{i}")(x)
-        logits.append(layers.Dense(1, name="deep_logit")(x))
+        logits.append(layers.Reshape((), name="deep_flat")(layers.Dense(1, name="deep_logit")(x)))
     logit = logits[0] if len(logits) == 1 else layers.Add(name="logit")(logits)
-    probability = layers.Activation("sigmoid", name="probability")(layers.Reshape((), name="flatten")(logit))
+    probability = layers.Activation("sigmoid", name="probability")(logit)
     return tf.keras.Model(inputs, probability, name=f"kuberec_{config.kind}")
 
 
@@ -183,7 +260,9 @@ def build_optimizers(config: WideDeepConfig, model) -> tuple[Any, Any]:
     wide_opt = deep_opt = None
     if wide_vars:
         wide_opt = tf.keras.optimizers.Ftrl(config.wide_learning_rate, l1_regularization_strength=config.ftrl_l1,
-                                            l2_regularization_strength=config.ftrl_l2, name="wide_ftrl")
+                                            l2_regularization_strength=config.ftrl_l2,
+                                            initial_accumulator_value=config.ftrl_initial_accumulator,
+                                            name="wide_ftrl")
         wide_opt.build(wide_vars)
     if deep_vars:
         cls = tf.keras.optimizers.Adam if config.deep_optimizer == "adam" else tf.keras.optimizers.Adagrad
@@ -192,10 +271,11 @@ def build_optimizers(config: WideDeepConfig, model) -> tuple[Any, Any]:
     return wide_opt, deep_opt
 
 
-def make_train_step(model, wide_opt, deep_opt, wrap_tape=None):
+def make_train_step(model, wide_opt, deep_opt, wrap_tape=None, world_size: int = 1):
     """A tf.function(features, labels) -> loss that updates the wide variables with FTRL and the deep ones with
     Adagrad/Adam. `wrap_tape` (e.g. `hvd.DistributedGradientTape`) wraps the tape so gradients are averaged across
-    workers before either optimizer sees them."""
+    the `world_size` workers before either optimizer sees them; FTRL gets them times the global batch size, i.e.
+    summed over its examples (see the module docstring)."""
     wide_vars, deep_vars = split_variables(model)
     loss_fn = tf.keras.losses.BinaryCrossentropy()
 
@@ -208,12 +288,19 @@ def make_train_step(model, wide_opt, deep_opt, wrap_tape=None):
         # One gradient call (one allreduce under Horovod) for both parts; each optimizer applies its own share.
         grads = tape.gradient(loss, wide_vars + deep_vars)
         if wide_vars:
-            wide_opt.apply_gradients(zip(grads[:len(wide_vars)], wide_vars))
+            examples = tf.cast(tf.shape(labels)[0] * world_size, tf.float32)
+            wide_opt.apply_gradients(zip([_scaled(g, examples) for g in grads[:len(wide_vars)]], wide_vars))
         if deep_vars:
             deep_opt.apply_gradients(zip(grads[len(wide_vars):], deep_vars))
         return loss
 
     return train_step
+
+
+def _scaled(gradient, factor):
+    if isinstance(gradient, tf.IndexedSlices):  # embedding gradients stay sparse
+        return tf.IndexedSlices(gradient.values * factor, gradient.indices, gradient.dense_shape)
+    return gradient * factor
 
 
 def to_model_inputs(columns: Mapping[str, Any]) -> dict[str, Any]:
@@ -246,7 +333,9 @@ def load_model(path: str | Path):
     if not (path / "saved_model.pb").is_file():
         raise KuberecError(f"{path} is not a saved wide & deep model (no saved_model.pb); train one first "
                            "(kuberec train widedeep)")
-    return tf.keras.models.load_model(str(path), custom_objects={"Log1p": Log1p}, compile=False)
+    return tf.keras.models.load_model(str(path), compile=False,
+                                      custom_objects={"Log1p": Log1p, "IdLookup": IdLookup, "PairKey": PairKey,
+                                                      "Bias": Bias})
 
 
 def load_metadata(path: str | Path) -> dict[str, Any]:

@@ -5,9 +5,12 @@ rows carry no product ids (or -1: integer columns cannot hold missing values) ge
 products they bought before plus the POPULAR_CANDIDATES most popular products. Param `k` (1..100, default 10).
 
 Response: one row per (user, rank): `user_id`, `rank` (1 = best), `product_id`, `score`, `product_name`,
-`fallback`. For a known user `score` is the model's purchase probability. A user the model has no features for
-(`fallback` true) gets the most popular products (or their candidates ranked by popularity), `score` being the share
-of users who bought the product before.
+`fallback`. The model scores what it was trained on: a known user's candidates that are in their history, with
+features of their whole history (the gold tables' serving snapshot, latest order included); `score` is its purchase
+probability. Candidates the user never bought are not fed to the model (it never saw such rows): they are ranked
+after the scored ones, by popularity, with `fallback` true and `score` the share of users who bought the product.
+A user the model has no features for gets only such rows (the most popular products, or their candidates by
+popularity).
 
 The features are copied into the model's artifacts when it is logged, from the gold tables at the versions training
 used (recorded on the run and the model version as lineage tags), so serving needs no access to the lake:
@@ -32,8 +35,8 @@ import pandas as pd
 
 from kuberec import tracking
 from kuberec.model_input import MAX_K, ModelInputError, checked_params, parse_k
-from kuberec.ingest.instacart_features import (EXAMPLES_TABLE, PRODUCT_FEATURES, PRODUCT_TABLE, UP_FEATURES,
-                                               USER_FEATURES, USER_TABLE)
+from kuberec.ingest.instacart_features import (PRODUCT_FEATURES, PRODUCT_TABLE, UP_FEATURES, USER_FEATURES,
+                                               USER_PRODUCT_TABLE, USER_TABLE)
 from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,7 @@ def capture_features(settings: Settings, tables: Mapping[str, int], out: Path) -
 
     users = load(USER_TABLE, ("user_id", *USER_FEATURES)).sort_values("user_id")
     products = load(PRODUCT_TABLE, ("product_id", "aisle_id", "department_id", *PRODUCT_FEATURES))
-    history = load(EXAMPLES_TABLE, ("user_id", "product_id", *UP_FEATURES)).sort_values(["user_id", "product_id"])
+    history = load(USER_PRODUCT_TABLE, ("user_id", "product_id", *UP_FEATURES)).sort_values(["user_id", "product_id"])
     names_uri = settings.table_uri(BRONZE_TABLES["products.csv"])
     names = feed.load_table_arrays(names_uri, ("product_id", "product_name"), version=table_version(names_uri))
     read[names_uri] = names.version
@@ -192,37 +195,36 @@ class WideDeepRanker(mlflow.pyfunc.PythonModel):
 
         u = int(np.searchsorted(self.user_ids, user))
         known = u < len(self.user_ids) and self.user_ids[u] == user
-        start, stop = np.searchsorted(self.history_users, [user, user + 1])
+        start, stop = np.searchsorted(self.history_users, [user, user + 1]) if known else (0, 0)
+        hist = self.history_products[start:stop]  # sorted: history.parquet is sorted by (user, product)
         if candidates:
             positions = self._product_positions(candidates, rows)
         else:
-            bought = self._product_positions(self.history_products[start:stop].tolist(), rows) if known else \
-                np.empty(0, np.int64)
+            bought = self._product_positions(hist.tolist(), rows) if len(hist) else np.empty(0, np.int64)
             positions = np.concatenate([bought, self.popular[~np.isin(self.popular, bought)]])
-        if known:
-            pids = self.product_ids[positions]
-            up = np.zeros((len(positions), len(UP_FEATURES)), np.float32)  # never bought: 0, as the gold tables
-            hist = self.history_products[start:stop]
-            at = np.searchsorted(hist, pids)
-            found = (at < len(hist)) & (hist[np.minimum(at, len(hist) - 1)] == pids) if len(hist) else \
-                np.zeros(len(pids), bool)
-            up[found] = self.history_features[start:stop][at[found]]
-            columns = {"user_id": np.full(len(pids), user, np.int64), "product_id": pids,
-                       "aisle_id": self.product_aisle[positions], "department_id": self.product_department[positions]}
-            numeric = np.concatenate([np.repeat(self.user_features[u][None], len(pids), 0),
-                                      self.product_features[positions], up], axis=1)
+        pids = self.product_ids[positions]
+        at = np.searchsorted(hist, pids)
+        bought = (at < len(hist)) & (hist[np.minimum(at, max(len(hist) - 1, 0))] == pids) if len(hist) else \
+            np.zeros(len(pids), bool)
+        scores = self.popularity[positions].copy()
+        if bought.any():
+            scored = positions[bought]
+            columns = {"user_id": np.full(len(scored), user, np.int64), "product_id": pids[bought],
+                       "aisle_id": self.product_aisle[scored], "department_id": self.product_department[scored]}
+            numeric = np.concatenate([np.repeat(self.user_features[u][None], len(scored), 0),
+                                      self.product_features[scored],
+                                      self.history_features[start:stop][at[bought]]], axis=1)
             for i, name in enumerate((*USER_FEATURES, *PRODUCT_FEATURES, *UP_FEATURES)):
                 columns[name] = numeric[:, i]
-            scores = predict(self.model, columns)
-        else:
-            scores = self.popularity[positions]
-        order = np.lexsort((self.product_ids[positions], -scores))[:k]
+            scores[bought] = predict(self.model, columns)
+        # Model-scored history products first, then the rest by popularity; ties by product id.
+        order = np.lexsort((pids, -scores, ~bought))[:k]
         return pd.DataFrame({"user_id": np.full(len(order), user, np.int64),
                              "rank": np.arange(1, len(order) + 1, dtype=np.int64),
-                             "product_id": self.product_ids[positions][order],
+                             "product_id": pids[order],
                              "score": scores[order].astype(np.float64),
                              "product_name": self.product_names[positions][order],
-                             "fallback": np.full(len(order), not known, bool)})
+                             "fallback": ~bought[order]})
 
     def predict(self, context, model_input, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         k = parse_params(params)

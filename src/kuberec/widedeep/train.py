@@ -14,6 +14,11 @@ runs the same number of steps per epoch over a repeating feed, so shards of uneq
 waiting in allreduce. At the end the workers compare weight checksums (`weights-rank<r>.sha256`) and fail when they
 differ. Only rank 0 writes the model and `train_result.json`.
 
+The wide part's vocabularies (`kuberec.widedeep.model.Vocabulary`) are the ids of the whole `train` split, read by
+every worker from the same snapshot. With `early_stopping_patience` > 0, rank 0 scores the `valid` split after each
+epoch and training stops once its log loss has not improved for that many epochs; the model keeps the weights of its
+best epoch (every worker restores the same ones, so checksums still agree).
+
 With `--mlflow-run-id` (what `kuberec.widedeep.steps.train` passes) rank 0, and only rank 0, logs into that existing
 run: each epoch's loss, seconds and examples/s as the epoch ends (step = epoch, from 0), then the whole output
 directory as artifacts under `train/`, which is how later steps get the model without a shared file system.
@@ -64,7 +69,9 @@ class TrainResult:
     train_examples: int  # all workers together
     rank_examples: list[int]  # rows in each worker's shard
     steps_per_epoch: int
-    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, seconds, examples_per_second
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, seconds, examples/s (+ valid)
+    best_epoch: int = 0  # the epoch whose weights the model has (1-based)
+    vocabulary: dict[str, int] = field(default_factory=dict)  # wide part: users, products, pairs with a weight
     weights_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,20 +169,27 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     stats = wd.FeatureStats.from_sums(sum(rank_examples), total, total_sq)
     steps = steps_per_epoch(config, stats.count, size)
 
+    vocabulary = None
+    if config.kind != "deep":
+        ids = feed.load_table_arrays(examples_uri, ID_COLUMNS, version=version, split=split).columns
+        vocabulary = wd.Vocabulary.from_ids(ids["user_id"], ids["product_id"])
+    valid = _validation_rows(examples_uri, version) if rank == 0 and config.early_stopping_patience else None
+
     tf.keras.utils.set_random_seed(config.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
-    model = wd.build_model(config, stats)
+    model = wd.build_model(config, stats, vocabulary)
     wide_opt, deep_opt = wd.build_optimizers(config, model)
     if size > 1:
         # Slots already exist (built above), so one broadcast before the first step covers model and optimizers.
         optimizer_vars = [v for opt in (wide_opt, deep_opt) if opt is not None for v in opt.variables]
         hvd.broadcast_variables(model.variables + optimizer_vars, root_rank=0)
     train_step = wd.make_train_step(model, wide_opt, deep_opt,
-                                    wrap_tape=hvd.DistributedGradientTape if size > 1 else None)
+                                    wrap_tape=hvd.DistributedGradientTape if size > 1 else None, world_size=size)
     if rank == 0:
         log.info("training %s on %s v%d (%s): %d workers, %d rows (%s), %d steps/epoch of %d, %d epochs",
                  config.kind, examples_uri, version, split, size, stats.count, rank_examples, steps,
                  config.batch_size, config.epochs)
     history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_weights = float("inf"), 0, None
     with feed.make_table_dataset(examples_uri, FEED_COLUMNS, version=version, split=split,
                                  batch_size=config.batch_size, shard=rank, num_shards=size, num_epochs=None,
                                  shuffle=True, seed=config.seed + rank, shuffle_buffer=config.shuffle_buffer) \
@@ -191,13 +205,33 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
             if size > 1:
                 loss = hvd.allreduce(loss, op=hvd.Average)
             seconds = time.perf_counter() - started
-            history.append({"epoch": epoch + 1, "loss": float(loss), "seconds": round(seconds, 3),
-                            "examples_per_second": round(steps * config.batch_size * size / seconds, 1)})
+            entry = {"epoch": epoch + 1, "loss": float(loss), "seconds": round(seconds, 3),
+                     "examples_per_second": round(steps * config.batch_size * size / seconds, 1)}
+            improved, stop = True, False
+            if valid is not None:
+                from kuberec.widedeep.evaluate import log_loss
+
+                entry["valid_log_loss"] = log_loss(valid["label"], wd.predict(model, valid))
+                improved = entry["valid_log_loss"] < best_loss
+                stop = not improved and epoch + 1 - best_epoch >= config.early_stopping_patience
+            if size > 1 and config.early_stopping_patience:  # rank 0 decides for everyone
+                improved, stop = hvd.broadcast_object((improved, stop), root_rank=0, name=f"early_stop_{epoch}")
+            if improved:
+                best_loss, best_epoch = entry.get("valid_log_loss", best_loss), epoch + 1
+                best_weights = model.get_weights() if config.early_stopping_patience else None
+            history.append(entry)
             if rank == 0:
-                log.info("epoch %d/%d: loss %.4f, %.0f examples/s", epoch + 1, config.epochs, float(loss),
-                         history[-1]["examples_per_second"])
+                log.info("epoch %d/%d: loss %.4f%s, %.0f examples/s", epoch + 1, config.epochs, entry["loss"],
+                         f", valid log loss {entry['valid_log_loss']:.4f}" if "valid_log_loss" in entry else "",
+                         entry["examples_per_second"])
                 if on_epoch_end is not None:
-                    on_epoch_end(history[-1], model)
+                    on_epoch_end(entry, model)
+            if stop:
+                log.info("early stop after epoch %d: best valid log loss %.4f at epoch %d", epoch + 1, best_loss,
+                         best_epoch)
+                break
+    if best_weights is not None and best_epoch != len(history):
+        model.set_weights(best_weights)
 
     checksum = weights_checksum(model)
     if save:
@@ -209,15 +243,30 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
             raise TrainingError(f"workers ended with different weights ({checksums}); the run is not usable")
     result = TrainResult(config=config, out_dir=out_dir, model_dir=out_dir / MODEL_DIR, examples_uri=examples_uri,
                          tables=tables, world_size=size, train_examples=stats.count, rank_examples=rank_examples,
-                         steps_per_epoch=steps, history=history, weights_sha256=checksum)
+                         steps_per_epoch=steps, history=history, best_epoch=best_epoch,
+                         vocabulary=vocabulary.sizes() if vocabulary else {}, weights_sha256=checksum)
     if rank == 0 and save:
         wd.save_model(model, result.model_dir, {"config": config.to_dict(), "tables": tables, "split": split,
-                                                "stats": dataclasses.asdict(stats)})
+                                                "stats": dataclasses.asdict(stats), "best_epoch": best_epoch,
+                                                "vocabulary": result.vocabulary})
         (out_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
         log.info("model saved to %s", result.model_dir)
     if size > 1:  # a barrier: nobody returns before rank 0 has written the model
         hvd.allreduce(tf.constant(0), op=hvd.Sum, name="widedeep_train_done")
     return result, model
+
+
+def _validation_rows(examples_uri: str, version: int) -> dict[str, np.ndarray] | None:
+    """The `valid` split's columns for early stopping, or None (logged) when the table has no such rows."""
+    from kuberec import feed
+    from kuberec.widedeep.evaluate import EVAL_COLUMNS
+
+    try:
+        valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, version=version, split="valid")
+    except feed.FeedError as err:
+        log.warning("no early stopping: %s", err)
+        return None
+    return valid.columns
 
 
 def _resolve_or_error(examples_uri: str, version: int | None) -> dict[str, int] | str:
