@@ -54,7 +54,7 @@ class WideDeepConfig(ModelConfig):
     kind: str = "wide_deep"
     # wide part: FTRL over per-example gradients (see the module docstring); chosen by measurement
     # (docs/BENCHMARKS.md, "Wide & deep")
-    wide_learning_rate: float = 1.5
+    wide_learning_rate: float = 0.05
     ftrl_l1: float = 0.0
     ftrl_l2: float = 1.0
     ftrl_initial_accumulator: float = 0.1
