@@ -142,6 +142,7 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
 
     from kuberec import feed
     from kuberec.widedeep import model as wd
+    from kuberec.widedeep.evaluate import log_loss
 
     rank, size = hvd.rank(), hvd.size()
     out_dir = Path(out_dir).absolute()
@@ -209,8 +210,6 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
                      "examples_per_second": round(steps * config.batch_size * size / seconds, 1)}
             improved, stop = True, False
             if valid is not None:
-                from kuberec.widedeep.evaluate import log_loss
-
                 entry["valid_log_loss"] = log_loss(valid["label"], wd.predict(model, valid))
                 improved = entry["valid_log_loss"] < best_loss
                 stop = not improved and epoch + 1 - best_epoch >= config.early_stopping_patience
