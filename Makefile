@@ -4,7 +4,7 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup k8s-test-tools test pipeline-run pipeline-compile pipeline-upload serve images lock bench clean
+.PHONY: setup k8s-test-tools lint test test-fast pipeline-run pipeline-compile pipeline-upload serve images lock bench clean
 
 setup:
 	@scripts/setup.sh
@@ -13,8 +13,16 @@ setup:
 k8s-test-tools: setup
 	@scripts/setup-k8s-test.sh
 
-test: setup k8s-test-tools
+# ruff (pyflakes, pycodestyle, import order; settings in pyproject.toml). `make test` runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint k8s-test-tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Tests that start no JVM, no training and no server: a couple of minutes, to check a change before `make test`.
+test-fast: lint
+	$(VENV)/bin/python -m pytest -m fast $(PYTEST_ARGS)
 
 # Runs locally with the KFP local runner, or submits to Kubeflow Pipelines when KFP_HOST is set.
 pipeline-run: setup

@@ -52,9 +52,9 @@ def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def build_and_register(settings, catalog_size: int) -> str:
     """Default-architecture embedding model + HNSW index over the train images, registered; returns the spec."""
+    from kuberec.similarity.config import SimilarityConfig
     from kuberec.similarity.index import HnswParams, ItemIndex, items_frame
-    from kuberec.similarity.model import SimilarityConfig, build_model, embed, export_embedding_model, \
-        load_embedding_model
+    from kuberec.similarity.model import build_model, embed, export_embedding_model, load_embedding_model
     from kuberec.similarity.pyfunc import log_similarity_model
 
     config = SimilarityConfig()
@@ -239,7 +239,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from PIL import Image
 
-    from kuberec import tracking
+    from kuberec import mlflow_server
     from kuberec.serving.server import ModelSpec, fetch_model, running
     from kuberec.settings import load_settings
 
@@ -317,7 +317,7 @@ def main() -> int:
             args.json.write_text(json.dumps(report, indent=2))
     finally:
         if tmp is not None:
-            tracking.stop_server(settings)
+            mlflow_server.stop_server(settings)
             tmp.cleanup()
     return 0
 

@@ -38,8 +38,9 @@ import numpy as np
 import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
 from kuberec import feed
 from kuberec.settings import load_settings
+from kuberec.similarity.config import SimilarityConfig
 from kuberec.similarity.evaluate import pixel_embeddings, retrieval_metrics
-from kuberec.similarity.model import SimilarityConfig, build_loss, build_model, embed
+from kuberec.similarity.model import build_loss, build_model, embed
 from kuberec.similarity.train import ClassBalancedSampler, train_on_arrays
 
 log = logging.getLogger("similarity_quality")

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
-from kuberec import tracking
-from kuberec.lake.delta import table_version
+from kuberec import mlflow_server
+from kuberec.lake.delta import TableRef, table_version
+from kuberec.models import model_record
 from kuberec.settings import load_settings
-from kuberec.steps import TableRef
-from kuberec.tuning import steps, trials
-from kuberec.tuning.space import model_spec
+from kuberec.similarity import trial as similarity_trial
+from kuberec.tuning import steps
 
 log = logging.getLogger("tuning_bench")
 
@@ -49,7 +49,7 @@ def similarity_test_metrics(config, table: TableRef, max_examples: int | None, s
     from kuberec.similarity.model import embed, load_embedding_model
     from kuberec.similarity.train import train_on_arrays
 
-    data = trials.load_similarity_data(table, max_examples=max_examples, seed=seed)  # the trials' training images
+    data = similarity_trial.load_data(table, max_examples=max_examples, seed=seed)  # the trials' training images
     test = feed.load_arrays(table.uri, version=table.version, split="test")
     rows = np.sort(np.random.default_rng(seed).permutation(len(test.images))[:test_queries])
     with tempfile.TemporaryDirectory(prefix="tuning-bench-") as out:
@@ -101,7 +101,7 @@ def main() -> None:
     os.environ.update(KUBEREC_HOME=str(home), KUBEREC_LAKE=str(Path(args.lake).absolute()))
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the throwaway home's own MLflow server
     settings = load_settings()
-    uri = settings.table_uri(model_spec(args.model).default_table)
+    uri = settings.table_uri(model_record(args.model).default_table)
     table = TableRef(uri, table_version(uri))
     try:
         started = time.perf_counter()
@@ -110,7 +110,7 @@ def main() -> None:
                             epochs=args.epochs, space=json.loads(args.space) if args.space else None)
         sweep_seconds = time.perf_counter() - started
     finally:
-        tracking.stop_server(settings)
+        mlflow_server.stop_server(settings)
     ran = result.trials_finished + result.trials_failed
     sweep = {"trials": args.trials, "finished": result.trials_finished, "failed": result.trials_failed,
              "stopped_early": result.trials_stopped_early, "wall_seconds": round(sweep_seconds, 1),
@@ -118,7 +118,7 @@ def main() -> None:
              "metric": result.metric}
     print(json.dumps({"sweep": sweep}), flush=True)
 
-    config_class = model_spec(args.model).config_class()
+    config_class = model_record(args.model).config_class
     epochs = result.best_config["epochs"]
     configs = {"default": config_class(epochs=epochs, seed=args.seed), "best": result.config()}
     rows: dict[str, Any] = {}

@@ -10,7 +10,8 @@ the test split (pooled and per-user AUC, log loss, MAP@10, recall@10, basket F1)
 mean over seeds and its spread (max - min).
 throughput (first seed): examples/s of the same training step fed (a) by `feed.make_table_dataset` (Delta snapshot
 -> Petastorm -> tf.data, streaming and shuffling as training does) and (b) from numpy arrays already in memory,
-shuffled once and cut into batches (`tf.data.Dataset.from_tensor_slices`), over the same number of steps after a warm-up.
+shuffled once and cut into batches (`tf.data.Dataset.from_tensor_slices`), over the same number of steps after a
+warm-up.
 
     .venv/bin/python benchmarks/widedeep_quality.py --users 20000 --seeds 0 1 2 --root /tmp/wd-bench \
         --json /tmp/wd-bench.json
@@ -32,7 +33,8 @@ from kuberec import feed
 from kuberec.ingest import instacart_features as gold
 from kuberec.settings import Settings
 from kuberec.widedeep import model as wd
-from kuberec.widedeep.evaluate import METRICS, MODELS, evaluate_widedeep
+from kuberec.widedeep.config import WideDeepConfig
+from kuberec.widedeep.evaluate import METRICS, SCORED_MODELS, evaluate_widedeep
 from kuberec.widedeep.train import FEED_COLUMNS
 
 log = logging.getLogger("widedeep_quality")
@@ -41,8 +43,8 @@ log = logging.getLogger("widedeep_quality")
 def build_lake(root: Path, users: int, seed: int) -> Settings:
     from kuberec.datasets.instacart_synth import generate
     from kuberec.ingest.instacart import ingest_instacart
-    from kuberec.lake import spark_session
     from kuberec.lake.delta import table_exists
+    from kuberec.lake.spark import spark_session
 
     settings = Settings(home=root / "home", cache_dir=Path(".kuberec/cache").absolute(), spark_master="local[2]")
     if table_exists(settings.table_uri(gold.EXAMPLES_TABLE)):
@@ -59,7 +61,7 @@ def build_lake(root: Path, users: int, seed: int) -> Settings:
     return settings
 
 
-def throughput(examples_uri: str, config: wd.WideDeepConfig, steps: int, warmup: int = 20) -> dict[str, float]:
+def throughput(examples_uri: str, config: WideDeepConfig, steps: int, warmup: int = 20) -> dict[str, float]:
     import tensorflow as tf
 
     arrays = feed.load_table_arrays(examples_uri, FEED_COLUMNS, split="train")
@@ -98,7 +100,7 @@ def throughput(examples_uri: str, config: wd.WideDeepConfig, steps: int, warmup:
 def summary(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """model -> metric -> {mean, spread (max - min), values} over the seeds' runs."""
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for model in MODELS:
+    for model in SCORED_MODELS:
         for metric in METRICS:
             values = [run["metrics"][model][metric] for run in runs]
             table.setdefault(model, {})[metric] = {"mean": round(sum(values) / len(values), 4),
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = wd.WideDeepConfig.from_dict({"batch_size": 512, **json.loads(args.config)})
+    config = WideDeepConfig.from_dict({"batch_size": 512, **json.loads(args.config)})
     report = {"users": args.users, "seeds": args.seeds, "workers": args.workers, "config": config.to_dict(),
               "machine": platform.platform(), "runs": []}
     for seed in args.seeds:
@@ -139,7 +141,7 @@ def main() -> None:
             started = time.perf_counter()
             result = evaluate_widedeep(examples_uri, args.root / f"seed{seed}" / "evaluation", config=config,
                                        world_size=args.workers)
-            report["runs"][-1].update(metrics=result.metrics, thresholds=result.thresholds,
+            report["runs"][-1].update(metrics=result.scores, thresholds=result.thresholds,
                                       test_rows=result.test_rows, train_rows=result.train_rows,
                                       train_seconds=result.seconds, seconds=round(time.perf_counter() - started, 1))
             print(result.table())

@@ -22,6 +22,7 @@ from kuberec import feed
 from kuberec.ingest import instacart_features as gold
 from kuberec.settings import Settings
 from kuberec.widedeep import model as wd
+from kuberec.widedeep.config import WideDeepConfig
 from kuberec.widedeep.evaluate import EVAL_COLUMNS, metrics
 from kuberec.widedeep.train import train_widedeep_model
 
@@ -43,7 +44,7 @@ def main() -> None:
     results = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
-        config = wd.WideDeepConfig.from_dict({**base, **point})
+        config = WideDeepConfig.from_dict({**base, **point})
         started = time.perf_counter()
         result, model = train_widedeep_model(config, examples_uri, args.root / "scratch", save=False)
         scores = metrics(valid["user_id"], valid["label"], wd.predict(model, valid))

@@ -1,4 +1,4 @@
-"""KFP components: each a thin wrapper that calls one `kuberec.steps` function.
+"""KFP components: each a thin wrapper that calls one typed step function (`kuberec.<area>.steps`).
 
 A component's body runs in kuberec's runtime image on a cluster (where the step launches its SparkApplication,
 MPIJob or RayJob through the Kubernetes backend) and as a local subprocess under the KFP local runner. Bodies must
@@ -15,8 +15,13 @@ from __future__ import annotations
 
 from kfp import dsl
 
-from kuberec.backends.kubernetes import (LAKE_SECRET_KEYS, LOCAL_ONLY_ENV, MLFLOW_SECRET_KEYS, OPTION_ENV_VARS,
-                                        ClusterOptions)
+from kuberec.backends.k8s_resources import (
+    LAKE_SECRET_KEYS,
+    LOCAL_ONLY_ENV,
+    MLFLOW_SECRET_KEYS,
+    OPTION_ENV_VARS,
+    ClusterOptions,
+)
 from kuberec.settings import ENV_VARS, load_settings
 
 RUNTIME_IMAGE = load_settings().image("runtime")

@@ -13,10 +13,10 @@ def train_similarity(table_uri: str, table_version: int, workers: int, config_js
     that chose the config ("" = none)."""
     import json
 
+    from kuberec.lake.delta import TableRef
     from kuberec.settings import load_settings
     from kuberec.similarity import steps
-    from kuberec.similarity.model import SimilarityConfig
-    from kuberec.steps import TableRef
+    from kuberec.similarity.config import SimilarityConfig
 
     return steps.train(load_settings(), TableRef(table_uri, table_version),
                        SimilarityConfig.from_dict(json.loads(config_json)), workers=workers,
@@ -25,26 +25,29 @@ def train_similarity(table_uri: str, table_version: int, workers: int, config_js
 
 @component
 def evaluate_similarity(run_id: str, table_uri: str, table_version: int, max_queries: int) -> dict:
-    """Retrieval quality vs raw pixels, logged into the training run; max_queries 0 = the whole test split."""
+    """Retrieval quality vs raw pixels, logged into the training run; max_queries 0 = the whole test split. Returns
+    the metrics as tracked: the model's unprefixed, the raw-pixel baseline's as `raw_pixels_<metric>`."""
+    from kuberec.lake.delta import TableRef
     from kuberec.settings import load_settings
     from kuberec.similarity import steps
-    from kuberec.steps import TableRef
 
     return steps.evaluate(load_settings(), run_id, TableRef(table_uri, table_version),
-                          max_queries=max_queries or None)
+                          max_queries=max_queries or None).metrics()
 
 
 @component
-def register_similarity(run_id: str, table_uri: str, table_version: int, set_champion: bool) -> NamedTuple(
-        "RegisteredModel", model_uri=str, version=int, champion=bool, items=int):
-    """Index the catalog with the run's model and register model + index; set_champion moves `champion` to it."""
+def register_similarity(run_id: str, table_uri: str, table_version: int, set_champion: bool,
+                        model_name: str) -> NamedTuple("RegisteredModel", model_uri=str, version=int, champion=bool,
+                                                       items=int):
+    """Index the catalog with the run's model and register model + index as a version of `model_name`.
+    `set_champion` true moves the `champion` alias to it; false sets it only when the model has no champion yet."""
     from collections import namedtuple
 
+    from kuberec.lake.delta import TableRef
     from kuberec.settings import load_settings
     from kuberec.similarity import steps
-    from kuberec.steps import TableRef
 
     registered = steps.register(load_settings(), run_id, TableRef(table_uri, table_version),
-                                set_champion=set_champion)
+                                set_champion=set_champion, name=model_name)
     return namedtuple("RegisteredModel", ["model_uri", "version", "champion", "items"])(
         registered.model_uri, registered.version, registered.champion, registered.items)

@@ -15,8 +15,8 @@ def tune_config(model: str, table_uri: str, table_version: int, config_json: str
     import json
     from collections import namedtuple
 
+    from kuberec.lake.delta import TableRef
     from kuberec.settings import load_settings
-    from kuberec.steps import TableRef
     from kuberec.tuning.steps import config_for_training
 
     config, sweep_run_id = config_for_training(

@@ -1,6 +1,7 @@
 """Components of the wide & deep pipeline: Instacart data -> bronze -> gold -> train -> evaluate -> register.
 
-Each calls one kuberec.widedeep.steps function. The model steps pass the training run's MLflow id along; the model
+Each calls one step function (kuberec.ingest.steps for the data, kuberec.widedeep.steps for the model). The
+model steps pass the training run's MLflow id along; the model
 itself moves between them as that run's artifacts, so the components share no file system.
 """
 
@@ -17,8 +18,8 @@ def instacart_source(source: str, users: int, seed: int) -> str:
     Generating 5,000 users takes about a second and gives ~240k candidate (user, product) examples; Instacart
     has 206,209 users.
     """
+    from kuberec.ingest import steps
     from kuberec.settings import load_settings
-    from kuberec.widedeep import steps
 
     return source or steps.synthesize(load_settings(), users, seed)
 
@@ -27,53 +28,54 @@ def instacart_source(source: str, users: int, seed: int) -> str:
 def ingest_instacart(source: str) -> dict:
     """Spark job: validate the six CSV files and (re)write the bronze Delta tables whose file changed; returns
     {table: version}. An unchanged re-run writes nothing and starts no Spark."""
+    from kuberec.ingest import steps
     from kuberec.settings import load_settings
-    from kuberec.widedeep import steps
 
-    return steps.ingest(load_settings(), source)
+    return steps.ingest_instacart(load_settings(), source)
 
 
 @component
-def build_features(bronze: dict) -> NamedTuple("ExamplesTable", table_uri=str, version=int):
+def build_features(bronze: dict) -> NamedTuple("ExamplesTable", table_uri=str, table_version=int):
     """Spark job: gold features, labels and train/valid/test split from the bronze versions `bronze` (the ingest
     step's output); skipped when the gold tables were already built from them. Returns the examples table."""
     from collections import namedtuple
 
+    from kuberec.ingest import steps
     from kuberec.settings import load_settings
-    from kuberec.widedeep import steps
 
-    table = steps.features(load_settings())
-    return namedtuple("ExamplesTable", ["table_uri", "version"])(table.uri, table.version)
+    table = steps.build_features(load_settings())
+    return namedtuple("ExamplesTable", ["table_uri", "table_version"])(table.uri, table.version)
 
 
 @component
-def train_widedeep(table_uri: str, version: int, config_json: str, workers: int, sweep_run_id: str) -> str:
+def train_widedeep(table_uri: str, table_version: int, config_json: str, workers: int, sweep_run_id: str) -> str:
     """Horovod job (`workers` processes locally via horovodrun, an MPIJob on Kubernetes): train on the examples
-    table at `version` with WideDeepConfig fields from `config_json` (a JSON object; missing fields keep their
+    table at `table_version` with WideDeepConfig fields from `config_json` (a JSON object; missing fields keep their
     defaults); sweep_run_id: the sweep that chose them ("" = none). Returns the MLflow run id that holds params,
     lineage, per-epoch metrics and the model."""
     import json
 
+    from kuberec.lake.delta import TableRef
     from kuberec.settings import load_settings
-    from kuberec.steps import TableRef
     from kuberec.widedeep import steps
-    from kuberec.widedeep.model import WideDeepConfig
+    from kuberec.widedeep.config import WideDeepConfig
 
     config = WideDeepConfig.from_dict(json.loads(config_json or "{}"))
-    return steps.train(load_settings(), TableRef(table_uri, version), config, workers,
+    return steps.train(load_settings(), TableRef(table_uri, table_version), config, workers,
                        sweep_run_id=sweep_run_id or None)
 
 
 @component
-def evaluate_widedeep(run_id: str, table_uri: str, version: int) -> dict:
+def evaluate_widedeep(run_id: str, table_uri: str, table_version: int) -> dict:
     """Score the run's model, wide-only and deep-only (both trained here with the same config and budget, so this
     takes about twice the training time), popularity and gradient-boosted-trees baselines on the test split; logs
-    the metrics into the run. Returns {model: {auc, user_auc, log_loss, map_at_10, recall_at_10, f1}}."""
+    the metrics into the run. Returns them as tracked: auc, user_auc, log_loss, map_at_10, recall_at_10,
+    f1 of the run's model, and `<baseline>_<metric>` of each baseline."""
+    from kuberec.lake.delta import TableRef
     from kuberec.settings import load_settings
-    from kuberec.steps import TableRef
     from kuberec.widedeep import steps
 
-    return steps.evaluate(load_settings(), run_id, TableRef(table_uri, version)).metrics
+    return steps.evaluate(load_settings(), run_id, TableRef(table_uri, table_version)).metrics()
 
 
 @component
@@ -87,7 +89,6 @@ def register_widedeep(run_id: str, set_champion: bool, model_name: str) -> Named
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
 
-    registered = steps.register(load_settings(), run_id, set_champion=True if set_champion else None,
-                                name=model_name)
+    registered = steps.register(load_settings(), run_id, set_champion=set_champion, name=model_name)
     return namedtuple("RegisteredModel", ["model_uri", "version", "champion"])(
         registered.model_uri, registered.version, registered.champion)

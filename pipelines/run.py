@@ -15,23 +15,23 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from kuberec.models import MODELS
 from kuberec.settings import load_settings
 
 log = logging.getLogger("pipelines")
 
-# name -> "module:function"; `all` runs ALL in order.
-PIPELINES: dict[str, str] = {
-    "catalog": "pipelines.catalog:catalog_pipeline",
-    "similarity": "pipelines.similarity:similarity_pipeline",
-    "widedeep": "pipelines.widedeep:widedeep_pipeline",
-}
-ALL: tuple[str, ...] = ("similarity", "widedeep")  # the catalog pipeline is the first step of `similarity`
+# Every model has its pipeline, `pipelines/<model>.py` defining `<model>_pipeline`; `all` runs them in order. The
+# catalog pipeline (Fashion-MNIST ingestion alone) is the first step of `similarity`.
+ALL: tuple[str, ...] = tuple(MODELS)
+PIPELINES: tuple[str, ...] = ("catalog", *ALL)
+KFP_HOST_ENV = "KFP_HOST"  # the Kubeflow Pipelines API endpoint: runs are submitted there instead of run here
 EXPERIMENT = "kuberec"
 # The service account pipeline pods run as: manifests/base/rbac.yaml lets it create kuberec's custom resources.
 # kfp-kubernetes has no per-task service account, so it is a setting of each run.
@@ -41,8 +41,7 @@ SERVICE_ACCOUNT = "kuberec-runner"
 def load_pipeline(name: str) -> Callable:
     if name not in PIPELINES:
         raise SystemExit(f"unknown pipeline {name!r}; choose from {', '.join(['all', *PIPELINES])}")
-    module, func = PIPELINES[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return getattr(importlib.import_module(f"pipelines.{name}"), f"{name}_pipeline")
 
 
 def pipeline_inputs(name: str) -> dict:
@@ -151,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no pipeline of {', '.join(names)} takes --param {', '.join(sorted(unknown))}; see "
                      f"{', '.join(f'{n}: {sorted(pipeline_inputs(n))}' for n in names)}")
-    settings = load_settings()
-    if args.upload and not settings.kfp_host:
+    kfp_host = os.environ.get(KFP_HOST_ENV, "")
+    if args.upload and not kfp_host:
         raise SystemExit("--upload needs KFP_HOST, the Kubeflow Pipelines API endpoint (e.g. "
                          "KFP_HOST=https://kubeflow.example.com/pipeline make pipeline-upload); nothing was uploaded")
     summary: dict[str, object] = {}
@@ -162,18 +161,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.compile_only:
                 summary[name] = str(compile_pipeline(name, args.compile_only))
             elif args.upload:
-                summary[name] = upload(name, settings.kfp_host, Path(packages))
-            elif settings.kfp_host:
-                url = submit(name, params, settings.kfp_host, Path(packages), args.service_account)
+                summary[name] = upload(name, kfp_host, Path(packages))
+            elif kfp_host:
+                url = submit(name, params, kfp_host, Path(packages), args.service_account)
                 summary[name] = {"run_url": url}
             else:
                 summary[name] = run_local(name, params)
     print("\n== kuberec pipeline summary ==")
     print(json.dumps(_rounded(summary), indent=2, sort_keys=True, default=str))
-    if not (args.compile_only or settings.kfp_host):
+    if not (args.compile_only or kfp_host):
         from kuberec import tracking
 
-        print(f"MLflow (runs, metrics, registry): {tracking.tracking_uri(settings)}\n"
+        print(f"MLflow (runs, metrics, registry): {tracking.tracking_uri(load_settings())}\n"
               f"serve the champions: kuberec serve --demo   (then kuberec recommend --item-id 30)")
     return 0
 

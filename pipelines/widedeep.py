@@ -11,27 +11,32 @@ from kfp import dsl
 
 from components import configure_for_cluster
 from components.tuning import tune_config
-from components.widedeep import (build_features, evaluate_widedeep, ingest_instacart, instacart_source,
-                                 register_widedeep, train_widedeep)
+from components.widedeep import (
+    build_features,
+    evaluate_widedeep,
+    ingest_instacart,
+    instacart_source,
+    register_widedeep,
+    train_widedeep,
+)
+from kuberec.models import WIDEDEEP
 
 DEFAULT_CONFIG = '{"batch_size": 1024, "epochs": 2}'
 
 
-@dsl.pipeline(name="kuberec-widedeep",
+@dsl.pipeline(name=f"kuberec-{WIDEDEEP.name}",
               description="Instacart -> bronze/gold Delta (Spark) -> wide & deep (Horovod) -> evaluate -> registry")
 def widedeep_pipeline(users: int = 5000, seed: int = 0, source: str = "", workers: int = 2,
                       config_json: str = DEFAULT_CONFIG, set_champion: bool = True,
-                      model_name: str = "kuberec-widedeep", tune_trials: int = 0,
+                      model_name: str = WIDEDEEP.registered_name, tune_trials: int = 0,
                       tune_time_budget: int = 0) -> NamedTuple(
         "Outputs", model_uri=str, run_id=str, examples_version=int, metrics=dict):
     data = configure_for_cluster(instacart_source(source=source, users=users, seed=seed))
     bronze = configure_for_cluster(ingest_instacart(source=data.output))
     gold = configure_for_cluster(build_features(bronze=bronze.output))
-    examples = dict(table_uri=gold.outputs["table_uri"], version=gold.outputs["version"])
-    tuned = configure_for_cluster(tune_config(model="widedeep", table_uri=gold.outputs["table_uri"],
-                                              table_version=gold.outputs["version"], config_json=config_json,
-                                              tune_trials=tune_trials, tune_time_budget=tune_time_budget,
-                                              max_examples=0))
+    examples = dict(table_uri=gold.outputs["table_uri"], table_version=gold.outputs["table_version"])
+    tuned = configure_for_cluster(tune_config(model=WIDEDEEP.name, config_json=config_json, tune_trials=tune_trials,
+                                              tune_time_budget=tune_time_budget, max_examples=0, **examples))
     trained = configure_for_cluster(train_widedeep(config_json=tuned.outputs["config_json"], workers=workers,
                                                    sweep_run_id=tuned.outputs["sweep_run_id"], **examples))
     evaluated = configure_for_cluster(evaluate_widedeep(run_id=trained.output, **examples))
@@ -39,4 +44,4 @@ def widedeep_pipeline(users: int = 5000, seed: int = 0, source: str = "", worker
                                                          model_name=model_name))
     registered.after(evaluated)  # the registered model carries the evaluation
     return NamedTuple("Outputs", model_uri=str, run_id=str, examples_version=int, metrics=dict)(
-        registered.outputs["model_uri"], trained.output, gold.outputs["version"], evaluated.output)
+        registered.outputs["model_uri"], trained.output, gold.outputs["table_version"], evaluated.output)

@@ -32,15 +32,15 @@ def settings(tmp_path, monkeypatch) -> Iterator[Settings]:
     test_settings = load_settings()
     yield test_settings
     # A step that needed MLflow and found none configured started the home's embedded server: stop it.
-    from kuberec import tracking
+    from kuberec import mlflow_server
 
-    tracking.stop_server(test_settings)
+    mlflow_server.stop_server(test_settings)
 
 
 @pytest.fixture(scope="session")
 def spark(session_home):
     """One local Spark session (real JVM, real Delta) shared by all tests; each test uses its own lake dir."""
-    from kuberec.lake import spark_session
+    from kuberec.lake.spark import spark_session
 
     session = spark_session(Settings(home=session_home, cache_dir=SHARED_CACHE, spark_master="local[2]"))
     yield session
@@ -49,13 +49,13 @@ def spark(session_home):
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """One real MLflow server (SQLite + local artifacts), started by kuberec.tracking under its own home."""
-    from kuberec import tracking
+    """One real MLflow server (SQLite + local artifacts), started by kuberec.mlflow_server under its own home."""
+    from kuberec.mlflow_server import ensure_server, stop_server
 
     home_settings = Settings(home=tmp_path_factory.mktemp("mlflow-home"), cache_dir=SHARED_CACHE)
-    info = tracking.ensure_server(home_settings)
+    info = ensure_server(home_settings)
     yield info
-    tracking.stop_server(home_settings)
+    stop_server(home_settings)
 
 
 @pytest.fixture

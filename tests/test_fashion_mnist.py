@@ -63,7 +63,8 @@ def test_rejects_wrong_image_shape():
 def test_real_files_verify(real_dir):
     paths = fm.verify_dir(real_dir)
     assert len(paths) == 4
-    labels = fm.parse_idx(fm.idx_file("test", "labels"), fm.decompress("x", paths["t10k-labels-idx1-ubyte"].read_bytes()))
+    labels = fm.parse_idx(fm.idx_file("test", "labels"),
+                          fm.decompress("x", paths["t10k-labels-idx1-ubyte"].read_bytes()))
     assert np.bincount(labels).tolist() == [1000] * 10
 
 

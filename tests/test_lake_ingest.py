@@ -35,8 +35,11 @@ def lake(spark, source, tmp_path_factory):
 
 
 def real_images(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    images = fm.parse_idx(fm.idx_file(split, "images"), fm.decompress("", (fm.DEBIAN_DIR / f"{fm.idx_file(split, 'images').name}.gz").read_bytes()))
-    labels = fm.parse_idx(fm.idx_file(split, "labels"), fm.decompress("", (fm.DEBIAN_DIR / f"{fm.idx_file(split, 'labels').name}.gz").read_bytes()))
+    def read(kind: str) -> np.ndarray:
+        spec = fm.idx_file(split, kind)
+        return fm.parse_idx(spec, fm.decompress("", (fm.DEBIAN_DIR / f"{spec.name}.gz").read_bytes()))
+
+    images, labels = read("images"), read("labels")
     return images[:n], labels[:n]
 
 

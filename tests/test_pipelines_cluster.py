@@ -19,7 +19,6 @@ from components import OPTIONAL_SETTINGS, REQUIRED_SETTINGS, SECRETS, SETTINGS_C
 from pipelines import run
 
 
-
 def compiled(name: str, tmp_path) -> dict:
     """The pipeline spec, with the platform spec (a second YAML document, when there is one) merged in."""
     documents = list(yaml.safe_load_all(run.compile_pipeline(name, tmp_path).read_text()))
@@ -45,7 +44,7 @@ def test_every_task_gets_the_cluster_settings(name, tmp_path):
 
 
 def test_settings_cover_the_backend_options():
-    from kuberec.backends.kubernetes import LOCAL_ONLY_ENV, OPTION_ENV_VARS
+    from kuberec.backends.k8s_resources import LOCAL_ONLY_ENV, OPTION_ENV_VARS
     from kuberec.settings import ENV_VARS
 
     wanted = {var for var in ENV_VARS.values() if var not in LOCAL_ONLY_ENV} | set(OPTION_ENV_VARS)

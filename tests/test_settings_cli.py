@@ -46,14 +46,26 @@ def test_bad_config_is_named(tmp_path, monkeypatch, config, message):
 
 
 def test_images_are_named_by_kind_and_tag():
-    assert Settings(image_registry="reg.example/ml", image_tag="1.2").image("spark") == "reg.example/ml/kuberec-spark:1.2"
+    settings = Settings(image_registry="reg.example/ml", image_tag="1.2")
+    assert settings.image("spark") == "reg.example/ml/kuberec-spark:1.2"
 
 
-def test_every_command_module_loads_and_has_help():
-    parser = build_parser()
-    help_text = parser.format_help()
-    for verb in ("data", "ingest", "lake"):
-        assert verb in help_text
+@pytest.mark.fast
+def test_every_command_is_reachable_with_its_own_help(capsys):
+    import importlib
+
+    from kuberec.cli import COMMAND_MODULES
+
+    commands = [command for module in COMMAND_MODULES for command in importlib.import_module(module).COMMANDS]
+    assert len({(c.verb, c.target) for c in commands}) == len(commands), "two commands share verb and target"
+    help_text = build_parser().format_help()
+    for command in commands:
+        assert command.verb in help_text
+        words = [command.verb] + ([command.target] if command.target else [])
+        with pytest.raises(SystemExit) as exited:  # builds the command's own arguments, then prints its help
+            build_parser([*words, "--help"]).parse_args([*words, "--help"])
+        assert exited.value.code == 0
+        assert command.help.split(" (")[0][:40] in " ".join(capsys.readouterr().out.split()), command
 
 
 def test_cli_reports_user_errors_in_one_line(settings):

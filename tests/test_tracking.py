@@ -1,4 +1,5 @@
-"""kuberec.tracking against real MLflow servers: the embedded server's lifecycle, runs with lineage, registry."""
+"""kuberec.mlflow_server and kuberec.tracking against real MLflow servers: the embedded server's lifecycle, runs
+with lineage, registry."""
 
 from __future__ import annotations
 
@@ -7,20 +8,20 @@ import os
 
 import pytest
 
-from kuberec import cli, tracking
+from kuberec import cli, mlflow_server, tracking
 from kuberec.settings import load_settings
 
 
 def test_embedded_server_starts_once_is_reused_and_stops(settings, capsys):
-    assert tracking.running_server(settings) is None
-    info = tracking.ensure_server(settings)
+    assert mlflow_server.running_server(settings) is None
+    info = mlflow_server.ensure_server(settings)
     try:
-        assert tracking.healthy(info.url) and info.url.startswith("http://127.0.0.1:")
+        assert mlflow_server.healthy(info.url) and info.url.startswith("http://127.0.0.1:")
         state = json.loads((settings.mlflow_dir / "server.json").read_text())
         assert state["pid"] == info.pid and state["port"] == info.port
         assert (settings.mlflow_dir / "mlflow.db").exists()
         # Later callers (other processes, the CLI) find and reuse the same server.
-        assert tracking.ensure_server(settings) == info
+        assert mlflow_server.ensure_server(settings) == info
         assert tracking.tracking_uri(settings) == info.url
         assert cli.main(["mlflow", "ui"]) == 0
         assert info.url in capsys.readouterr().out
@@ -37,21 +38,21 @@ def test_embedded_server_starts_once_is_reused_and_stops(settings, capsys):
     finally:
         assert cli.main(["mlflow", "stop"]) == 0
     assert f"pid {info.pid}" in capsys.readouterr().out
-    assert not tracking.healthy(info.url)
+    assert not mlflow_server.healthy(info.url)
     with pytest.raises(ProcessLookupError):
         os.kill(info.pid, 0)
     assert not (settings.mlflow_dir / "server.json").exists()
-    assert tracking.stop_server(settings) is None
+    assert mlflow_server.stop_server(settings) is None
 
 
 def test_stale_state_file_is_not_trusted(settings):
     settings.mlflow_dir.mkdir(parents=True)
-    stale = tracking.ServerInfo(pid=os.getpid(), port=1, backend_store_uri="sqlite:///nowhere.db",
-                                artifacts_destination="/nowhere", log_file="/nowhere.log")
+    stale = mlflow_server.ServerInfo(pid=os.getpid(), port=1, backend_store_uri="sqlite:///nowhere.db",
+                                     artifacts_destination="/nowhere", log_file="/nowhere.log")
     (settings.mlflow_dir / "server.json").write_text(json.dumps(stale.__dict__))
     # The pid is alive (this test) but is no MLflow server of this home: neither reused nor killed.
-    assert tracking.running_server(settings) is None
-    assert tracking.stop_server(settings) is None
+    assert mlflow_server.running_server(settings) is None
+    assert mlflow_server.stop_server(settings) is None
     os.kill(os.getpid(), 0)
 
 
@@ -68,7 +69,8 @@ def test_runs_record_lineage_params_and_per_epoch_metrics(tracked_settings):
     reads = {"/lake/fashion_mnist": 3, "s3a://bucket/lake/orders": 12}
     with tracking.start_run(tracked_settings, "kuberec-test-runs", run_name="train", lineage=reads,
                             params={"lr": 0.001, "layers": [32, 64]}) as run:
-        tracking.log_history({"loss": [0.9, 0.5, 0.3], "val_loss": [1.0, 0.7, 0.6]})
+        for epoch, loss in enumerate((0.9, 0.5, 0.3), start=1):  # as the training jobs log each epoch
+            tracking.log_metrics({"loss": loss}, step=epoch)
         tracking.record_lineage({"/lake/extra": 0})
     client = tracking.client(tracked_settings)
     data = client.get_run(run.info.run_id).data
@@ -78,10 +80,8 @@ def test_runs_record_lineage_params_and_per_epoch_metrics(tracked_settings):
                                                  "extra": ("/lake/extra", 0)}
     assert data.params == {"lr": "0.001", "layers": "[32, 64]"}
     history = client.get_metric_history(run.info.run_id, "loss")
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 0.9), (1, 0.5), (2, 0.3)]
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.9), (2, 0.5), (3, 0.3)]
     assert mlflow.active_run() is None
-    with pytest.raises(tracking.TrackingError, match="active run"):
-        tracking.log_history({"loss": [1.0]})
 
 
 def test_missing_models_and_aliases_give_clear_errors(tracked_settings):

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from kuberec.errors import KuberecError
+from kuberec.entrypoint import exit_status
 
 # Areas that contribute commands; each module defines COMMANDS: list[Command].
 COMMAND_MODULES: tuple[str, ...] = (
@@ -47,7 +47,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     words = [word for word in (argv or []) if not word.startswith("-")]
 
     def wanted(command: Command) -> bool:
-        return argv is None or words[:1] == [command.verb] and (command.target is None or words[1:2] == [command.target])
+        return argv is None or words[:1] == [command.verb] and (command.target is None
+                                                                or words[1:2] == [command.target])
 
     parser = argparse.ArgumentParser(prog="kuberec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -76,22 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return int(args.run(args) or 0)
-    except KuberecError as err:
-        # Expected failures (bad input, missing data): one clear line, no traceback.
-        print(f"kuberec {' '.join(filter(None, (args.verb, args.target)))}: error: {err}", file=sys.stderr)
-        return 2
-
-
-def run_step(step_main: Callable[[], int | None]) -> None:
-    """Run a step's `main` as a program (`python -m kuberec....`): user errors are one line and exit status 2."""
-    try:
-        code = step_main()
-    except KuberecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(int(code or 0))
+    return exit_status(" ".join(filter(None, ("kuberec", args.verb, args.target))), lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from kuberec.errors import KuberecError
 
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
+# What a tuning trial of any model calls after each epoch: (epoch, training loss, a function that computes the
+# validation metrics); see kuberec.tuning.trials.
+EpochDone = Callable[[int, float, Callable[[], Mapping[str, float]]], None]
 
 
 class ConfigError(KuberecError):
@@ -55,10 +58,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[Model
                             type=_flag_type(config_cls, field.name), default=None, help=f"(default {field.default})")
 
 
-def config_from_args(args: argparse.Namespace, config_cls: type[ConfigT]) -> ConfigT:
+def config_from_flags(flags: Mapping[str, Any], config_cls: type[ConfigT]) -> ConfigT:
+    """The config that `add_config_arguments`' parsed flags (`vars(args)`) describe."""
     values: dict[str, Any] = {}
-    if args.config:
-        text = args.config
+    if flags.get("config"):
+        text = flags["config"]
         if not text.lstrip().startswith("{"):
             path = Path(text)
             if not path.is_file():
@@ -70,8 +74,8 @@ def config_from_args(args: argparse.Namespace, config_cls: type[ConfigT]) -> Con
             raise ConfigError(f"--config is not valid JSON: {err}") from err
         if not isinstance(values, dict):
             raise ConfigError(f"--config must be a JSON object of {config_cls.__name__} fields")
-    values.update({field.name: getattr(args, field.name) for field in dataclasses.fields(config_cls)
-                   if getattr(args, field.name, None) is not None})
+    values.update({field.name: flags[field.name] for field in dataclasses.fields(config_cls)
+                   if flags.get(field.name) is not None})
     return config_cls.from_dict(values)
 
 

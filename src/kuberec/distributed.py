@@ -47,6 +47,12 @@ def _limit_threads(hvd) -> None:
         log.debug("TensorFlow already initialised; thread settings unchanged")
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is Horovod's rank 0, the only one that writes outputs and talks to MLflow. Asked of
+    Horovod itself: the launcher's environment variables differ (horovodrun, mpirun in an MPIJob, one process)."""
+    return init_horovod().rank() == 0
+
+
 def agree(hvd, value: Any) -> Any:
     """Rank 0's value on every worker (a no-op in one process)."""
     return hvd.broadcast_object(value, root_rank=0) if hvd.size() > 1 else value

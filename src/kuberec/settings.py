@@ -33,7 +33,6 @@ ENV_VARS: dict[str, str] = {
     "cache_dir": "KUBEREC_CACHE",
     "spark_master": "KUBEREC_SPARK_MASTER",
     "s3_endpoint": "KUBEREC_S3_ENDPOINT",
-    "kfp_host": "KFP_HOST",
 }
 
 
@@ -53,7 +52,6 @@ class Settings:
     image_tag: str = __version__
     spark_master: str = "local[*]"
     s3_endpoint: str = ""  # MinIO/S3 endpoint for s3:// lakes
-    kfp_host: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().absolute())

@@ -8,14 +8,14 @@ from kuberec.cli import Command
 
 
 def _ui(args: argparse.Namespace) -> None:
-    from kuberec import tracking
+    from kuberec import mlflow_server
     from kuberec.settings import load_settings
 
     settings = load_settings()
     if settings.mlflow_tracking_uri:
         print(f"MLflow tracking server (configured, not managed by kuberec): {settings.mlflow_tracking_uri}")
         return
-    info = tracking.ensure_server(settings, port=args.port)
+    info = mlflow_server.ensure_server(settings, port=args.port)
     print(f"MLflow UI: {info.url}  (pid {info.pid}, store {settings.mlflow_dir}; stop it with `kuberec mlflow stop`)")
 
 
@@ -24,24 +24,24 @@ def _ui_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _stop(args: argparse.Namespace) -> None:
-    from kuberec import tracking
+    from kuberec import mlflow_server
     from kuberec.settings import load_settings
 
-    stopped = tracking.stop_server(load_settings())
+    stopped = mlflow_server.stop_server(load_settings())
     print(f"stopped the MLflow server at {stopped.url} (pid {stopped.pid})" if stopped
           else "no kuberec MLflow server was running for this home")
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kuberec import tracking
+    from kuberec import mlflow_server
     from kuberec.settings import load_settings
 
     settings = load_settings()
     if settings.mlflow_tracking_uri:
-        up = tracking.healthy(settings.mlflow_tracking_uri)
+        up = mlflow_server.healthy(settings.mlflow_tracking_uri)
         print(f"{settings.mlflow_tracking_uri} (configured): {'up' if up else 'not answering /health'}")
         return 0 if up else 1
-    info = tracking.running_server(settings)
+    info = mlflow_server.running_server(settings)
     print(f"running at {info.url} (pid {info.pid})" if info else "not running (it starts on first use)")
     return 0
 

@@ -59,11 +59,12 @@ def _die_with_parent() -> None:
 
 def _write_certs(directory: Path) -> dict[str, Path]:
     """A throwaway CA, a serving cert for 127.0.0.1 and a client cert in system:masters (always authorized)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    import ipaddress
 
     now = datetime.datetime.now(datetime.timezone.utc)
     valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))

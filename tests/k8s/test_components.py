@@ -16,15 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from kuberec.backends.kubernetes import MPIJOB, SPARK_APPLICATION, Kind
-
 # The statuses each operator writes, shared with the backend tests (tests/k8s is on sys.path, like its conftest).
 from test_kubernetes_backend import mpijob_statuses, spark_statuses
+
+from kuberec.backends.k8s_resources import MPIJOB, SPARK_APPLICATION, Kind
 
 pytestmark = [pytest.mark.skipif(os.environ.get("KUBEREC_K8S_TESTS") == "0",
                                  reason="Kubernetes tests disabled (KUBEREC_K8S_TESTS=0)"),
@@ -179,7 +178,7 @@ def test_ingest_component_runs_a_spark_application(cluster, k8s_config, spark, s
 
     lake = f"s3a://{BUCKET}/{namespace}/lake"
     assert task.outputs["table_uri"] == f"{lake}/fashion_mnist"
-    assert task.outputs["version"] == 0
+    assert task.outputs["table_version"] == 0
     argv = app["spec"]["arguments"][1:]
     assert arg(argv, "--source") == f"{lake}/raw/fashion-mnist"  # a place the driver pod can read
     staged = {item["Key"].rsplit("/", 1)[1] for item in

@@ -15,17 +15,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
-from kuberec.backends.kubernetes import (
-    INFERENCE_SERVICE,
-    KINDS,
-    ClusterOptions,
-    JobCancelled,
-    JobFailed,
-    JobTimeout,
-    KubernetesBackend,
-    KubernetesError,
-)
+from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob, k8s_resources
+from kuberec.backends.k8s_resources import INFERENCE_SERVICE, KINDS, ClusterOptions
+from kuberec.backends.kubernetes import JobCancelled, JobTimeout, KubernetesBackend, KubernetesError
 from kuberec.settings import Settings
 
 JOBS = {
@@ -97,6 +89,11 @@ def wait_for_log(caplog, text: str, timeout: float = 30) -> None:
 def logged_states(caplog, kind: str, name: str) -> list[str]:
     prefix = f"{kind} {name}: "
     return [r.getMessage()[len(prefix):] for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def render(backend: KubernetesBackend, job) -> dict:
+    """The resource the backend creates for `job`, rendered with its settings and options."""
+    return k8s_resources.render(job, backend.settings, backend.options)
 
 
 def write_status(backend: KubernetesBackend, kind, name: str, status: dict) -> dict:
@@ -188,7 +185,7 @@ def isvc_ready(generation: int, url: str) -> dict:
 # -- every rendered resource is accepted -------------------------------------------------------------------
 @pytest.mark.parametrize("job_id", sorted(JOBS))
 def test_rendered_resource_is_accepted(backend, job_id):
-    body = backend.render(JOBS[job_id])
+    body = render(backend, JOBS[job_id])
     kind = KINDS[body["kind"]]
     name = body["metadata"]["name"]
     dry = backend.create(body, dry_run=True)
@@ -212,7 +209,7 @@ def _contains(actual, expected) -> bool:
 
 @pytest.mark.parametrize("where", [("spec", "driver", "coreCount"), ("spec", "bogus")])
 def test_strict_validation_rejects_unknown_fields(backend, where):
-    body = backend.render(JOBS["spark"])
+    body = render(backend, JOBS["spark"])
     target = body
     for key in where[:-1]:
         target = target[key]
@@ -223,7 +220,7 @@ def test_strict_validation_rejects_unknown_fields(backend, where):
 
 def test_server_applies_operator_defaults(backend):
     """The stored MPIJob carries the CRD's defaults: proof the server validated it against the schema."""
-    stored = backend.create(backend.render(JOBS["horovod-cpu"]))
+    stored = backend.create(render(backend, JOBS["horovod-cpu"]))
     assert stored["spec"]["sshAuthMountPath"] == "/root/.ssh"
     assert stored["spec"]["runPolicy"]["suspend"] is False
 
@@ -231,7 +228,7 @@ def test_server_applies_operator_defaults(backend):
 # -- waiting through the operators' status transitions -----------------------------------------------------------
 @pytest.mark.parametrize("job_id", ["spark", "horovod-gpu", "ray"])
 def test_wait_follows_status_to_success(backend, progress_log, job_id):
-    body = backend.render(JOBS[job_id])
+    body = render(backend, JOBS[job_id])
     kind, name = KINDS[body["kind"]], body["metadata"]["name"]
     steps, _, _ = STATUSES[kind.kind](name)
     run = InThread(backend.run, body)
@@ -251,7 +248,7 @@ def test_wait_follows_status_to_success(backend, progress_log, job_id):
 
 @pytest.mark.parametrize("job_id", ["spark", "horovod-cpu", "ray"])
 def test_wait_surfaces_operator_failure(backend, progress_log, job_id):
-    body = backend.render(JOBS[job_id])
+    body = render(backend, JOBS[job_id])
     kind, name = KINDS[body["kind"]], body["metadata"]["name"]
     steps, failed, message = STATUSES[kind.kind](name)
     run = InThread(backend.run, body)
@@ -265,7 +262,7 @@ def test_wait_surfaces_operator_failure(backend, progress_log, job_id):
 
 
 def test_rayjob_deployment_failure(backend, progress_log):
-    body = backend.render(JOBS["ray"])
+    body = render(backend, JOBS["ray"])
     name = body["metadata"]["name"]
     run = InThread(backend.run, body)
     wait_for_log(progress_log, f"RayJob {name}: New")
@@ -276,7 +273,7 @@ def test_rayjob_deployment_failure(backend, progress_log):
 
 
 def test_mpijob_restarting_is_not_final(backend, progress_log):
-    body = backend.render(JOBS["horovod-cpu"])
+    body = render(backend, JOBS["horovod-cpu"])
     kind, name = KINDS["MPIJob"], body["metadata"]["name"]
     steps, _, _ = mpijob_statuses(name)
     run = InThread(backend.run, body)
@@ -293,7 +290,7 @@ def test_mpijob_restarting_is_not_final(backend, progress_log):
 @pytest.mark.parametrize("on_cancel", ["delete", "keep"])
 def test_timeout(backend_for, progress_log, on_cancel):
     backend = backend_for(timeout_s=2, on_cancel=on_cancel)
-    body = backend.render(JOBS["spark"])
+    body = render(backend, JOBS["spark"])
     name = body["metadata"]["name"]
     run = InThread(backend.run, body)
     wait_for_log(progress_log, f"SparkApplication {name}: NEW")
@@ -308,7 +305,7 @@ def test_timeout(backend_for, progress_log, on_cancel):
 def test_cancel_by_signal(backend_for, progress_log, signum, on_cancel):
     """A real signal to the main thread while it waits (Ctrl-C is SIGINT; a stopped pod gets SIGTERM)."""
     backend = backend_for(on_cancel=on_cancel)
-    body = backend.render(JOBS["horovod-cpu"])
+    body = render(backend, JOBS["horovod-cpu"])
     name = body["metadata"]["name"]
     main = threading.main_thread().ident
 
@@ -326,7 +323,7 @@ def test_cancel_by_signal(backend_for, progress_log, signum, on_cancel):
 
 
 def test_resource_deleted_while_waiting(backend, progress_log):
-    body = backend.render(JOBS["ray"])
+    body = render(backend, JOBS["ray"])
     name = body["metadata"]["name"]
     run = InThread(backend.run, body)
     wait_for_log(progress_log, f"RayJob {name}: New")
@@ -338,7 +335,7 @@ def test_resource_deleted_while_waiting(backend, progress_log):
 # -- InferenceService rollout --------------------------------------------------------------------------------------
 def test_deploy_then_roll_out_new_version(backend, progress_log):
     job = JOBS["serving"]
-    name = backend.render(job)["metadata"]["name"]
+    name = render(backend, job)["metadata"]["name"]
     url = f"http://{name}.{backend.namespace}.example.com"
     first = InThread(backend.deploy, job)
     wait_for_log(progress_log, f"InferenceService {name}: ")
@@ -369,7 +366,7 @@ def test_deploy_then_roll_out_new_version(backend, progress_log):
 
 def test_deploy_failed_model_load(backend, progress_log):
     job = JOBS["serving"]
-    name = backend.render(job)["metadata"]["name"]
+    name = render(backend, job)["metadata"]["name"]
     run = InThread(backend.deploy, job)
     wait_for_log(progress_log, f"InferenceService {name}: ")
     message = "Failed to load model: mlflow.exceptions.MlflowException: Could not find an 'MLmodel' configuration file"
@@ -387,7 +384,7 @@ def test_deploy_failed_model_load(backend, progress_log):
 def test_deploy_timeout_keeps_existing_service(backend_for, progress_log):
     backend = backend_for(serving_timeout_s=2)
     job = JOBS["serving"]
-    name = backend.render(job)["metadata"]["name"]
+    name = render(backend, job)["metadata"]["name"]
     url = f"http://{name}.example.com"
     first = InThread(backend.deploy, job)
     wait_for_log(progress_log, f"InferenceService {name}: ")
@@ -411,8 +408,9 @@ def test_deploy_timeout_keeps_existing_service(backend_for, progress_log):
     ("inferenceservice", ["--name", "similarity", "--model-uri", "s3://kuberec/m/1"]),
 ])
 def test_cli_render_prints_an_accepted_resource(kind, options, backend, monkeypatch, capsys):
-    from kuberec import cli
     import yaml
+
+    from kuberec import cli
 
     monkeypatch.setenv("KUBEREC_LAKE", "s3://kuberec/lake")
     monkeypatch.setenv("KUBEREC_NAMESPACE", backend.namespace)

@@ -10,8 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kuberec.backends.kubernetes import KINDS, ClusterOptions, KubernetesBackend, Toleration
 from kuberec.backends import HorovodJob
+from kuberec.backends.k8s_resources import KINDS, ClusterOptions, Toleration, render
 from kuberec.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def test_overlay_settings_place_gpu_jobs(built, target, selector, tolerations, t
                         mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"], namespace=env["KUBEREC_NAMESPACE"],
                         image_registry=env["KUBEREC_IMAGE_REGISTRY"], image_tag=env["KUBEREC_IMAGE_TAG"],
                         backend=env["KUBEREC_BACKEND"])
-    mpijob = KubernetesBackend(settings, options).render(HorovodJob("train", "m", workers=2, gpus_per_worker=1))
+    mpijob = render(HorovodJob("train", "m", workers=2, gpus_per_worker=1), settings, options)
     worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     assert worker.get("nodeSelector", {}) == selector
     assert len(worker.get("tolerations", [])) == len(tolerations)

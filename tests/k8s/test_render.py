@@ -1,5 +1,5 @@
-"""What the Kubernetes backend puts into each custom resource (no server needed; acceptance by a real API server
-is tested in test_kubernetes_backend.py)."""
+"""What kuberec.backends.k8s_resources puts into each custom resource (no server needed; acceptance by a real API
+server is tested in test_kubernetes_backend.py)."""
 
 from __future__ import annotations
 
@@ -13,29 +13,23 @@ import sys
 
 import pytest
 
-from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
-from kuberec.backends import run_module
-from kuberec.backends.kubernetes import (
+from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob, run_module
+from kuberec.backends.k8s_resources import (
     ClusterConfigError,
     ClusterOptions,
-    KubernetesBackend,
     Toleration,
     dns_label,
+    pod_env,
+    render,
     run_name,
 )
 from kuberec.settings import Settings
 
 
-
 @pytest.fixture
 def cluster_settings(tmp_path) -> Settings:
     return Settings(home=tmp_path / "home", lake_uri="s3://kuberec/lake", s3_endpoint="http://minio:9000",
-                    namespace="ml", backend="kubernetes", image_registry="registry.example/team", image_tag="1.2.3",
-                    kfp_host="http://127.0.0.1:8080")
-
-
-def backend(settings: Settings, **options) -> KubernetesBackend:
-    return KubernetesBackend(settings, ClusterOptions(**options))
+                    namespace="ml", backend="kubernetes", image_registry="registry.example/team", image_tag="1.2.3")
 
 
 def env_of(container: dict) -> dict:
@@ -43,7 +37,7 @@ def env_of(container: dict) -> dict:
 
 
 def test_pod_env_carries_settings_but_not_local_paths(cluster_settings):
-    env = {e["name"]: e for e in backend(cluster_settings).pod_env()}
+    env = {e["name"]: e for e in pod_env(cluster_settings, ClusterOptions())}
     assert env["KUBEREC_LAKE"]["value"] == "s3://kuberec/lake"
     assert env["KUBEREC_S3_ENDPOINT"]["value"] == "http://minio:9000"
     assert env["KUBEREC_BACKEND"]["value"] == "local"  # the pod runs the step, it does not submit it again
@@ -59,20 +53,20 @@ def test_pod_env_carries_settings_but_not_local_paths(cluster_settings):
 def test_local_lake_is_refused(tmp_path, lake):
     settings = Settings(home=tmp_path, lake_uri=lake, backend="kubernetes")
     with pytest.raises(ClusterConfigError, match="KUBEREC_LAKE"):
-        backend(settings).render(SparkJob("ingest", "kuberec.ingest.x"))
+        render(SparkJob("ingest", "kuberec.ingest.x"), settings, ClusterOptions())
 
 
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "http://localhost:5000", "sqlite:///m.db", "file:///x"])
 def test_tracking_uri_only_reachable_here_is_refused(tmp_path, uri):
     settings = Settings(home=tmp_path, lake_uri="s3://b/l", mlflow_tracking_uri=uri, backend="kubernetes")
     with pytest.raises(ClusterConfigError, match="only reachable from this machine"):
-        backend(settings).pod_env()
+        pod_env(settings, ClusterOptions())
 
 
 def test_loopback_s3_endpoint_is_refused(tmp_path):
     settings = Settings(home=tmp_path, lake_uri="s3://b/l", s3_endpoint="http://localhost:9000", backend="kubernetes")
     with pytest.raises(ClusterConfigError, match="KUBEREC_K8S_POD_S3_ENDPOINT"):
-        backend(settings).pod_env()
+        pod_env(settings, ClusterOptions())
 
 
 def test_pods_get_their_own_addresses_behind_a_port_forward(tmp_path):
@@ -82,7 +76,7 @@ def test_pods_get_their_own_addresses_behind_a_port_forward(tmp_path):
                         mlflow_tracking_uri="http://127.0.0.1:5000", backend="kubernetes")
     options = ClusterOptions.from_env({"KUBEREC_K8S_POD_MLFLOW_URI": "http://mlflow.ml.svc:5000",
                                        "KUBEREC_K8S_POD_S3_ENDPOINT": "http://minio.ml.svc:9000"})
-    env = {e["name"]: e.get("value") for e in KubernetesBackend(settings, options).pod_env()}
+    env = {e["name"]: e.get("value") for e in pod_env(settings, options)}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ml.svc:5000"
     assert env["KUBEREC_S3_ENDPOINT"] == "http://minio.ml.svc:9000"
 
@@ -90,7 +84,7 @@ def test_pods_get_their_own_addresses_behind_a_port_forward(tmp_path):
 def test_spark_application(cluster_settings):
     job = SparkJob("ingest fashion-mnist", "kuberec.ingest.fashion_mnist", ("--split", "train"), executors=3,
                    executor_cores=2, executor_memory="3g", driver_memory="1g")
-    cr = backend(cluster_settings).render(job)
+    cr = render(job, cluster_settings, ClusterOptions())
     spec = cr["spec"]
     assert cr["metadata"]["namespace"] == "ml"
     assert spec["image"] == "registry.example/team/kuberec-spark:1.2.3"
@@ -108,8 +102,8 @@ def test_spark_application(cluster_settings):
 
 
 def test_mpijob_cpu(cluster_settings):
-    cr = backend(cluster_settings).render(HorovodJob("train", "kuberec.similarity.train", ("--epochs", "3"),
-                                                     workers=3, slots_per_worker=2))
+    cr = render(HorovodJob("train", "kuberec.similarity.train", ("--epochs", "3"), workers=3, slots_per_worker=2),
+                cluster_settings, ClusterOptions())
     launcher = cr["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
     worker = cr["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     assert cr["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 3 and cr["spec"]["slotsPerWorker"] == 2
@@ -128,8 +122,8 @@ def test_mpijob_cpu(cluster_settings):
 def test_mpijob_gpu_goes_to_the_gpu_pool(cluster_settings):
     options = ClusterOptions.from_env({"KUBEREC_K8S_GPU_NODE_SELECTOR": "cloud.example/accelerator=a100,pool=gpu",
                                        "KUBEREC_K8S_GPU_TOLERATIONS": "nvidia.com/gpu:NoSchedule,pool=gpu:NoExecute"})
-    cr = KubernetesBackend(cluster_settings, options).render(
-        HorovodJob("train", "kuberec.similarity.train", workers=2, slots_per_worker=4, gpus_per_worker=4))
+    cr = render(HorovodJob("train", "kuberec.similarity.train", workers=2, slots_per_worker=4, gpus_per_worker=4),
+                cluster_settings, options)
     worker = cr["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     launcher = cr["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
     container = worker["containers"][0]
@@ -145,8 +139,8 @@ def test_mpijob_gpu_goes_to_the_gpu_pool(cluster_settings):
 
 
 def test_rayjob(cluster_settings):
-    cr = backend(cluster_settings).render(RayJob("tune", "kuberec.tuning.sweep", ("--name", "a b"), workers=4,
-                                                 cpus_per_worker=3, gpus_per_worker=1))
+    cr = render(RayJob("tune", "kuberec.tuning.sweep", ("--name", "a b"), workers=4, cpus_per_worker=3,
+                       gpus_per_worker=1), cluster_settings, ClusterOptions())
     spec = cr["spec"]
     assert shlex.split(spec["entrypoint"]) == ["python", "-m", "kuberec.tuning.sweep", "--name", "a b"]
     assert spec["rayClusterSpec"]["rayVersion"] == importlib.metadata.version("ray")
@@ -161,8 +155,8 @@ def test_rayjob(cluster_settings):
 
 
 def test_inference_service(cluster_settings):
-    cr = backend(cluster_settings, serving_runtime="custom-rt").render(
-        ServingJob("Wide & Deep", "s3://kuberec/mlflow/2/x/artifacts/model", min_replicas=2, max_replicas=4))
+    cr = render(ServingJob("Wide & Deep", "s3://kuberec/mlflow/2/x/artifacts/model", min_replicas=2, max_replicas=4),
+                cluster_settings, ClusterOptions(serving_runtime="custom-rt"))
     assert cr["metadata"]["name"] == "wide-deep"  # stable: deploying again updates the same service
     predictor = cr["spec"]["predictor"]
     assert predictor["model"] == {"modelFormat": {"name": "mlflow"}, "protocolVersion": "v2",

@@ -21,7 +21,7 @@ CACHE = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absol
 
 PROBE = """
 import json, sys
-from kuberec.lake import spark_session
+from kuberec.lake.spark import spark_session
 from kuberec.settings import load_settings
 
 if __name__ == "__main__":

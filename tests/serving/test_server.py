@@ -13,12 +13,12 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from serving_helpers import MODEL, N_ITEMS, free_port, png_b64, raw_post
 
 from kuberec import cli
 from kuberec.serving import client
 from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES
 from kuberec.serving.server import SOURCE_FILE, ModelSpec, fetch_model
-from serving_helpers import MODEL, N_ITEMS, free_port, png_b64, raw_post
 
 
 def test_repository_settings_point_at_the_cached_registry_version(mlserver, serving_settings, registered):

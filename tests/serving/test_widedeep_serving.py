@@ -15,12 +15,13 @@ import pytest
 from serving_helpers import MODEL, fixture_module, free_port, raw_post
 
 from kuberec import cli
+from kuberec.models import WIDEDEEP as WIDEDEEP_RECORD
 from kuberec.serving import client
 
 _widedeep = fixture_module("widedeep")
 test_config, gold, examples_uri, trained = (_widedeep.test_config, _widedeep.gold, _widedeep.examples_uri,
                                             _widedeep.trained)
-WIDEDEEP = client.WIDEDEEP_MODEL
+WIDEDEEP = WIDEDEEP_RECORD.registered_name
 pytestmark = pytest.mark.slow
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kuberec.model_input import ModelInputError
 from kuberec import tracking
+from kuberec.model_input import ModelInputError
 from kuberec.similarity.index import HnswParams, ItemIndex, items_frame
 from kuberec.similarity.pyfunc import (
     INDEX_VERSION_TAG,

@@ -3,8 +3,6 @@ with the lead's `ingest_images` become recommendable in a new version with the s
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,10 +56,10 @@ def test_build_refresh_and_promote(spark, registry, lake, new_images, embedding_
     new_ids = sorted(added.added.values())
     assert len(new_ids) == 3 and added.version == 1
 
-    rows = refresh_step.rows_added_since(lake, 0)
+    rows = refresh_step.catalog_rows_added_since(lake, 0)
     assert rows.item_ids.tolist() == new_ids and rows.version == 1
     assert (rows.labels == -1).all() and np.array_equal(rows.images, images)
-    assert refresh_step.rows_added_since(lake, 0, splits=["train"]).item_ids.tolist() == []
+    assert refresh_step.catalog_rows_added_since(lake, 0, splits=["train"]).item_ids.tolist() == []
 
     result = refresh_step.refresh(registry, name=NAME)
     assert result.source_version == 1 and result.new_version == 2 and not result.champion
@@ -107,3 +105,26 @@ def test_build_refresh_and_promote(spark, registry, lake, new_images, embedding_
 
 def test_refresh_of_a_missing_model_says_so(registry):
     assert cli.main(["index", "refresh", "--name", "never-registered"]) == 2
+
+
+def test_register_step_sets_champion_as_both_pipelines_document(registry, lake, embedding_model_dir):
+    """The pipeline's register step (the KFP component's own function): set_champion false gives a model without a
+    champion its first one and then leaves the alias alone; true moves it."""
+    from components.similarity import register_similarity
+    from kuberec.similarity.train import MODEL_DIR
+
+    run_id = tracking.create_run(registry, "test-similarity-register", run_name="train-similarity")
+    tracking.client(registry).log_artifacts(run_id, str(embedding_model_dir), f"{tracking.TRAIN_ARTIFACTS}/{MODEL_DIR}")
+    name = "test-similarity-register"
+
+    def register(set_champion: bool):
+        return register_similarity.python_func(run_id=run_id, table_uri=lake, table_version=0,
+                                               set_champion=set_champion, model_name=name)
+
+    first = register(set_champion=False)
+    assert first.version == 1 and first.champion and first.items == 2 * PER_SPLIT
+    second = register(set_champion=False)
+    assert second.version == 2 and not second.champion
+    assert tracking.alias_version(registry, name).version == "1"
+    third = register(set_champion=True)
+    assert third.champion and tracking.alias_version(registry, name).version == "3"

@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from kuberec.similarity.evaluate import (EvaluationError, average_precision_at_r, nearest, pixel_embeddings,
-                                         retrieval_metrics)
+from kuberec.similarity.evaluate import (
+    EvaluationError,
+    average_precision_at_r,
+    nearest,
+    pixel_embeddings,
+    retrieval_metrics,
+)
 
 
 def unit(degrees: float) -> list[float]:

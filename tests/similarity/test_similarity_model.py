@@ -9,9 +9,23 @@ import textwrap
 import numpy as np
 import pytest
 
+from kuberec.config import ConfigError
 from kuberec.errors import KuberecError
-from kuberec.similarity.model import (ARCHITECTURES, ConfigError, ModelLoadError, SimilarityConfig, as_image_batch,
-                                      build_model, embed, export_embedding_model, load_embedding_model)
+from kuberec.similarity.config import ARCHITECTURE_EMBEDDING_SIZES, SimilarityConfig
+from kuberec.similarity.model import (
+    ARCHITECTURES,
+    ModelLoadError,
+    as_image_batch,
+    build_model,
+    embed,
+    export_embedding_model,
+    load_embedding_model,
+)
+
+
+def test_every_configurable_architecture_is_built():
+    # The config (no TensorFlow) names the architectures; the model module builds them.
+    assert sorted(ARCHITECTURES) == sorted(ARCHITECTURE_EMBEDDING_SIZES)
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))

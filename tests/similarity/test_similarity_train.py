@@ -15,10 +15,11 @@ import pytest
 
 from kuberec.cli import main as kuberec_main
 from kuberec.datasets import fashion_mnist as fm
+from kuberec.distributed import TrainingError, weights_checksum
 from kuberec.ingest.fashion_mnist import ingest_fashion_mnist
-from kuberec.similarity.model import SimilarityConfig, load_embedding_model
-from kuberec.similarity.train import (ClassBalancedSampler, TrainingError, TrainResult, train_similarity,
-                                      weights_checksum)
+from kuberec.similarity.config import SimilarityConfig
+from kuberec.similarity.model import load_embedding_model
+from kuberec.similarity.train import ClassBalancedSampler, TrainResult, train_similarity
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kuberec.steps import TableRef
+from kuberec.lake.delta import TableRef
 
 PER_SPLIT = 600  # Fashion-MNIST images per split: enough for a held-out validation slice and tiny trials
 

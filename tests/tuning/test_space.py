@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kuberec.tuning.space import MODELS, SpaceError, parse_space
+from kuberec.models import MODELS
+from kuberec.tuning.space import SpaceError, parse_space
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))

@@ -12,14 +12,14 @@ from typing import Any, Callable
 import pytest
 
 from kuberec import tracking
-from kuberec.backends.local import JobFailed
+from kuberec.backends import JobFailed
 from kuberec.cli import main as kuberec_main
 from kuberec.errors import KuberecError
-from kuberec.similarity.model import SimilarityConfig
-from kuberec.steps import TableRef
+from kuberec.lake.delta import TableRef
+from kuberec.similarity.config import SimilarityConfig
 from kuberec.tuning import runs, steps
 from kuberec.tuning.space import SpaceError
-from kuberec.widedeep.model import WideDeepConfig
+from kuberec.widedeep.config import WideDeepConfig
 
 pytestmark = pytest.mark.slow
 

@@ -55,7 +55,7 @@ def examples_uri(gold) -> str:
 @pytest.fixture(scope="session")
 def trained(gold, examples_uri, tmp_path_factory) -> Path:
     """Output directory of one single-process training run (real Petastorm feed, real Horovod in one process)."""
-    from kuberec.widedeep.model import WideDeepConfig
+    from kuberec.widedeep.config import WideDeepConfig
     from kuberec.widedeep.train import train_widedeep
 
     out = tmp_path_factory.mktemp("widedeep-train") / "run"

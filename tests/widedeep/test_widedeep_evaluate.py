@@ -8,9 +8,20 @@ import math
 import numpy as np
 import pytest
 
-from kuberec.widedeep.evaluate import (METRICS, MODELS, EvaluationError, Popularity, auc, basket_f1,
-                                       best_threshold, evaluate_widedeep, log_loss, map_at_k, ranking_metrics,
-                                       user_auc)
+from kuberec.widedeep.evaluate import (
+    METRICS,
+    SCORED_MODELS,
+    EvaluationError,
+    Popularity,
+    auc,
+    basket_f1,
+    best_threshold,
+    evaluate_widedeep,
+    log_loss,
+    map_at_k,
+    ranking_metrics,
+    user_auc,
+)
 
 
 def test_auc_counts_pairs_and_ties():
@@ -82,17 +93,19 @@ def test_popularity_is_a_smoothed_rate():
 
 def test_evaluation_compares_every_model_on_the_test_split(trained, examples_uri, tmp_path):
     result = evaluate_widedeep(examples_uri, tmp_path / "eval", model_dir=trained)
-    assert list(result.metrics) == list(MODELS)
-    for values in result.metrics.values():
+    assert list(result.scores) == list(SCORED_MODELS)
+    for values in result.scores.values():
         assert list(values) == list(METRICS)
         assert all(0 <= values[m] <= 1 for m in METRICS if m != "log_loss") and values["log_loss"] > 0
     # Trained models beat chance on generated data with strong repeat purchasing; so do the wide part alone and the
     # trees.
     for model in ("wide_deep", "wide", "deep", "gbt"):
-        assert result.metrics[model]["user_auc"] > 0.6, (model, result.metrics[model])
-    assert result.metrics["popularity"]["auc"] > 0.5
+        assert result.scores[model]["user_auc"] > 0.6, (model, result.scores[model])
+    assert result.scores["popularity"]["auc"] > 0.5
     assert set(result.seconds) == {"wide", "deep", "gbt"}  # trained in this run; W&D came from the model
-    assert set(result.thresholds) == set(MODELS)
+    assert set(result.thresholds) == set(SCORED_MODELS)
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert saved["metrics"] == result.metrics and saved["test_rows"] == result.test_rows > 0
+    assert saved["scores"] == result.scores and saved["test_rows"] == result.test_rows > 0
+    assert result.metrics()["user_auc"] == result.scores["wide_deep"]["user_auc"]
+    assert result.metrics()["popularity_auc"] == result.scores["popularity"]["auc"]
     assert "wide_deep" in result.table() and "popularity" in result.table()

@@ -6,15 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kuberec.config import ConfigError
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
 from kuberec.widedeep import model as wd
+from kuberec.widedeep.config import MODEL_KINDS, WideDeepConfig
 
 
 def columns(n: int = 400, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed)
     cols = {"user_id": rng.integers(1, 60, n).astype(np.int32),
             "product_id": rng.integers(1, 90, n).astype(np.int32),
-            "aisle_id": rng.integers(1, 30, n).astype(np.int32), "department_id": rng.integers(1, 8, n).astype(np.int32)}
+            "aisle_id": rng.integers(1, 30, n).astype(np.int32),
+            "department_id": rng.integers(1, 8, n).astype(np.int32)}
     for name in NUMERIC_FEATURES:
         cols[name] = (rng.random(n) * 20).astype(np.float32)
     # Learnable: users with an even id buy products with a small id.
@@ -23,20 +26,20 @@ def columns(n: int = 400, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndar
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(wd.ConfigError, match="kind must be one of"):
-        wd.WideDeepConfig(kind="linear")
-    with pytest.raises(wd.ConfigError, match="width_decline"):
-        wd.WideDeepConfig(width_decline=0)
-    with pytest.raises(wd.ConfigError, match="unknown wide & deep config keys"):
-        wd.WideDeepConfig.from_dict({"hidden_layer": 2})
-    assert wd.WideDeepConfig(hidden_layers=3, hidden_units=100, width_decline=0.5).layer_widths == [100, 50, 25]
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        WideDeepConfig(kind="linear")
+    with pytest.raises(ConfigError, match="width_decline"):
+        WideDeepConfig(width_decline=0)
+    with pytest.raises(ConfigError, match="unknown wide & deep config keys"):
+        WideDeepConfig.from_dict({"hidden_layer": 2})
+    assert WideDeepConfig(hidden_layers=3, hidden_units=100, width_decline=0.5).layer_widths == [100, 50, 25]
 
 
-@pytest.mark.parametrize("kind", wd.KINDS)
+@pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_each_optimizer_trains_only_its_part(kind):
     cols, labels = columns()
     stats = wd.FeatureStats.from_sums(*wd.feature_sums(cols))
-    config = wd.WideDeepConfig(kind=kind, hidden_units=16, hidden_layers=2, deep_learning_rate=0.01)
+    config = WideDeepConfig(kind=kind, hidden_units=16, hidden_layers=2, deep_learning_rate=0.01)
     model = wd.build_model(config, stats, wd.Vocabulary.from_ids(cols["user_id"], cols["product_id"]))
     wide_vars, deep_vars = wd.split_variables(model)
     assert len(wide_vars) + len(deep_vars) == len(model.trainable_variables)
@@ -63,7 +66,7 @@ def test_each_optimizer_trains_only_its_part(kind):
 def test_saved_model_reloads_with_identical_predictions(tmp_path):
     cols, labels = columns()
     stats = wd.FeatureStats.from_sums(*wd.feature_sums(cols))
-    config = wd.WideDeepConfig(hidden_units=16, hidden_layers=2)
+    config = WideDeepConfig(hidden_units=16, hidden_layers=2)
     model = wd.build_model(config, stats, wd.Vocabulary.from_ids(cols["user_id"][:200], cols["product_id"][:200]))
     step = wd.make_train_step(model, *wd.build_optimizers(config, model))
     for _ in range(5):
@@ -98,7 +101,7 @@ def _fit(kind: str, cols, labels, epochs: int = 12, batch_size: int = 256, **con
 
     tf.keras.utils.set_random_seed(0)
     stats = wd.FeatureStats.from_sums(*wd.feature_sums(cols))
-    config = wd.WideDeepConfig(kind=kind, hidden_units=32, hidden_layers=2, **config)
+    config = WideDeepConfig(kind=kind, hidden_units=32, hidden_layers=2, **config)
     model = wd.build_model(config, stats, wd.Vocabulary.from_ids(cols["user_id"], cols["product_id"]))
     step = wd.make_train_step(model, *wd.build_optimizers(config, model))
     rng = np.random.default_rng(0)

@@ -10,18 +10,19 @@ import pandas as pd
 import pytest
 
 from kuberec import feed, tracking
+from kuberec.ingest import steps as data_steps
 from kuberec.ingest.instacart_features import EXAMPLES_TABLE, PRODUCT_TABLE, USER_TABLE, bronze_versions
-from kuberec.lake.delta import table_version
-from kuberec.steps import TableRef
+from kuberec.lake.delta import TableRef, table_version
 from kuberec.widedeep import steps
-from kuberec.widedeep.evaluate import MODELS
-from kuberec.widedeep.model import WideDeepConfig
+from kuberec.widedeep.config import WideDeepConfig
+from kuberec.widedeep.evaluate import SCORED_MODELS, TRAINED
 from kuberec.widedeep.pyfunc import load_ranker
-from kuberec.widedeep.train import TRAIN_ARTIFACTS, TrainResult
+from kuberec.widedeep.train import TrainResult
 from pipelines import run
 
 # Own model names: the session's MLflow server is shared with the pyfunc and serving tests' kuberec-widedeep.
 STEPS_MODEL, PIPELINE_MODEL = "test-widedeep-steps", "test-widedeep-pipeline"
+REGISTER_MODEL = "test-widedeep-register"
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +42,23 @@ def test_steps_share_one_tracked_run(tracked_gold, examples_uri, test_config):
     client = tracking.client(settings)
     trained = client.get_run(run_id)
     assert trained.info.status == "FINISHED" and trained.info.run_name == "train-widedeep"
-    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1]  # logged by rank 0, per epoch
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2]  # logged by rank 0, per epoch
     assert trained.data.params["widedeep.epochs"] == "2" and trained.data.params["widedeep.world_size"] == "1"
     lineage = tracking.parse_lineage(trained.data.tags)
     assert lineage[EXAMPLES_TABLE] == (examples_uri, examples.version)
     assert lineage[USER_TABLE][0] == settings.table_uri(USER_TABLE) and PRODUCT_TABLE in lineage
-    assert {f"{TRAIN_ARTIFACTS}/train_result.json", f"{TRAIN_ARTIFACTS}/model"} <= _artifacts(client, run_id,
-                                                                                               TRAIN_ARTIFACTS)
+    outputs = {f"{tracking.TRAIN_ARTIFACTS}/train_result.json", f"{tracking.TRAIN_ARTIFACTS}/model"}
+    assert outputs <= _artifacts(client, run_id, tracking.TRAIN_ARTIFACTS)
     # A downloaded copy resolves its model next to train_result.json, not at the training machine's path.
-    copy = tracking.download_artifacts(settings, run_id, TRAIN_ARTIFACTS, settings.home / "copy")
+    copy = tracking.download_artifacts(settings, run_id, tracking.TRAIN_ARTIFACTS, settings.home / "copy")
     assert TrainResult.load(copy).model_dir == copy / "model"
 
     evaluation = steps.evaluate(settings, run_id, examples)
     metrics = client.get_run(run_id).data.metrics
-    assert list(evaluation.metrics) == list(MODELS)
-    for model, values in evaluation.metrics.items():
+    assert list(evaluation.scores) == list(SCORED_MODELS)
+    for model, values in evaluation.scores.items():  # tracked as <metric> for the run's model, else <model>_<metric>
         for metric, value in values.items():
-            assert metrics[f"{model}_{metric}"] == pytest.approx(value)
+            assert metrics[metric if model == TRAINED else f"{model}_{metric}"] == pytest.approx(value)
     assert evaluation.examples_version == examples.version
     assert "evaluation/evaluation.json" in _artifacts(client, run_id, "evaluation")
 
@@ -67,7 +68,7 @@ def test_steps_share_one_tracked_run(tracked_gold, examples_uri, test_config):
     assert version.run_id == run_id and int(version.version) == registered.version
     assert tracking.parse_lineage(version.tags)[EXAMPLES_TABLE] == (examples_uri, examples.version)
     logged = client.get_logged_model(version.source.removeprefix("models:/"))  # it carries its evaluation
-    assert {m.key for m in logged.metrics} >= {"wide_deep_auc", "popularity_map_at_10"}
+    assert {m.key for m in logged.metrics} >= {"auc", "wide_auc", "popularity_map_at_10"}
 
     users = feed.load_table_arrays(examples_uri, ("user_id",)).columns["user_id"]
     ranked = model.predict(pd.DataFrame({"user_id": [int(users[0]), 987654321]}), params={"k": 3})
@@ -77,12 +78,36 @@ def test_steps_share_one_tracked_run(tracked_gold, examples_uri, test_config):
     assert len(unknown) == 3 and unknown["fallback"].all()
 
 
+def test_register_step_sets_champion_as_both_pipelines_document(tracked_gold, examples_uri, test_config,
+                                                                monkeypatch):
+    """The pipeline's register step (the KFP component's own function): set_champion false gives a model without a
+    champion its first one and then leaves the alias alone; true moves it."""
+    from components.widedeep import register_widedeep
+
+    settings = tracked_gold
+    for var, value in settings.to_env().items():  # what the component's own load_settings() reads
+        monkeypatch.setenv(var, value)
+    config = WideDeepConfig.from_dict({**test_config, "epochs": 1, "steps_per_epoch": 2})
+    run_id = steps.train(settings, TableRef(examples_uri, table_version(examples_uri)), config, workers=1)
+
+    def register(set_champion: bool):
+        return register_widedeep.python_func(run_id=run_id, set_champion=set_champion, model_name=REGISTER_MODEL)
+
+    first = register(set_champion=False)
+    assert first.version == 1 and first.champion
+    second = register(set_champion=False)
+    assert second.version == 2 and not second.champion
+    assert tracking.alias_version(settings, REGISTER_MODEL).version == "1"
+    third = register(set_champion=True)
+    assert third.champion and tracking.alias_version(settings, REGISTER_MODEL).version == "3"
+
+
 def test_synthesize_reuses_matching_data(settings):
-    first = steps.synthesize(settings, 200, seed=1)
-    orders = settings.data_dir / steps.SYNTH_DIR / "orders.csv"
+    first = data_steps.synthesize(settings, 200, seed=1)
+    orders = settings.data_dir / data_steps.SYNTH_DIR / "orders.csv"
     stamp = orders.stat().st_mtime_ns
-    assert steps.synthesize(settings, 200, seed=1) == first and orders.stat().st_mtime_ns == stamp
-    steps.synthesize(settings, 200, seed=2)
+    assert data_steps.synthesize(settings, 200, seed=1) == first and orders.stat().st_mtime_ns == stamp
+    data_steps.synthesize(settings, 200, seed=2)
     assert orders.stat().st_mtime_ns != stamp
 
 
@@ -98,9 +123,9 @@ def test_pipeline_runs_locally(tracked_gold, examples_uri, synth_args, test_conf
     assert outputs["model_uri"] == f"models:/{PIPELINE_MODEL}/1"
     assert outputs["examples_version"] == examples_version == table_version(examples_uri)
     assert bronze_versions(settings) == bronze
-    assert set(outputs["metrics"]) == set(MODELS)
+    assert set(outputs["metrics"]) >= {"auc", "user_auc", *(f"{model}_auc" for model in SCORED_MODELS[1:])}
     client = tracking.client(settings)
     metrics = client.get_run(outputs["run_id"]).data.metrics
-    assert metrics["wide_deep_auc"] == pytest.approx(outputs["metrics"]["wide_deep"]["auc"])
+    assert metrics["auc"] == pytest.approx(outputs["metrics"]["auc"])
     version = tracking.get_version(settings, PIPELINE_MODEL)  # @champion
     assert version.run_id == outputs["run_id"] and version.version == "1"

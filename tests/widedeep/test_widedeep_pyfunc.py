@@ -8,12 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kuberec.model_input import ModelInputError
 from kuberec import feed, tracking
 from kuberec.ingest.instacart_features import EXAMPLES_TABLE, USER_PRODUCT_TABLE, USER_TABLE
-from kuberec.widedeep.pyfunc import POPULAR_CANDIDATES, log_widedeep_model, \
-    load_ranker
-
+from kuberec.model_input import ModelInputError
+from kuberec.widedeep.pyfunc import POPULAR_CANDIDATES, load_ranker, log_widedeep_model
 
 # Its own name: the session's MLflow server is shared with the serving tests, which register kuberec-widedeep.
 NAME = "test-widedeep-pyfunc"

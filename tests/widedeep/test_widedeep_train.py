@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from kuberec import feed
+from kuberec.distributed import TrainingError
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
 from kuberec.lake.delta import table_version
 from kuberec.widedeep import model as wd
+from kuberec.widedeep.config import WideDeepConfig
 from kuberec.widedeep.evaluate import EVAL_COLUMNS, log_loss
-from kuberec.widedeep.train import TrainResult, TrainingError, train_widedeep
+from kuberec.widedeep.train import TrainResult, train_widedeep
 
 
 def test_table_feed_shards_cover_the_split_once(spark, examples_uri):
@@ -69,7 +71,7 @@ def test_single_process_training(trained, examples_uri, test_config):
 
 def test_missing_table_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="run `kuberec features instacart` first"):
-        train_widedeep(wd.WideDeepConfig(), str(tmp_path / "lake" / "instacart_gold_examples"), tmp_path / "out")
+        train_widedeep(WideDeepConfig(), str(tmp_path / "lake" / "instacart_gold_examples"), tmp_path / "out")
 
 
 def test_two_horovod_workers_end_with_identical_averaged_weights(examples_uri, tmp_path, test_config):
@@ -101,7 +103,7 @@ def test_cli_trains_through_the_local_backend(tracked_settings, gold, examples_u
     from kuberec import tracking
     from kuberec.cli import main
     from kuberec.widedeep import steps
-    from kuberec.widedeep.pyfunc import EXPERIMENT
+    from kuberec.widedeep.config import EXPERIMENT
 
     def train_runs() -> int:
         return len(tracking.client(tracked_settings).search_runs([tracking.experiment_id(EXPERIMENT)]))

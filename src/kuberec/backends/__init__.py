@@ -2,7 +2,7 @@
 
 A step is described once as a typed job (module + arguments + resources); each backend turns it into processes
 (local) or a custom resource (Kubernetes). The module is always a `python -m` entrypoint of kuberec, so the code that
-runs is the same everywhere.
+runs is the same everywhere, and a job that fails raises the same JobFailed on either backend.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kuberec.errors import KuberecError
 from kuberec.settings import Settings
+
+
+class JobFailed(KuberecError):
+    """A step's job failed: its process exited with an error (local: its own output above says why) or the operator
+    reported its resource as failed (Kubernetes: the message is the operator's)."""
 
 
 @dataclass(frozen=True)

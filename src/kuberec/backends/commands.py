@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from typing import TYPE_CHECKING
 
 from kuberec.cli import Command
 
-KINDS = ("sparkapplication", "mpijob", "rayjob", "inferenceservice")
+if TYPE_CHECKING:
+    from kuberec.backends.k8s_resources import Kind
+
+
+def _kind_choices() -> dict[str, Kind]:
+    """`kubectl`'s lower-case names of the kinds the backend creates: {"mpijob": MPIJOB, ...}."""
+    from kuberec.backends.k8s_resources import KINDS
+
+    return {name.lower(): kind for name, kind in KINDS.items()}
 
 
 def _render(args: argparse.Namespace) -> None:
     import yaml
 
     from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
-    from kuberec.backends.kubernetes import KubernetesBackend
+    from kuberec.backends.k8s_resources import INFERENCE_SERVICE, MPIJOB, SPARK_APPLICATION, ClusterOptions, render
     from kuberec.errors import KuberecError
     from kuberec.settings import load_settings
 
+    kind = _kind_choices()[args.kind]
     job_args = tuple(shlex.split(args.args))
-    if args.kind == "inferenceservice":
+    if kind is INFERENCE_SERVICE:
         if not args.model_uri:
             raise KuberecError("an InferenceService needs --model-uri (the MLflow model's storage URI)")
         job = ServingJob(args.name or "model", args.model_uri)
@@ -27,9 +37,9 @@ def _render(args: argparse.Namespace) -> None:
         if not args.module:
             raise KuberecError(f"a {args.kind} needs --module (the step's python -m entrypoint)")
         name = args.name or args.module.rsplit(".", 1)[-1]
-        if args.kind == "sparkapplication":
+        if kind is SPARK_APPLICATION:
             job = SparkJob(name, args.module, job_args, executors=args.workers)
-        elif args.kind == "mpijob":
+        elif kind is MPIJOB:
             job = HorovodJob(name, args.module, job_args, workers=args.workers,
                              slots_per_worker=args.slots_per_worker, gpus_per_worker=args.gpus_per_worker)
         else:
@@ -38,11 +48,12 @@ def _render(args: argparse.Namespace) -> None:
         def ignore_aliases(self, data) -> bool:
             return True
 
-    print(yaml.dump(KubernetesBackend(load_settings()).render(job), Dumper=NoAliases, sort_keys=False), end="")
+    body = render(job, load_settings(), ClusterOptions.from_env())
+    print(yaml.dump(body, Dumper=NoAliases, sort_keys=False), end="")
 
 
 def _render_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("kind", choices=list(_kind_choices()))
     parser.add_argument("--module", help="the step's module, e.g. kuberec.similarity.train")
     parser.add_argument("--name", help="step name (default: the module's last part)")
     parser.add_argument("--workers", type=int, default=2, help="MPI workers, Ray workers or Spark executors")

@@ -1,61 +1,48 @@
 """Kubernetes backend: each job becomes an operator's custom resource, created and waited on to the end.
 
-SparkJob -> SparkApplication (spark-operator), HorovodJob -> MPIJob (mpi-operator), RayJob -> RayJob (KubeRay),
-ServingJob -> InferenceService (KServe). The containers run the same `python -m <module> <args>` as the local
-backend, with the settings passed as environment variables and credentials from Secrets.
-
-Custom resources are plain dicts (the kserve SDK does not co-install with MLServer 1.7.1). Waiting watches the
-resource and reads the status fields each operator writes; a state change is logged as it happens. Ctrl-C or
-SIGTERM while waiting deletes the resource or keeps it (`KUBEREC_K8S_ON_CANCEL`); so does a timeout. A failed
-resource is kept so that `kubectl describe` can show what happened.
+`kuberec.backends.k8s_resources` renders the resources (plain dicts); this module is the API client side. Waiting
+watches the resource and reads the status fields each operator writes; a state change is logged as it happens.
+Ctrl-C or SIGTERM while waiting deletes the resource or keeps it (`KUBEREC_K8S_ON_CANCEL`); so does a timeout. A
+failed resource is kept so that `kubectl describe` can show what happened.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
+import json
 import logging
 import os
-import re
-import secrets
-import shlex
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Iterator
 
-from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
+from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
+from kuberec.backends.k8s_resources import (
+    INFERENCE_SERVICE,
+    KINDS,
+    ClusterOptions,
+    Kind,
+    Progress,
+    render_horovod,
+    render_inference_service,
+    render_ray,
+    render_spark,
+)
 from kuberec.errors import KuberecError
 from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "kuberec"
-# Where the Spark image puts kuberec/backends/run_module.py (spark-submit runs a file, not a module).
-SPARK_LAUNCHER = "local:///opt/kuberec/run_module.py"
-# Settings that only make sense on the submitting machine (paths, the KFP endpoint).
-LOCAL_ONLY_ENV = ("KUBEREC_HOME", "KUBEREC_CACHE", "KUBEREC_CONFIG", "KFP_HOST")
-# Home of kuberec inside the images (a writable emptyDir would do as well).
-POD_HOME = "/var/lib/kuberec"
-# Keys the pods read from the two Secrets (optional: a MinIO without auth or an open MLflow server works too).
-LAKE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-GPU_RESOURCE = "nvidia.com/gpu"
-# Addresses only this machine reaches (a pod's loopback is its own).
-LOOPBACK = re.compile(r"^https?://(localhost|127\.|\[::1\])")
 
 
 class KubernetesError(KuberecError):
     """The cluster refused or could not be reached; the message says what the API server answered."""
 
-
-class ClusterConfigError(KuberecError):
-    """Settings that cannot work in a cluster (a local lake, a bad node selector...)."""
-
-
-class JobFailed(KuberecError):
-    """The operator reported the resource as failed; the message is the operator's."""
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the API server's HTTP status; None when no answer came
 
 
 class JobTimeout(KuberecError):
@@ -66,239 +53,31 @@ class JobCancelled(KuberecError):
     """Waiting was interrupted (Ctrl-C or SIGTERM); the resource was deleted or kept as configured."""
 
 
-# -- options -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Toleration:
-    key: str
-    effect: str = "NoSchedule"
-    value: str = ""  # empty: tolerate any value (operator Exists)
+@contextlib.contextmanager
+def _api_errors(what: str) -> Iterator[None]:
+    """The one place where the Kubernetes client's exceptions become KubernetesError, whose message starts with
+    `what`. Callers that expect some answers (404 on delete, 409 on create, 410 on watch) check its `status`."""
+    from kubernetes.client.rest import ApiException
+    from kubernetes.config import ConfigException
+    from urllib3.exceptions import HTTPError
 
-    def to_dict(self) -> dict[str, str]:
-        if self.value:
-            return {"key": self.key, "operator": "Equal", "value": self.value, "effect": self.effect}
-        return {"key": self.key, "operator": "Exists", "effect": self.effect}
-
-    @classmethod
-    def parse(cls, text: str) -> Toleration:
-        """`key[=value]:Effect`, e.g. `nvidia.com/gpu:NoSchedule` or `pool=gpu:NoExecute`."""
-        match = re.fullmatch(r"([^=:\s]+)(?:=([^:\s]*))?:(NoSchedule|PreferNoSchedule|NoExecute)", text.strip())
-        if not match:
-            raise ClusterConfigError(f"bad toleration {text!r}: write key[=value]:Effect with Effect one of "
-                                     f"NoSchedule, PreferNoSchedule, NoExecute")
-        return cls(key=match[1], value=match[2] or "", effect=match[3])
-
-
-def _parse_labels(text: str, what: str) -> dict[str, str]:
-    labels = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ClusterConfigError(f"bad {what} {item!r}: write key=value[,key=value...]")
-        labels[key] = value
-    return labels
+    try:
+        yield
+    except ApiException as err:
+        try:  # the API server's own words are in the body (a Status object); a watch error has none
+            message = json.loads(err.body).get("message") or str(err.reason)
+        except (TypeError, ValueError, AttributeError):
+            message = str(err.reason)
+        raise KubernetesError(f"{what}: the API server answered {err.status} {err.reason}: {message}",
+                              status=err.status) from None
+    except HTTPError as err:
+        raise KubernetesError(f"{what}: cannot reach the API server ({err})") from None
+    except (ConfigException, OSError) as err:
+        # Only loading credentials raises these: the client wraps a request's I/O errors in urllib3's.
+        raise KubernetesError(f"{what}: not in a pod and no usable kubeconfig ({err}); set KUBECONFIG or use "
+                              f"KUBEREC_BACKEND=local") from None
 
 
-# ClusterOptions field -> its variable's suffix after KUBEREC_K8S_.
-_PLAIN_OPTIONS = {"spark_service_account": "SPARK_SERVICE_ACCOUNT", "job_service_account": "JOB_SERVICE_ACCOUNT",
-                  "serving_service_account": "SERVING_SERVICE_ACCOUNT",
-                  "lake_secret": "LAKE_SECRET", "mlflow_secret": "MLFLOW_SECRET",
-                  "serving_runtime": "SERVING_RUNTIME", "image_pull_policy": "IMAGE_PULL_POLICY",
-                  "on_cancel": "ON_CANCEL", "pod_mlflow_uri": "POD_MLFLOW_URI", "pod_s3_endpoint": "POD_S3_ENDPOINT"}
-_SECONDS_OPTIONS = {"timeout_s": "TIMEOUT", "serving_timeout_s": "SERVING_TIMEOUT"}
-# Every variable ClusterOptions.from_env reads (what a ConfigMap may set for the pods that submit jobs).
-OPTION_ENV_VARS: tuple[str, ...] = tuple(sorted(
-    f"KUBEREC_K8S_{suffix}" for suffix in
-    (*_PLAIN_OPTIONS.values(), *_SECONDS_OPTIONS.values(), "GPU_NODE_SELECTOR", "GPU_TOLERATIONS")))
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """How jobs are placed and wired in the cluster. `from_env` reads the KUBEREC_K8S_* variables, which the
-    manifests' `kuberec-settings` ConfigMap sets for pods that submit jobs (the GPU overlay sets the pool)."""
-
-    # Least privilege: Spark drivers create their executor pods; MPI and Ray pods need no API access at all.
-    spark_service_account: str = "kuberec-spark"
-    job_service_account: str = "kuberec-job"
-    serving_service_account: str = "kuberec-serving"
-    lake_secret: str = "kuberec-lake"
-    mlflow_secret: str = "kuberec-mlflow"
-    serving_runtime: str = "kuberec-mlflow"
-    gpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"kuberec.io/pool": "gpu"})
-    gpu_tolerations: tuple[Toleration, ...] = (Toleration(GPU_RESOURCE),)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    on_cancel: Literal["delete", "keep"] = "delete"
-    timeout_s: float = 12 * 3600  # training runs for hours; this only guards against a job stuck forever
-    serving_timeout_s: float = 15 * 60
-    launcher_cpu: str = "500m"
-    launcher_memory: str = "1Gi"
-    # What the job pods use where the submitting process reaches MLflow or the object store another way (a
-    # workstation's `kubectl port-forward` to localhost); empty: the same as the settings.
-    pod_mlflow_uri: str = ""
-    pod_s3_endpoint: str = ""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterOptions:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, suffix in _PLAIN_OPTIONS.items():
-            if env.get(f"KUBEREC_K8S_{suffix}"):
-                values[name] = env[f"KUBEREC_K8S_{suffix}"]
-        for name, suffix in _SECONDS_OPTIONS.items():
-            if env.get(f"KUBEREC_K8S_{suffix}"):
-                try:
-                    values[name] = float(env[f"KUBEREC_K8S_{suffix}"])
-                except ValueError:
-                    raise ClusterConfigError(f"KUBEREC_K8S_{suffix} must be a number of seconds, "
-                                             f"not {env[f'KUBEREC_K8S_{suffix}']!r}") from None
-        if "KUBEREC_K8S_GPU_NODE_SELECTOR" in env:
-            values["gpu_node_selector"] = _parse_labels(env["KUBEREC_K8S_GPU_NODE_SELECTOR"], "node selector")
-        if "KUBEREC_K8S_GPU_TOLERATIONS" in env:
-            values["gpu_tolerations"] = tuple(
-                Toleration.parse(t) for t in env["KUBEREC_K8S_GPU_TOLERATIONS"].split(",") if t.strip())
-        return cls(**values)
-
-    def __post_init__(self) -> None:
-        if self.on_cancel not in ("delete", "keep"):
-            raise ClusterConfigError(f"KUBEREC_K8S_ON_CANCEL must be delete or keep, not {self.on_cancel!r}")
-        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-            raise ClusterConfigError(f"KUBEREC_K8S_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, "
-                                     f"not {self.image_pull_policy!r}")
-        if self.timeout_s <= 0 or self.serving_timeout_s <= 0:
-            raise ClusterConfigError("KUBEREC_K8S_TIMEOUT and KUBEREC_K8S_SERVING_TIMEOUT must be positive")
-
-
-# -- the kinds and how to read their status --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Progress:
-    state: str  # what `kubectl get` would show as the phase
-    detail: str = ""
-    succeeded: bool = False
-    failed: bool = False
-    message: str = ""  # the operator's own words when failed
-
-
-@dataclass(frozen=True)
-class Kind:
-    kind: str
-    group: str
-    version: str
-    plural: str
-    progress: Callable[[dict], Progress]
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
-
-
-def _counts(states: Mapping[str, Any]) -> str:
-    tally: dict[str, int] = {}
-    for state in states.values():
-        tally[str(state)] = tally.get(str(state), 0) + 1
-    return ", ".join(f"{n} {state.lower()}" for state, n in sorted(tally.items()))
-
-
-def spark_progress(obj: dict) -> Progress:
-    """spark-operator: status.applicationState.state; COMPLETED and FAILED are final (a failed submission
-    becomes FAILED once its retries are used up)."""
-    status = obj.get("status") or {}
-    app = status.get("applicationState") or {}
-    state = app.get("state") or "NEW"
-    executors = _counts(status.get("executorState") or {})
-    detail = f"executors: {executors}" if executors else ""
-    if state == "COMPLETED":
-        return Progress(state, detail, succeeded=True)
-    if state == "FAILED":
-        return Progress(state, detail, failed=True, message=app.get("errorMessage") or "no error message")
-    return Progress(state, detail)
-
-
-def mpijob_progress(obj: dict) -> Progress:
-    """mpi-operator v2: conditions Created/Running/Restarting/Succeeded/Suspended/Failed, final when Succeeded
-    or Failed is True; status.replicaStatuses counts launcher and worker pods."""
-    status = obj.get("status") or {}
-    true = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
-    by_type = {c.get("type"): c for c in true}
-    replicas = status.get("replicaStatuses") or {}
-    detail = "; ".join(
-        f"{role.lower()}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if isinstance(v, int))
-        for role, counts in sorted(replicas.items()) if counts)
-    if "Failed" in by_type:
-        cond = by_type["Failed"]
-        return Progress("Failed", detail, failed=True,
-                        message=f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": "))
-    if "Succeeded" in by_type:
-        return Progress("Succeeded", detail, succeeded=True)
-    # The newest true condition is the current phase (Running after Created, Restarting after Running...).
-    latest = max(true, key=lambda c: c.get("lastTransitionTime") or "", default=None)
-    return Progress(latest["type"] if latest else "Pending", detail)
-
-
-def rayjob_progress(obj: dict) -> Progress:
-    """KubeRay: status.jobDeploymentStatus (Complete/Failed final) and status.jobStatus (SUCCEEDED/FAILED/
-    STOPPED); a Complete deployment whose job did not succeed is a failure."""
-    status = obj.get("status") or {}
-    deployment = status.get("jobDeploymentStatus") or "New"
-    job = status.get("jobStatus") or ""
-    detail = f"job {job}" if job else ""
-    message = ": ".join(x for x in (status.get("reason"), status.get("message")) if x)
-    if deployment == "Failed":
-        return Progress(deployment, detail, failed=True, message=message or f"job status {job or 'unknown'}")
-    if deployment == "Complete":
-        if job == "SUCCEEDED":
-            return Progress(deployment, detail, succeeded=True)
-        return Progress(deployment, detail, failed=True, message=message or f"job status {job or 'unknown'}")
-    return Progress(deployment, detail)
-
-
-def inferenceservice_progress(obj: dict) -> Progress:
-    """KServe: ready when the Ready condition is True for the current generation (observedGeneration >=
-    metadata.generation). KServe writes no Failed condition: a failed model load shows as
-    modelStatus.transitionStatus BlockedByFailedLoad or InvalidSpec with lastFailureInfo; else it never gets ready."""
-    status = obj.get("status") or {}
-    current = (status.get("observedGeneration") or 0) >= (obj.get("metadata", {}).get("generation") or 0)
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-    model = status.get("modelStatus") or {}
-    transition = model.get("transitionStatus") or ""
-    active = (model.get("states") or {}).get("activeModelState") or ""
-    detail = ", ".join(x for x in (f"model {active}" if active else "", transition,
-                                   f"url {status['url']}" if status.get("url") else "") if x)
-    if not current:
-        return Progress("Reconciling", detail)
-    if transition in ("BlockedByFailedLoad", "InvalidSpec"):
-        failure = model.get("lastFailureInfo") or {}
-        message = ": ".join(x for x in (failure.get("reason"), failure.get("message")) if x)
-        return Progress(transition, detail, failed=True, message=message or transition)
-    if ready.get("status") == "True":
-        return Progress("Ready", detail, succeeded=True)
-    reason = ready.get("reason") or ready.get("message") or ""
-    return Progress(f"NotReady ({reason})" if reason else "NotReady", detail)
-
-
-SPARK_APPLICATION = Kind("SparkApplication", "sparkoperator.k8s.io", "v1beta2", "sparkapplications", spark_progress)
-MPIJOB = Kind("MPIJob", "kubeflow.org", "v2beta1", "mpijobs", mpijob_progress)
-RAYJOB = Kind("RayJob", "ray.io", "v1", "rayjobs", rayjob_progress)
-INFERENCE_SERVICE = Kind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices",
-                         inferenceservice_progress)
-KINDS: dict[str, Kind] = {k.kind: k for k in (SPARK_APPLICATION, MPIJOB, RAYJOB, INFERENCE_SERVICE)}
-
-
-# -- naming --------------------------------------------------------------------------------------------------
-def dns_label(text: str, max_len: int) -> str:
-    """A DNS-1035 label from free text: lowercase alphanumerics and '-', starting with a letter."""
-    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    name = re.sub(r"-{2,}", "-", name)
-    if not name or not name[0].isalpha():
-        name = f"k-{name}".rstrip("-")
-    return name[:max_len].rstrip("-")
-
-
-def run_name(job_name: str) -> str:
-    """A fresh resource name per run: the step name plus a random suffix. 40 characters leaves room for the
-    suffixes operators add to pod and service names (RayJob names are limited to 47)."""
-    return f"{dns_label(job_name, 33)}-{secrets.token_hex(3)}"
-
-
-# -- the backend -----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _sigterm_raises_interrupt() -> Iterator[None]:
     """SIGTERM (a pod or CI runner being stopped) cancels the wait like Ctrl-C does, so cleanup runs."""
@@ -334,68 +113,60 @@ class KubernetesBackend:
             from kubernetes import client, config
 
             if self._api_client is None:
-                try:
-                    config.load_incluster_config()
-                except config.ConfigException:
+                with _api_errors("find Kubernetes credentials"):
                     try:
+                        config.load_incluster_config()
+                    except config.ConfigException:  # not in a pod
                         # KUBECONFIG as it is now (the client reads it only once, at import).
                         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-                    except (config.ConfigException, OSError) as err:
-                        raise KubernetesError(
-                            f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({err}); set "
-                            f"KUBECONFIG or use KUBEREC_BACKEND=local") from None
                 self._api_client = client.ApiClient()
             self._api = client.CustomObjectsApi(self._api_client)
         return self._api
 
-    def _call(self, what: str, fn: Callable, *args, **kwargs):
-        from kubernetes.client.rest import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return fn(*args, **kwargs)
-        except ApiException as err:
-            raise KubernetesError(f"{what}: the API server answered {err.status} {err.reason}: "
-                                  f"{_api_message(err)}") from None
-        except HTTPError as err:
-            raise KubernetesError(f"{what}: cannot reach the API server ({err})") from None
-
     def create(self, body: dict, *, dry_run: bool = False) -> dict:
         """Create a rendered resource (strict field validation: an unknown field is an error, not dropped)."""
         kind = KINDS[body["kind"]]
-        name = body["metadata"]["name"]
-        return self._call(
-            f"create {kind.kind} {self.namespace}/{name}", self.api.create_namespaced_custom_object,
-            kind.group, kind.version, self.namespace, kind.plural, body,
-            dry_run="All" if dry_run else None, field_manager=FIELD_MANAGER, field_validation="Strict")
+        with _api_errors(f"create {kind.kind} {self.namespace}/{body['metadata']['name']}"):
+            return self.api.create_namespaced_custom_object(
+                kind.group, kind.version, self.namespace, kind.plural, body,
+                dry_run="All" if dry_run else None, field_manager=FIELD_MANAGER, field_validation="Strict")
 
     def get(self, kind: Kind, name: str) -> dict:
-        return self._call(f"get {kind.kind} {self.namespace}/{name}", self.api.get_namespaced_custom_object,
-                          kind.group, kind.version, self.namespace, kind.plural, name)
+        with _api_errors(f"get {kind.kind} {self.namespace}/{name}"):
+            return self.api.get_namespaced_custom_object(kind.group, kind.version, self.namespace, kind.plural,
+                                                         name)
+
+    def replace(self, body: dict) -> dict:
+        """Replace the stored object with `body` (which carries the stored resourceVersion)."""
+        kind = KINDS[body["kind"]]
+        name = body["metadata"]["name"]
+        with _api_errors(f"update {kind.kind} {self.namespace}/{name}"):
+            return self.api.replace_namespaced_custom_object(
+                kind.group, kind.version, self.namespace, kind.plural, name, body,
+                field_manager=FIELD_MANAGER, field_validation="Strict")
 
     def delete(self, kind: Kind, name: str) -> None:
-        """Delete; the garbage collector removes the pods the operator made for it."""
+        """Delete; the garbage collector removes the pods the operator made for it. Gone already is fine."""
         from kubernetes import client
-        from kubernetes.client.rest import ApiException
 
         try:
-            self.api.delete_namespaced_custom_object(
-                kind.group, kind.version, self.namespace, kind.plural, name,
-                body=client.V1DeleteOptions(propagation_policy="Background"))
-        except ApiException as err:
+            with _api_errors(f"delete {kind.kind} {self.namespace}/{name}"):
+                self.api.delete_namespaced_custom_object(
+                    kind.group, kind.version, self.namespace, kind.plural, name,
+                    body=client.V1DeleteOptions(propagation_policy="Background"))
+        except KubernetesError as err:
             if err.status != 404:
-                raise KubernetesError(f"delete {kind.kind} {self.namespace}/{name}: {err.status} "
-                                      f"{_api_message(err)}") from None
+                raise
 
     # -- jobs ------------------------------------------------------------------------------------------------
     def run_spark(self, job: SparkJob) -> dict:
-        return self.run(self.render_spark(job))
+        return self.run(render_spark(job, self.settings, self.options))
 
     def run_horovod(self, job: HorovodJob) -> dict:
-        return self.run(self.render_horovod(job))
+        return self.run(render_horovod(job, self.settings, self.options))
 
     def run_ray(self, job: RayJob) -> dict:
-        return self.run(self.render_ray(job))
+        return self.run(render_ray(job, self.settings, self.options))
 
     def run(self, body: dict) -> dict:
         """Create, wait to the end, return the final object; cancel/timeout delete or keep it."""
@@ -424,30 +195,23 @@ class KubernetesBackend:
     def deploy(self, job: ServingJob) -> str:
         """Create the InferenceService, or roll the existing one to the new model; wait until the new version is
         ready and return its URL. Cancelling a rollout of an existing service never deletes it."""
-        body = self.render_inference_service(job)
+        body = render_inference_service(job, self.settings, self.options)
         kind, name = INFERENCE_SERVICE, body["metadata"]["name"]
-        from kubernetes.client.rest import ApiException
-
         with _sigterm_raises_interrupt():
             try:
-                self.api.create_namespaced_custom_object(
-                    kind.group, kind.version, self.namespace, kind.plural, body,
-                    field_manager=FIELD_MANAGER, field_validation="Strict")
+                self.create(body)
                 created = True
                 log.info("created InferenceService %s/%s (%s)", self.namespace, name, job.model_uri)
-            except ApiException as err:
-                if err.status != 409:
-                    raise KubernetesError(f"create InferenceService {self.namespace}/{name}: {err.status} "
-                                          f"{_api_message(err)}") from None
+            except KubernetesError as err:
+                if err.status != 409:  # 409 Conflict: the service exists, roll it to the new model
+                    raise
                 created = False
                 current = self.get(kind, name)
                 # A new spec on the existing object: KServe rolls it out and bumps observedGeneration when done.
                 body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 body["metadata"]["annotations"] = {**current["metadata"].get("annotations", {}),
                                                    **body["metadata"].get("annotations", {})}
-                self._call(f"update InferenceService {self.namespace}/{name}",
-                           self.api.replace_namespaced_custom_object, kind.group, kind.version, self.namespace,
-                           kind.plural, name, body, field_manager=FIELD_MANAGER, field_validation="Strict")
+                self.replace(body)
                 log.info("updated InferenceService %s/%s to %s", self.namespace, name, job.model_uri)
             try:
                 final = self.wait_ready(name)
@@ -491,7 +255,6 @@ class KubernetesBackend:
         """The object now, then every change until the deadline (watch from its resourceVersion, resuming
         after server-side timeouts; a 410 Gone restarts from a fresh read)."""
         from kubernetes import watch
-        from kubernetes.client.rest import ApiException
 
         obj = self.get(kind, name)
         yield obj
@@ -500,248 +263,24 @@ class KubernetesBackend:
             window = min(remaining, chunk_s)
             stream = watch.Watch()
             try:
-                for event in stream.stream(
-                        self.api.list_namespaced_custom_object, kind.group, kind.version, self.namespace,
-                        kind.plural, field_selector=f"metadata.name={name}", resource_version=version,
-                        timeout_seconds=max(1, round(window)), _request_timeout=window + 15):
-                    if event["type"] == "DELETED":
-                        raise JobFailed(f"{kind.kind} {self.namespace}/{name} was deleted while kuberec was "
-                                        f"waiting for it")
-                    obj = event["object"]
-                    version = obj["metadata"]["resourceVersion"]
-                    yield obj
-                    if time.monotonic() >= deadline:
-                        return
-            except ApiException as err:
+                with _api_errors(f"watch {kind.kind} {self.namespace}/{name}"):
+                    for event in stream.stream(
+                            self.api.list_namespaced_custom_object, kind.group, kind.version, self.namespace,
+                            kind.plural, field_selector=f"metadata.name={name}", resource_version=version,
+                            timeout_seconds=max(1, round(window)), _request_timeout=window + 15):
+                        if event["type"] == "DELETED":
+                            raise JobFailed(f"{kind.kind} {self.namespace}/{name} was deleted while kuberec was "
+                                            f"waiting for it")
+                        obj = event["object"]
+                        version = obj["metadata"]["resourceVersion"]
+                        yield obj
+                        if time.monotonic() >= deadline:
+                            return
+            except KubernetesError as err:
                 if err.status != 410:
-                    raise KubernetesError(f"watch {kind.kind} {self.namespace}/{name}: {err.status} "
-                                          f"{_api_message(err)}") from None
+                    raise
                 obj = self.get(kind, name)
                 version = obj["metadata"]["resourceVersion"]
                 yield obj
             finally:
                 stream.stop()
-
-    # -- rendering -------------------------------------------------------------------------------------------
-    def pod_env(self) -> list[dict]:
-        """Settings as environment for the pods (without the submitting machine's paths) plus credentials."""
-        env = {k: v for k, v in self.settings.to_env().items() if k not in LOCAL_ONLY_ENV}
-        if self.settings.lake_is_local:
-            raise ClusterConfigError(
-                f"the lake {self.settings.lake_uri!r} is a local path that pods cannot read; set KUBEREC_LAKE to "
-                f"an s3:// location (and KUBEREC_S3_ENDPOINT for MinIO)")
-        tracking = self.options.pod_mlflow_uri or self.settings.mlflow_tracking_uri
-        if not tracking:
-            # The tracking server the manifests install in the namespace.
-            tracking = f"http://mlflow.{self.namespace}.svc.cluster.local:5000"
-        elif re.match(r"^(file:|sqlite:|/|\.)", tracking) or LOOPBACK.match(tracking):
-            raise ClusterConfigError(
-                f"MLFLOW_TRACKING_URI={tracking!r} is only reachable from this machine; point it at the "
-                f"cluster's tracking server (e.g. http://mlflow.{self.namespace}.svc.cluster.local:5000), unset "
-                f"it to use that default, or, if this machine reaches it through a port-forward, tell the pods "
-                f"its in-cluster address with KUBEREC_K8S_POD_MLFLOW_URI")
-        s3_endpoint = self.options.pod_s3_endpoint or self.settings.s3_endpoint
-        if LOOPBACK.match(s3_endpoint):
-            raise ClusterConfigError(
-                f"KUBEREC_S3_ENDPOINT={s3_endpoint!r} is only reachable from this machine; point it at the "
-                f"cluster's object store (e.g. http://minio.{self.namespace}.svc.cluster.local:9000) or, if this "
-                f"machine reaches it through a port-forward, tell the pods its in-cluster address with "
-                f"KUBEREC_K8S_POD_S3_ENDPOINT")
-        if s3_endpoint:
-            env["KUBEREC_S3_ENDPOINT"] = s3_endpoint
-        env.update({"MLFLOW_TRACKING_URI": tracking, "KUBEREC_HOME": POD_HOME,
-                    # The pod runs the step itself; it must not submit it to the cluster again.
-                    "KUBEREC_BACKEND": "local", "PYTHONUNBUFFERED": "1"})
-        rendered = [{"name": k, "value": v} for k, v in sorted(env.items())]
-        for secret, keys in ((self.options.lake_secret, LAKE_SECRET_KEYS),
-                             (self.options.mlflow_secret, MLFLOW_SECRET_KEYS)):
-            rendered += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-                         for key in keys]
-        return rendered
-
-    def _metadata(self, name: str, step: str) -> dict:
-        return {"name": name, "namespace": self.namespace, "labels": self._labels(step)}
-
-    def _labels(self, step: str) -> dict[str, str]:
-        return {"app.kubernetes.io/part-of": "kuberec", "app.kubernetes.io/managed-by": "kuberec",
-                "app.kubernetes.io/version": _label_value(self.settings.image_tag),
-                "kuberec.io/step": _label_value(step)}
-
-    def _placement(self, gpus: int) -> dict:
-        """Node selector and tolerations of the GPU pool, only for pods that ask for GPUs."""
-        if gpus <= 0:
-            return {}
-        placement: dict[str, Any] = {}
-        if self.options.gpu_node_selector:
-            placement["nodeSelector"] = dict(self.options.gpu_node_selector)
-        if self.options.gpu_tolerations:
-            placement["tolerations"] = [t.to_dict() for t in self.options.gpu_tolerations]
-        return placement
-
-    @staticmethod
-    def _resources(cpu: str | int, memory: str, gpus: int = 0) -> dict:
-        amounts = {"cpu": str(cpu), "memory": memory}
-        limits = {**amounts, **({GPU_RESOURCE: str(gpus)} if gpus > 0 else {})}
-        return {"requests": dict(amounts), "limits": limits}
-
-    def render_spark(self, job: SparkJob) -> dict:
-        """SparkApplication running `run_module.py <module> <args>` in cluster mode on the Spark image (Delta and
-        hadoop-aws jars on its classpath); kuberec.lake.spark_session reads the s3a settings from the env."""
-        name = run_name(job.name)
-        env = [*self.pod_env(), {"name": "KUBEREC_DELTA_ON_CLASSPATH", "value": "1"}]
-        labels = self._labels(job.name)
-        common = {"labels": labels, "env": env, "serviceAccount": self.options.spark_service_account}
-        return {
-            "apiVersion": SPARK_APPLICATION.api_version, "kind": SPARK_APPLICATION.kind,
-            "metadata": self._metadata(name, job.name),
-            "spec": {
-                "type": "Python", "pythonVersion": "3", "mode": "cluster",
-                "image": self.settings.image("spark"), "imagePullPolicy": self.options.image_pull_policy,
-                "mainApplicationFile": SPARK_LAUNCHER, "arguments": [job.module, *job.args],
-                "sparkVersion": _version("pyspark"),
-                # One attempt: kuberec steps are idempotent, and the caller decides whether to rerun.
-                "restartPolicy": {"type": "Never"},
-                "driver": {**common, "cores": 1, "memory": job.driver_memory},
-                "executor": {**common, "instances": job.executors, "cores": job.executor_cores,
-                             "memory": job.executor_memory},
-            },
-        }
-
-    def render_horovod(self, job: HorovodJob) -> dict:
-        """MPIJob: a launcher running `mpirun ... python -m <module> <args>` over `workers` pods with
-        `slots_per_worker` ranks each; GPU workers get nvidia.com/gpu limits and the GPU pool's placement."""
-        name = run_name(job.name)
-        env = self.pod_env()
-        image = self.settings.image("horovod-gpu" if job.gpus_per_worker > 0 else "horovod-cpu")
-        ranks = job.workers * job.slots_per_worker
-        # Workers are reached over ssh, which starts processes with a clean environment: forward ours with -x.
-        forwarded = [arg for var in ("PATH", "LD_LIBRARY_PATH", *(e["name"] for e in env)) for arg in ("-x", var)]
-        launcher_command = ["mpirun", "--allow-run-as-root", "-np", str(ranks), "-bind-to", "none",
-                            "-map-by", "slot", *forwarded, "python", "-m", job.module, *job.args]
-        labels = self._labels(job.name)
-        worker_pod: dict[str, Any] = {
-            "serviceAccountName": self.options.job_service_account,
-            "containers": [{
-                "name": "worker", "image": image, "imagePullPolicy": self.options.image_pull_policy,
-                # mpi-operator v2 reaches workers over ssh; the image's sshd serves it.
-                "command": ["/usr/sbin/sshd", "-De"], "env": env,
-                "resources": self._resources(job.cpu_per_worker, job.memory_per_worker, job.gpus_per_worker),
-            }],
-            **self._placement(job.gpus_per_worker),
-        }
-        if job.gpus_per_worker > 0:
-            # NCCL needs more shared memory than a container's default 64 MiB.
-            worker_pod["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-            worker_pod["containers"][0]["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
-        return {
-            "apiVersion": MPIJOB.api_version, "kind": MPIJOB.kind,
-            "metadata": self._metadata(name, job.name),
-            "spec": {
-                "slotsPerWorker": job.slots_per_worker,
-                "mpiImplementation": "OpenMPI",
-                # Start mpirun only once every worker's sshd is up (else the first connection can fail).
-                "launcherCreationPolicy": "WaitForWorkersReady",
-                "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 0},
-                "mpiReplicaSpecs": {
-                    "Launcher": {"replicas": 1, "restartPolicy": "Never", "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"serviceAccountName": self.options.job_service_account, "containers": [{
-                            "name": "launcher", "image": image, "imagePullPolicy": self.options.image_pull_policy,
-                            "command": launcher_command, "env": env,
-                            "resources": self._resources(self.options.launcher_cpu, self.options.launcher_memory),
-                        }]}}},
-                    "Worker": {"replicas": job.workers, "restartPolicy": "Never",
-                               "template": {"metadata": {"labels": labels}, "spec": worker_pod}},
-                },
-            },
-        }
-
-    def render_ray(self, job: RayJob) -> dict:
-        """RayJob: a Ray cluster (head + one worker group) whose driver runs `python -m <module> <args>`;
-        KubeRay deletes the cluster when the job finishes."""
-        name = run_name(job.name)
-        env = self.pod_env()
-        image = self.settings.image("runtime")
-        labels = self._labels(job.name)
-
-        def container(role: str, gpus: int) -> dict:
-            return {"name": f"ray-{role}", "image": image, "imagePullPolicy": self.options.image_pull_policy,
-                    "env": env, "resources": self._resources(job.cpus_per_worker, job.memory_per_worker, gpus)}
-
-        head = {"serviceAccountName": self.options.job_service_account, "containers": [container("head", 0)]}
-        head["containers"][0]["ports"] = [{"containerPort": 6379, "name": "gcs"},
-                                          {"containerPort": 8265, "name": "dashboard"},
-                                          {"containerPort": 10001, "name": "client"}]
-        worker = {"serviceAccountName": self.options.job_service_account,
-                  "containers": [container("worker", job.gpus_per_worker)], **self._placement(job.gpus_per_worker)}
-        return {
-            "apiVersion": RAYJOB.api_version, "kind": RAYJOB.kind,
-            "metadata": self._metadata(name, job.name),
-            "spec": {
-                "entrypoint": shlex.join(["python", "-m", job.module, *job.args]),
-                "shutdownAfterJobFinishes": True,
-                "ttlSecondsAfterFinished": 60,
-                "backoffLimit": 0,
-                "rayClusterSpec": {
-                    "rayVersion": _version("ray"),
-                    "headGroupSpec": {
-                        # No trials on the head: it runs the driver and the GCS.
-                        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                        "template": {"metadata": {"labels": labels}, "spec": head},
-                    },
-                    "workerGroupSpecs": [{
-                        "groupName": "workers", "replicas": job.workers, "minReplicas": job.workers,
-                        "maxReplicas": job.workers, "rayStartParams": {},
-                        "template": {"metadata": {"labels": labels}, "spec": worker},
-                    }],
-                },
-            },
-        }
-
-    def render_inference_service(self, job: ServingJob) -> dict:
-        """InferenceService serving an MLflow model over the V2 protocol on kuberec's ClusterServingRuntime.
-        The name is stable (the service's), so deploying again rolls out a new version."""
-        name = dns_label(job.name, 45)
-        model: dict[str, Any] = {
-            "modelFormat": {"name": "mlflow"}, "protocolVersion": "v2", "storageUri": job.model_uri,
-            "runtime": self.options.serving_runtime,
-        }
-        if job.extra:  # extra model settings for the runtime (e.g. KUBEREC_TOP_K) as environment
-            model["env"] = [{"name": k, "value": str(v)} for k, v in sorted(job.extra.items())]
-        metadata = self._metadata(name, job.name)
-        metadata["annotations"] = {"kuberec.io/model-uri": job.model_uri}
-        return {
-            "apiVersion": INFERENCE_SERVICE.api_version, "kind": INFERENCE_SERVICE.kind,
-            "metadata": metadata,
-            "spec": {"predictor": {
-                "serviceAccountName": self.options.serving_service_account,
-                "minReplicas": job.min_replicas, "maxReplicas": job.max_replicas,
-                "model": model,
-            }},
-        }
-
-    def render(self, job: SparkJob | HorovodJob | RayJob | ServingJob) -> dict:
-        """The custom resource for any job type."""
-        renderers = {SparkJob: self.render_spark, HorovodJob: self.render_horovod, RayJob: self.render_ray,
-                     ServingJob: self.render_inference_service}
-        return renderers[type(job)](job)
-
-
-def _label_value(text: str) -> str:
-    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63]
-    return value.strip("-_.")
-
-
-def _version(dist: str) -> str:
-    """The pinned version of a distribution: the images install the same pins, so CRs name the same version."""
-    return importlib.metadata.version(dist)
-
-
-def _api_message(err) -> str:
-    """The API server's own message from an ApiException body (a Status object), else its reason."""
-    import json
-
-    try:
-        return json.loads(err.body).get("message") or str(err.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(err.reason)

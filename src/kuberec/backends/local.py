@@ -9,15 +9,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from kuberec.backends import HorovodJob, RayJob, SparkJob
-from kuberec.errors import KuberecError
+from kuberec.backends import HorovodJob, JobFailed, RayJob, SparkJob
 from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class JobFailed(KuberecError):
-    """A step's process exited with an error; its own output above says why."""
 
 
 @dataclass

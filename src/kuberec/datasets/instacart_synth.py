@@ -34,8 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kuberec.datasets.instacart import AISLES, DEPARTMENTS, ORDER_PRODUCTS_PRIOR, ORDER_PRODUCTS_TRAIN, ORDERS, \
-    PRODUCTS, CsvFile
+from kuberec.datasets.instacart import (
+    AISLES,
+    DEPARTMENTS,
+    ORDER_PRODUCTS_PRIOR,
+    ORDER_PRODUCTS_TRAIN,
+    ORDERS,
+    PRODUCTS,
+    CsvFile,
+)
 from kuberec.errors import KuberecError
 
 log = logging.getLogger(__name__)

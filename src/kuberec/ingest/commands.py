@@ -8,7 +8,7 @@ from kuberec.cli import Command
 
 
 def _fashion_mnist(args: argparse.Namespace) -> None:
-    from kuberec import steps
+    from kuberec.ingest import steps
 
     table = steps.ingest_fashion_mnist(source=args.source, max_per_split=args.max_per_split)
     print(f"catalog table {table}")
@@ -21,7 +21,7 @@ def _fashion_mnist_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _images(args: argparse.Namespace) -> None:
-    from kuberec import steps
+    from kuberec.ingest import steps
     from kuberec.ingest.images import expand_paths
 
     table = steps.ingest_images(None, expand_paths(args.paths), args.label)

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-per-split", type=int, default=None, help="only the first N images of each split")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from kuberec.lake import spark_session
+    from kuberec.lake.spark import spark_session
 
     spark = spark_session(settings, app_name="kuberec-ingest-fashion-mnist")
     version = ingest_fashion_mnist(spark, args.source, args.table, args.max_per_split)
@@ -77,6 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from kuberec.cli import run_step
+    from kuberec.entrypoint import run_program
 
-    run_step(main)
+    run_program("kuberec.ingest.fashion_mnist", main)

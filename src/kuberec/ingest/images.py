@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     files = expand_paths(args.paths)  # fail on a bad path before paying for a JVM
-    from kuberec.lake import spark_session
+    from kuberec.lake.spark import spark_session
 
     spark = spark_session(settings, app_name="kuberec-ingest-images")
     result = ingest_images(spark, files, args.table, args.label)
@@ -161,6 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from kuberec.cli import run_step
+    from kuberec.entrypoint import run_program
 
-    run_step(main)
+    run_program("kuberec.ingest.images", main)

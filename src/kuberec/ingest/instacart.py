@@ -28,8 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from kuberec.datasets.instacart import FILES, CsvFile, InstacartSummary, file_sha256, missing_files, read_header, \
-    validate_instacart
+from kuberec.datasets.instacart import (
+    FILES,
+    CsvFile,
+    InstacartSummary,
+    file_sha256,
+    missing_files,
+    read_header,
+    validate_instacart,
+)
 from kuberec.lake.delta import history, table_exists, table_version
 from kuberec.settings import Settings, load_settings
 
@@ -154,7 +161,7 @@ def ingest_instacart(settings: Settings, source: str | Path, spark: "SparkSessio
     if not plan.todo:
         return plan.result
     if spark is None:
-        from kuberec.lake import spark_session
+        from kuberec.lake.spark import spark_session
 
         spark = spark_session(settings, app_name="kuberec-ingest-instacart")
     return write_bronze(spark, settings, plan)
@@ -174,6 +181,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from kuberec.cli import run_step
+    from kuberec.entrypoint import run_program
 
-    run_step(main)
+    run_program("kuberec.ingest.instacart", main)

@@ -1,7 +1,7 @@
 """CLI: `kuberec data instacart-synth`, `kuberec ingest instacart`, `kuberec features instacart`.
 
 The generator is plain numpy and runs in this process; ingestion and features are Spark jobs launched through the
-configured backend by the wide & deep pipeline's steps (kuberec.widedeep.steps), so the same modules run locally and
+configured backend by the data steps (kuberec.ingest.steps), so the same modules run locally and
 as SparkApplications.
 """
 
@@ -15,9 +15,8 @@ from kuberec.cli import Command
 
 def _synth(args: argparse.Namespace) -> None:
     from kuberec.datasets.instacart_synth import generate
+    from kuberec.ingest.steps import SYNTH_DIR
     from kuberec.settings import load_settings
-
-    from kuberec.widedeep.steps import SYNTH_DIR
 
     out = Path(args.out) if args.out else load_settings().data_dir / SYNTH_DIR
     result = generate(out, args.users, seed=args.seed, products=args.products)
@@ -34,11 +33,11 @@ def _synth_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
+    from kuberec.ingest import steps
     from kuberec.settings import load_settings
-    from kuberec.widedeep import steps
 
     settings = load_settings()
-    versions = steps.ingest(settings, args.source or str(settings.data_dir / steps.SYNTH_DIR))
+    versions = steps.ingest_instacart(settings, args.source or str(settings.data_dir / steps.SYNTH_DIR))
     print("bronze tables: " + ", ".join(f"{name} v{version}" for name, version in sorted(versions.items())))
 
 
@@ -48,10 +47,10 @@ def _ingest_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _features(args: argparse.Namespace) -> None:
+    from kuberec.ingest import steps
     from kuberec.settings import load_settings
-    from kuberec.widedeep import steps
 
-    print(f"gold examples: {steps.features(load_settings(), force=args.force)}")
+    print(f"gold examples: {steps.build_features(load_settings(), force=args.force)}")
 
 
 def _features_args(parser: argparse.ArgumentParser) -> None:

@@ -122,6 +122,20 @@ def params() -> dict[str, Any]:
             "split_buckets": SPLIT_BUCKETS, "valid_buckets": VALID_BUCKETS, "split_salt": SPLIT_SALT}
 
 
+def gold_tables(examples_uri: str, version: int | None) -> dict[str, int]:
+    """{uri: version} of the examples table and the user/product feature tables next to it (same lake): what a
+    training run reads, recorded as its lineage."""
+    if not table_exists(examples_uri):
+        raise DataError(f"no Delta table at {examples_uri}; run `kuberec features instacart` first")
+    tables = {examples_uri: table_version(examples_uri) if version is None else int(version)}
+    base = examples_uri.rstrip("/").rsplit("/", 1)[0]
+    for name in (USER_TABLE, PRODUCT_TABLE):
+        uri = f"{base}/{name}"
+        if table_exists(uri):
+            tables[uri] = table_version(uri)
+    return tables
+
+
 @dataclass
 class FeaturesResult:
     versions: dict[str, int] = field(default_factory=dict)  # gold table -> version after the run
@@ -340,7 +354,7 @@ def build_features(settings: Settings, spark: "SparkSession | None" = None, forc
         log.info("gold tables unchanged: already built from bronze versions %s", result.bronze)
         return result
     if spark is None:
-        from kuberec.lake import spark_session
+        from kuberec.lake.spark import spark_session
 
         spark = spark_session(settings, app_name="kuberec-features-instacart")
     bronze = {name: spark.read.format("delta").option("versionAsOf", version).load(settings.table_uri(name))
@@ -385,6 +399,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from kuberec.cli import run_step
+    from kuberec.entrypoint import run_program
 
-    run_step(main)
+    run_program("kuberec.ingest.instacart_features", main)

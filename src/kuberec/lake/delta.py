@@ -7,11 +7,23 @@ no JVM; diffs read the change data feed, which kuberec's tables record from thei
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from kuberec.errors import KuberecError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """One version of one Delta table: what a step read or wrote (MLflow lineage records these)."""
+
+    uri: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.uri}@v{self.version}"
 
 
 class TableNotFoundError(KuberecError):

@@ -60,7 +60,8 @@ def spark_session(settings: Settings | None = None, app_name: str = "kuberec"):
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
         builder = builder.master(settings.spark_master)
         builder = builder.config("spark.driver.memory", os.environ.get("KUBEREC_SPARK_DRIVER_MEMORY", "4g"))
-        builder = builder.config("spark.sql.shuffle.partitions", os.environ.get("KUBEREC_SPARK_SHUFFLE_PARTITIONS", "8"))
+        builder = builder.config("spark.sql.shuffle.partitions",
+                                 os.environ.get("KUBEREC_SPARK_SHUFFLE_PARTITIONS", "8"))
         builder = builder.config("spark.local.dir", str(settings.cache_dir / "spark-tmp"))
         builder = builder.config("spark.sql.warehouse.dir", str(settings.cache_dir / "spark-warehouse"))
         builder = builder.config("spark.driver.extraJavaOptions", f"-Dderby.system.home={settings.cache_dir}")

@@ -1,4 +1,4 @@
-"""A small V2 (Open Inference Protocol) client for the served recommenders; stdlib only.
+"""A small V2 (Open Inference Protocol) client for the served recommenders (stdlib HTTP).
 
 `recommend_similar(url, image=..., item_id=..., k=5)` and `recommend_products(url, user_id, candidates, k)` return
 rows as dicts; `infer(url, model, columns, params)` is the raw call (columns -> V2 inputs, outputs -> columns).
@@ -18,10 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from kuberec.errors import KuberecError
+from kuberec.models import SIMILARITY, WIDEDEEP
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-SIMILARITY_MODEL = "kuberec-similarity"
-WIDEDEEP_MODEL = "kuberec-widedeep"
 TIMEOUT_S = 60.0
 
 
@@ -135,8 +134,8 @@ def similarity_columns(images: Sequence[str | Path | bytes | np.ndarray] = (),
 
 
 def recommend_similar(url: str = DEFAULT_URL, image: str | Path | bytes | np.ndarray | None = None,
-                      item_id: int | None = None, k: int = 5, *, with_images: bool = False,
-                      include_query: bool = False, model: str = SIMILARITY_MODEL) -> list[dict]:
+                      item_id: int | None = None, k: int = SIMILARITY.default_k, *, with_images: bool = False,
+                      include_query: bool = False, model: str = SIMILARITY.registered_name) -> list[dict]:
     """The k catalog items most similar to one image (file, bytes or 28x28 array) or one catalog item id.
 
     Rows: rank, item_id, distance, label, label_name (and image_png_b64 with `with_images`).
@@ -154,7 +153,7 @@ def recommend_similar(url: str = DEFAULT_URL, image: str | Path | bytes | np.nda
 
 
 def recommend_products(url: str = DEFAULT_URL, user_id: int | None = None, candidates: Sequence[int] | None = None,
-                       k: int = 10, *, model: str = WIDEDEEP_MODEL) -> list[dict]:
+                       k: int = WIDEDEEP.default_k, *, model: str = WIDEDEEP.registered_name) -> list[dict]:
     """The top-k products for a shopper (ranked by the wide & deep model), optionally among `candidates`."""
     if user_id is None:
         raise ServingRequestError("user_id is required")

@@ -6,18 +6,40 @@ import argparse
 
 from kuberec.cli import Command
 from kuberec.errors import KuberecError
+from kuberec.models import MODELS, SIMILARITY, WIDEDEEP
+
+DEFAULT_MODELS = tuple(record.registered_name for record in MODELS.values())
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from kuberec.serving.server import add_arguments
+    from kuberec import tracking
+    from kuberec.serving.demo import DEFAULT_PORT as DEMO_PORT
+    from kuberec.serving.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 
-    add_arguments(parser)
+    parser.add_argument("--models", default=None,
+                        help="comma-separated registered models: name, name@alias or name:version "
+                             f"(default: {','.join(DEFAULT_MODELS)}, those that are registered)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=tracking.CHAMPION, help="registry alias to serve (default: champion)")
+    which.add_argument("--version", type=int, default=None, help="registry version to serve (one model only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP (V2 REST) port on 127.0.0.1")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port on 127.0.0.1")
+    parser.add_argument("--demo", nargs="?", type=int, const=DEMO_PORT, default=None, metavar="PORT",
+                        help=f"also serve the demo page (default port {DEMO_PORT})")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from kuberec.serving.server import run
+    from kuberec.serving.server import ModelSpec, ServingError, serve
+    from kuberec.settings import load_settings
 
-    return run(args)
+    names = [n for n in (args.models or "").split(",") if n.strip()] or list(DEFAULT_MODELS)
+    if args.version is not None and len(names) > 1:
+        raise ServingError("--version picks one version of one model; with several models use "
+                           "--models name:version,other@alias")
+    specs = [ModelSpec.parse(n, alias=args.alias, version=args.version) for n in names]
+    # The default list serves those that are registered; models the user names must all be.
+    return serve(load_settings(), specs, http_port=args.port, grpc_port=args.grpc_port, required=bool(args.models),
+                 demo_port=args.demo)
 
 
 def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +50,8 @@ def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--item-id", type=int, help="a catalog item: the most similar other items")
     query.add_argument("--user-id", type=int, help="a shopper: the top products (wide & deep)")
     parser.add_argument("--candidates", default=None, help="with --user-id: comma-separated product ids to rank")
-    parser.add_argument("--k", type=int, default=None, help="how many results (default 5 similar, 10 products)")
+    parser.add_argument("--k", type=int, default=None, help=f"how many results (default {SIMILARITY.default_k} "
+                                                            f"similar, {WIDEDEEP.default_k} products)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the model server (default {DEFAULT_URL})")
 
 
@@ -39,25 +62,36 @@ def _recommend(args: argparse.Namespace) -> int:
 
     if args.user_id is not None:
         candidates = [int(c) for c in args.candidates.split(",") if c.strip()] if args.candidates else None
-        results = client.recommend_products(args.url, args.user_id, candidates, k=args.k or 10)
+        results = client.recommend_products(args.url, args.user_id, candidates, k=args.k or WIDEDEEP.default_k)
     else:
         if args.image is not None and not Path(args.image).is_file():
             raise KuberecError(f"--image {args.image}: no such file")
-        results = client.recommend_similar(args.url, image=args.image, item_id=args.item_id, k=args.k or 5)
+        results = client.recommend_similar(args.url, image=args.image, item_id=args.item_id,
+                                           k=args.k or SIMILARITY.default_k)
     print(client.format_table(results))
     return 0
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from kuberec.serving.demo import add_arguments
+    from kuberec.serving.client import DEFAULT_URL
+    from kuberec.serving.demo import DEFAULT_PORT
 
-    add_arguments(parser)
+    parser.add_argument("--url", default=DEFAULT_URL, help="the model server (kuberec serve)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port for the page on 127.0.0.1")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from kuberec.serving.demo import run
+    from kuberec.serving.demo import start_demo
 
-    return run(args)
+    demo = start_demo(args.url, args.port)
+    print(f"demo page at {demo.url} (model server {args.url}); Ctrl-C stops it", flush=True)
+    try:
+        demo.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop()
+    return 0
 
 
 COMMANDS = [

@@ -8,7 +8,6 @@ Images come from the similarity model itself (`with_images`), so the page needs 
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import logging
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kuberec.models import SIMILARITY, WIDEDEEP
 from kuberec.serving import client
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ table {{ border-collapse: collapse; background: #fff; }} td, th {{ border: 1px s
 <form method="get" action="/"><label>catalog item id <input name="item_id" type="number" min="0"
   value="{item_id}"></label> <label>k <input name="k" type="number" min="1" max="100" value="{k}"
   style="width:4em"></label> <button type="submit">Find similar</button></form>
-<div class="upload"><label>or upload an image <input id="upload" type="file" accept="image/png,image/jpeg"></label></div>
+<div class="upload"><label>or upload an image
+  <input id="upload" type="file" accept="image/png,image/jpeg"></label></div>
 <div id="similar">{similar}</div>
 {products_section}
 <script>
@@ -87,7 +88,7 @@ def similar_fragment(server: str, *, item_id: int | None = None, image_b64: str 
         if item_id is not None:
             results = client.recommend_similar(server, item_id=item_id, k=k, with_images=True, include_query=True)
         else:  # the upload box sends a data: URL, which the model accepts as is
-            results = client.rows(client.infer(server, client.SIMILARITY_MODEL, {"image_b64": [image_b64]},
+            results = client.rows(client.infer(server, SIMILARITY.registered_name, {"image_b64": [image_b64]},
                                                {"k": k, "with_images": True}))
     except client.ServingRequestError as err:
         return f'<p class="error">{html.escape(str(err))}</p>'
@@ -147,7 +148,7 @@ def make_handler(server: str) -> type[BaseHTTPRequestHandler]:
             models = served_models(server)
             similar = similar_fragment(server, item_id=item_id, k=k) if item_id is not None else ""
             products_section = ""
-            if client.WIDEDEEP_MODEL in models:
+            if WIDEDEEP.registered_name in models:
                 products = products_fragment(server, user_id) if user_id is not None else ""
                 products_section = PRODUCTS.format(user_id="" if user_id is None else user_id, products=products)
             self._send(200, PAGE.format(server=html.escape(server), models=html.escape(", ".join(models) or
@@ -194,20 +195,3 @@ def start_demo(server: str, port: int = DEFAULT_PORT) -> Demo:
     demo = Demo(httpd, thread)
     log.info("demo page at %s (model server %s)", demo.url, server)
     return demo
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=client.DEFAULT_URL, help="the model server (kuberec serve)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port for the page on 127.0.0.1")
-
-
-def run(args: argparse.Namespace) -> int:
-    demo = start_demo(args.url, args.port)
-    print(f"demo page at {demo.url} (model server {args.url}); Ctrl-C stops it", flush=True)
-    try:
-        demo.thread.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        demo.stop()
-    return 0

@@ -1,10 +1,10 @@
 """The MLServer runtime kuberec serves with: mlserver-mlflow's MLflowRuntime, with user errors as HTTP 4xx.
 
 Stock `mlserver_mlflow.MLflowRuntime.predict` (1.7.1) lets every pyfunc exception escape and MLServer only maps its
-own `MLServerError` to a status, so a request with an undecodable image or `k=0` gets 500 with no message. This runtime turns what the
-client can fix into `InferenceError` (400, `{"error": "<message>"}`) and rejects oversized payloads with 413;
-genuine failures still give 500 and a logged traceback. KServe's ClusterServingRuntime uses the same class from
-the serving image (`implementation: kuberec.serving.runtime.KuberecMLflowRuntime`).
+own `MLServerError` to a status, so a request with an undecodable image or `k=0` gets 500 with no message. This
+runtime turns what the client can fix into `InferenceError` (400, `{"error": "<message>"}`) and rejects oversized
+payloads with 413; genuine failures still give 500 and a logged traceback. KServe's ClusterServingRuntime uses the
+same class from the serving image (`implementation: kuberec.serving.runtime.KuberecMLflowRuntime`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ repository with `settings.json` and one `model-settings.json` per model is writt
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -32,12 +31,11 @@ from typing import Iterator, Sequence
 from kuberec import tracking
 from kuberec.errors import KuberecError
 from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES
-from kuberec.settings import Settings, load_settings
+from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-DEFAULT_MODELS = ("kuberec-similarity", "kuberec-widedeep")
 DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT = 8080, 8081
 READY_TIMEOUT_S = 300.0  # model load imports TensorFlow: ~10 s idle, minutes on a loaded 2-core machine
 SOURCE_FILE = ".kuberec-source"  # which registry entry a cached copy came from
@@ -300,43 +298,3 @@ def serve(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int, grp
         if demo is not None:
             demo.stop()
         server.stop()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default=None,
-                        help="comma-separated registered models: name, name@alias or name:version "
-                             f"(default: {','.join(DEFAULT_MODELS)}, those that are registered)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--alias", default=tracking.CHAMPION, help="registry alias to serve (default: champion)")
-    which.add_argument("--version", type=int, default=None, help="registry version to serve (one model only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP (V2 REST) port on 127.0.0.1")
-    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port on 127.0.0.1")
-    parser.add_argument("--demo", nargs="?", type=int, const=8000, default=None, metavar="PORT",
-                        help="also serve the demo page (default port 8000)")
-
-
-def specs_from_args(args: argparse.Namespace) -> tuple[list[ModelSpec], bool]:
-    names = [n for n in (args.models or "").split(",") if n.strip()] or list(DEFAULT_MODELS)
-    if args.version is not None and len(names) > 1:
-        raise ServingError("--version picks one version of one model; with several models use "
-                           "--models name:version,other@alias")
-    return [ModelSpec.parse(n, alias=args.alias, version=args.version) for n in names], bool(args.models)
-
-
-def run(args: argparse.Namespace) -> int:
-    specs, required = specs_from_args(args)
-    return serve(load_settings(), specs, http_port=args.port, grpc_port=args.grpc_port, required=required,
-                 demo_port=args.demo)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kuberec.serving.server", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    from kuberec.cli import run_step
-
-    run_step(main)

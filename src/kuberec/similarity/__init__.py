@@ -1,1 +1,2 @@
-"""Image similarity: a TF Similarity metric-learning model, its Horovod training, retrieval evaluation, index, pyfunc."""
+"""Image similarity: a TF Similarity metric-learning model, its Horovod training, retrieval evaluation, index
+and pyfunc."""

@@ -1,4 +1,4 @@
-"""Step: index the catalog and register the recommender (`kuberec index build`).
+"""Index the catalog and register the recommender (`kuberec index build`, the pipelines' register step).
 
 Embeds every catalog row of one Delta table snapshot (default: the latest; all splits unless --splits) with an
 exported embedding model, builds the HNSW index, and logs model + index + item metadata as one MLflow pyfunc,
@@ -9,17 +9,16 @@ default is set only when the model has no champion yet.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Sequence
 
 from kuberec import tracking
 from kuberec.ingest.catalog import TABLE_NAME
-from kuberec.settings import Settings, load_settings
-from kuberec.similarity.index_commands import build_arguments
+from kuberec.settings import Settings
+from kuberec.similarity.config import REGISTERED_NAME
 from kuberec.similarity.index import HnswParams, build_from_table
-from kuberec.similarity.pyfunc import DEFAULT_NAME, RegisteredSimilarityModel, log_similarity_model
+from kuberec.similarity.pyfunc import RegisteredSimilarityModel, log_similarity_model
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +35,16 @@ def local_model_path(settings: Settings, model: str) -> tuple[Path, str | None]:
 
 
 def build_and_register(settings: Settings, model: str, *, table_uri: str | None = None, version: int | None = None,
-                       splits: Sequence[str] | None = None, params: HnswParams = HnswParams(),
-                       name: str = DEFAULT_NAME, training_run_id: str | None = None,
+                       splits: Sequence[str] | None = None, params: HnswParams | None = None,
+                       name: str = REGISTERED_NAME, training_run_id: str | None = None,
                        set_champion: bool | None = None, save_to: Path | None = None) -> RegisteredSimilarityModel:
     from kuberec.similarity.model import embed, load_embedding_model
 
     path, run_from_uri = local_model_path(settings, model)
     embedding_model = load_embedding_model(path)
     index = build_from_table(table_uri or settings.table_uri(TABLE_NAME), lambda x: embed(embedding_model, x),
-                             version=version, splits=splits, params=params)
+                             version=version, splits=splits, params=params or HnswParams())
     if save_to is not None:
         index.save(save_to)
     return log_similarity_model(settings, path, index, name=name, training_run_id=training_run_id or run_from_uri,
                                 set_champion=set_champion, run_name="index-build")
-
-
-def run(args: argparse.Namespace) -> RegisteredSimilarityModel:
-    tuned = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
-    result = build_and_register(
-        load_settings(), args.model, table_uri=args.table, version=args.table_version,
-        splits=[s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None,
-        params=HnswParams(**{k: v for k, v in tuned.items() if v is not None}), name=args.name or DEFAULT_NAME,
-        training_run_id=args.training_run_id, set_champion=args.set_champion,
-        save_to=Path(args.save_index) if args.save_index else None)
-    print(f"registered {result.name} version {result.version}: {result.items} items from {result.table_uri} "
-          f"v{result.table_version} (run {result.run_id})" + (f"; now @{tracking.CHAMPION}" if result.champion else ""))
-    return result

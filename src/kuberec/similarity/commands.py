@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from kuberec.cli import Command
-
-TRAIN_MODULE = "kuberec.similarity.train"
+from kuberec.ingest.catalog import TABLE_NAME as CATALOG_TABLE
 
 
 def default_train_dir(home: Path) -> Path:
@@ -16,17 +15,17 @@ def default_train_dir(home: Path) -> Path:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from kuberec.config import config_from_args
-    from kuberec.lake.delta import table_version
+    from kuberec.config import config_from_flags
+    from kuberec.lake.delta import TableRef, table_version
     from kuberec.settings import load_settings
     from kuberec.similarity import steps
-    from kuberec.similarity.model import SimilarityConfig
+    from kuberec.similarity.config import SimilarityConfig
     from kuberec.similarity.train import TrainResult
-    from kuberec.steps import TableRef
 
     settings = load_settings()
-    config = config_from_args(args, SimilarityConfig)  # validate here: a bad value fails before any worker starts
-    table_uri = args.table or settings.table_uri("fashion_mnist")
+    # Validated here: a bad value fails before any worker starts.
+    config = config_from_flags(vars(args), SimilarityConfig)
+    table_uri = args.table or settings.table_uri(CATALOG_TABLE)
     table = TableRef(table_uri, table_version(table_uri) if args.version is None else args.version)
     out_dir = Path(args.out).absolute() if args.out else default_train_dir(settings.home)
     run_id = steps.train(settings, table, config, workers=args.workers, max_examples=args.max_examples,
@@ -44,7 +43,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
     from kuberec.config import add_config_arguments
-    from kuberec.similarity.model import SimilarityConfig
+    from kuberec.similarity.config import SimilarityConfig
 
     parser.add_argument("--workers", type=int, default=1, help="Horovod workers (default 1)")
     parser.add_argument("--table", help="Delta table (default: the lake's fashion_mnist)")
@@ -56,18 +55,18 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from kuberec.lake.delta import table_version
+    from kuberec.lake.delta import TableRef, table_version
     from kuberec.settings import load_settings
     from kuberec.similarity import steps
     from kuberec.similarity.evaluate import default_out_dir, evaluate_similarity
-    from kuberec.steps import TableRef
 
     settings = load_settings()
-    table = args.table or settings.table_uri("fashion_mnist")
+    table = args.table or settings.table_uri(CATALOG_TABLE)
     if args.run_id:  # a tracked training run: the evaluation is logged into it
         version = table_version(table) if args.version is None else args.version
-        steps.evaluate(settings, args.run_id, TableRef(table, version), max_queries=args.queries)
-        print(f"logged to MLflow run {args.run_id}: metrics and artifacts evaluation/")
+        result = steps.evaluate(settings, args.run_id, TableRef(table, version), max_queries=args.queries)
+        print(result.table())
+        print(f"logged to MLflow run {args.run_id}: {result.files['json']} and {result.files['png']}")
         return
     result = evaluate_similarity(args.model, table, args.version, args.out or default_out_dir(args.model),
                                  max_queries=args.queries, map_queries=args.map_queries)

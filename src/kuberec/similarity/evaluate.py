@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,16 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    try:
-        result = evaluate_similarity(args.model, args.table, args.version, args.out or default_out_dir(args.model),
-                                     max_queries=args.queries, map_queries=args.map_queries)
-    except KuberecError as err:
-        print(f"kuberec.similarity.evaluate: error: {err}", file=sys.stderr)
-        return 2
+    result = evaluate_similarity(args.model, args.table, args.version, args.out or default_out_dir(args.model),
+                                 max_queries=args.queries, map_queries=args.map_queries)
     print(result.table())
     print(f"wrote {result.files['json']} and {result.files['png']}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kuberec.entrypoint import run_program
+
+    run_program("kuberec.similarity.evaluate", main)

@@ -8,10 +8,12 @@ the step.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from kuberec.cli import Command
+from kuberec.similarity.config import REGISTERED_NAME
 
-MODEL_HELP = "registered model name (default: kuberec-similarity)"
+MODEL_HELP = f"registered model name (default: {REGISTERED_NAME})"
 
 
 def build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,15 +48,40 @@ def refresh_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from kuberec.similarity import build_index
+    from kuberec import tracking
+    from kuberec.settings import load_settings
+    from kuberec.similarity.build_index import build_and_register
+    from kuberec.similarity.index import HnswParams
 
-    build_index.run(args)
+    tuned = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+    result = build_and_register(
+        load_settings(), args.model, table_uri=args.table, version=args.table_version,
+        splits=[s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None,
+        params=HnswParams(**{k: v for k, v in tuned.items() if v is not None}), name=args.name or REGISTERED_NAME,
+        training_run_id=args.training_run_id, set_champion=args.set_champion,
+        save_to=Path(args.save_index) if args.save_index else None)
+    print(f"registered {result.name} version {result.version}: {result.items} items from {result.table_uri} "
+          f"v{result.table_version} (run {result.run_id})" + (f"; now @{tracking.CHAMPION}" if result.champion else ""))
 
 
 def _refresh(args: argparse.Namespace) -> None:
-    from kuberec.similarity import refresh
+    from kuberec import tracking
+    from kuberec.settings import load_settings
+    from kuberec.similarity.refresh import refresh
 
-    refresh.run(args)
+    result = refresh(load_settings(), name=args.name or REGISTERED_NAME, version=args.version, alias=args.alias,
+                     set_champion=args.set_champion, table_uri=args.table)
+    if result.new_version is None:
+        print(f"{result.name} version {result.source_version} is up to date (table v{result.table_version}, "
+              f"{result.items} items); nothing registered")
+    else:
+        ids = result.added_item_ids
+        print(("already registered: " if result.reused else "") +
+              f"{result.name} version {result.new_version}: +{len(ids)} items "
+              f"({ids[0]}..{ids[-1]}), {result.items} in all, table v{result.indexed_table_version} -> "
+              f"v{result.table_version}, from version {result.source_version}; "
+              + (f"now @{tracking.CHAMPION}" if result.champion
+                 else f"@{tracking.CHAMPION} unchanged (promote with --set-champion)"))
 
 
 COMMANDS = [

@@ -22,13 +22,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
-from kuberec.config import ConfigError, ModelConfig  # noqa: F401  (ConfigError: part of this API)
 from kuberec.errors import KuberecError
+from kuberec.similarity.config import SimilarityConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,70 +38,8 @@ METADATA_FILE = "kuberec-embedding.json"
 EXPORT_FORMAT = "kuberec-embedding-savedmodel/1"
 
 
-AUGMENTATIONS = ("none", "flip", "flip_shift")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
-
-
 class ModelLoadError(KuberecError):
     """An exported embedding model is missing or unreadable."""
-
-
-@dataclass(frozen=True)
-class SimilarityConfig(ModelConfig):
-    """Everything that defines a similarity training run (besides its data)."""
-
-    label: ClassVar[str] = "similarity"
-
-    architecture: str = "vgg"
-    embedding_size: int | None = None  # None: the architecture's own default (ARCHITECTURES)
-    learning_rate: float = 1e-3  # per worker; training multiplies it by the number of Horovod workers
-    lr_schedule: str = "cosine"  # "constant" or "cosine" (decay to 0 over all steps of the run)
-    classes_per_batch: int = 10
-    examples_per_class: int = 8
-    steps_per_epoch: int | None = None  # None: one pass over the labelled training images per epoch, across workers
-    epochs: int = 12
-    dropout: float = 0.3
-    # "mixed_bfloat16": bfloat16 compute with float32 weights; "auto": that where the hardware has bfloat16 units
-    # (CPUs with AVX512-BF16/AMX, GPUs of compute capability 8+), else float32 (emulated bfloat16 is slow).
-    precision: str = "auto"
-    augment: str = "none"  # training-time augmentation: "none", "flip" (left-right), "flip_shift" (+ up to 2 px shifts)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.architecture not in ARCHITECTURES:
-            problems.append(f"architecture must be one of {', '.join(ARCHITECTURES)}, not {self.architecture!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            problems.append(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.augment not in AUGMENTATIONS:
-            problems.append(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {self.augment!r}")
-        if self.embedding_size is not None and self.embedding_size < 2:
-            problems.append("embedding_size must be at least 2")
-        if not self.learning_rate > 0:
-            problems.append("learning_rate must be positive")
-        if self.classes_per_batch < 2:
-            problems.append("classes_per_batch must be at least 2 (the loss needs negatives)")
-        if self.examples_per_class < 2:
-            problems.append("examples_per_class must be at least 2 (the loss needs positive pairs)")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            problems.append("steps_per_epoch must be at least 1")
-        if self.epochs < 1:
-            problems.append("epochs must be at least 1")
-        if not 0 <= self.dropout < 1:
-            problems.append("dropout must be in [0, 1)")
-        if problems:
-            raise ConfigError("bad similarity config: " + "; ".join(problems))
-
-    @property
-    def batch_size(self) -> int:
-        return self.classes_per_batch * self.examples_per_class
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.embedding_size or ARCHITECTURES[self.architecture][1]
-
 
 
 def resolve_precision(precision: str) -> str:
@@ -158,11 +96,11 @@ def _vgg_trunk(x, config: SimilarityConfig):
     return layers.ReLU()(x)
 
 
-# name -> (trunk builder, default embedding size)
-ARCHITECTURES: dict[str, tuple[Callable[[Any, SimilarityConfig], Any], int]] = {
-    "seed": (_seed_trunk, 128),
-    "databricks": (_databricks_trunk, 256),
-    "vgg": (_vgg_trunk, 128),
+# name -> trunk builder (each architecture's default embedding size: kuberec.similarity.config)
+ARCHITECTURES: dict[str, Callable[[Any, SimilarityConfig], Any]] = {
+    "seed": _seed_trunk,
+    "databricks": _databricks_trunk,
+    "vgg": _vgg_trunk,
 }
 
 
@@ -176,7 +114,7 @@ def build_model(config: SimilarityConfig):
     from tensorflow_similarity.layers import MetricEmbedding
     from tensorflow_similarity.models import SimilarityModel
 
-    trunk, _ = ARCHITECTURES[config.architecture]
+    trunk = ARCHITECTURES[config.architecture]
     mixed = tf.keras.mixed_precision
     previous = mixed.global_policy()
     mixed.set_global_policy(resolve_precision(config.precision))  # layers keep the policy they were built with

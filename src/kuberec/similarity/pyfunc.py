@@ -45,12 +45,11 @@ from kuberec.datasets.fashion_mnist import IMAGE_BYTES, IMAGE_SIDE
 from kuberec.errors import KuberecError
 from kuberec.model_input import MAX_K, ModelInputError, checked_params, parse_k
 from kuberec.settings import Settings
+from kuberec.similarity.config import EXPERIMENT, REGISTERED_NAME
 from kuberec.similarity.index import ItemIndex
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "kuberec-similarity"
-EXPERIMENT = "kuberec-similarity"
 ARTIFACT_NAME = "model"
 DEFAULT_K = 5
 MAX_QUERIES = 1024  # rows per request
@@ -289,7 +288,7 @@ class RegisteredSimilarityModel:
 
 
 def log_similarity_model(settings: Settings, embedding_model_path: str | Path, index: ItemIndex | str | Path, *,
-                         name: str = DEFAULT_NAME, training_run_id: str | None = None,
+                         name: str = REGISTERED_NAME, training_run_id: str | None = None,
                          set_champion: bool | None = None, experiment: str = EXPERIMENT,
                          run_name: str | None = None, tags: Mapping[str, str] | None = None,
                          recall_k: int = 5) -> RegisteredSimilarityModel:
@@ -338,7 +337,7 @@ def log_similarity_model(settings: Settings, embedding_model_path: str | Path, i
                                      items=len(loaded), champion=champion)
 
 
-def load_recommender(settings: Settings, name: str = DEFAULT_NAME, *, version: int | str | None = None,
+def load_recommender(settings: Settings, name: str = REGISTERED_NAME, *, version: int | str | None = None,
                      alias: str | None = None) -> tuple["mlflow.pyfunc.PyFuncModel", Any]:
     """(pyfunc model, its ModelVersion) for a registered version or alias (default: champion)."""
     model_version = tracking.get_version(settings, name, version=version, alias=alias)

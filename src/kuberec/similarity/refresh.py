@@ -7,16 +7,15 @@ The `champion` alias moves to it only with `--set-champion`; by default it stays
 checked (or served by version number) before it is promoted. Earlier versions are untouched and stay loadable.
 
 New rows come from `kuberec.lake.delta.rows_added_since` (the change data feed, read without a JVM): inserts in
-(indexed version, latest], minus rows deleted again in that range, restricted to the index's splits. Items already indexed are skipped, so no
-item is ever indexed twice; a run that finds nothing new registers nothing, and re-running a refresh of the same
-source version up to the same table version returns the version registered the first time instead of a twin.
-Rows deleted or changed in the table are not removed from the index (HNSW cannot drop vectors): rebuild with
-`kuberec index build` for that.
+(indexed version, latest], minus rows deleted again in that range, restricted to the index's splits. Items already
+indexed are skipped, so no item is ever indexed twice; a run that finds nothing new registers nothing, and re-
+running a refresh of the same source version up to the same table version returns the version registered the first
+time instead of a twin. Rows deleted or changed in the table are not removed from the index (HNSW cannot drop
+vectors): rebuild with `kuberec index build` for that.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,16 +24,15 @@ import numpy as np
 
 from kuberec import tracking
 from kuberec.errors import DataError, KuberecError
-from kuberec.settings import Settings, load_settings
+from kuberec.settings import Settings
+from kuberec.similarity.config import REGISTERED_NAME
 from kuberec.similarity.index import CatalogRows, embed_in_batches
-from kuberec.similarity.index_commands import refresh_arguments
 from kuberec.similarity.pyfunc import (
-    DEFAULT_NAME,
     INDEX_VERSION_TAG,
     SOURCE_VERSION_TAG,
     TRAINING_RUN_TAG,
-    log_similarity_model,
     load_recommender,
+    log_similarity_model,
 )
 
 log = logging.getLogger(__name__)
@@ -55,13 +53,13 @@ class RefreshResult:
     reused: bool = False  # an earlier refresh of the same source to the same table version was returned
 
 
-def rows_added_since(table_uri: str, version: int, until: int | None = None,
-                     splits: Sequence[str] | None = None) -> CatalogRows:
+def catalog_rows_added_since(table_uri: str, version: int, until: int | None = None,
+                             splits: Sequence[str] | None = None) -> CatalogRows:
     """Catalog rows inserted after `version` up to `until` (default: latest), restricted to `splits`."""
-    from kuberec.lake.delta import rows_added_since as added_rows, table_version
+    from kuberec.lake.delta import rows_added_since, table_version
 
     until = table_version(table_uri) if until is None else until
-    rows = [row for row in added_rows(table_uri, version, until, columns=CDF_COLUMNS)
+    rows = [row for row in rows_added_since(table_uri, version, until, columns=CDF_COLUMNS)
             if not splits or row["split"] in splits]
     bad = [row["item_id"] for row in rows if row["image"] is None or len(row["image"]) != 784]
     if bad:
@@ -80,7 +78,7 @@ def _earlier_refresh(settings: Settings, name: str, source_version: int | str, t
     return max(matches, key=lambda v: int(v.version)) if matches else None
 
 
-def refresh(settings: Settings, *, name: str = DEFAULT_NAME, version: int | None = None, alias: str | None = None,
+def refresh(settings: Settings, *, name: str = REGISTERED_NAME, version: int | None = None, alias: str | None = None,
             set_champion: bool = False, table_uri: str | None = None) -> RefreshResult:
     """Add catalog rows that arrived since the model's index was built; register the grown model. See module doc."""
     pyfunc_model, source = load_recommender(settings, name, version=version, alias=alias)
@@ -93,7 +91,7 @@ def refresh(settings: Settings, *, name: str = DEFAULT_NAME, version: int | None
     from kuberec.lake.delta import table_version
 
     latest = table_version(table_uri)
-    rows = rows_added_since(table_uri, index.table_version, latest, splits=index.splits)
+    rows = catalog_rows_added_since(table_uri, index.table_version, latest, splits=index.splits)
     new = ~index.contains(rows.item_ids)
     if (~new).any():
         log.info("%d added rows are already indexed (skipped): %s", int((~new).sum()),
@@ -126,20 +124,3 @@ def refresh(settings: Settings, *, name: str = DEFAULT_NAME, version: int | None
         tags={SOURCE_VERSION_TAG: str(source.version)})
     return RefreshResult(name, int(source.version), registered.version, fresh.item_ids.tolist(), indexed_version,
                          latest, len(index), registered.champion)
-
-
-def run(args: argparse.Namespace) -> RefreshResult:
-    result = refresh(load_settings(), name=args.name or DEFAULT_NAME, version=args.version, alias=args.alias,
-                     set_champion=args.set_champion, table_uri=args.table)
-    if result.new_version is None:
-        print(f"{result.name} version {result.source_version} is up to date (table v{result.table_version}, "
-              f"{result.items} items); nothing registered")
-    else:
-        ids = result.added_item_ids
-        print(("already registered: " if result.reused else "") +
-              f"{result.name} version {result.new_version}: +{len(ids)} items "
-              f"({ids[0]}..{ids[-1]}), {result.items} in all, table v{result.indexed_table_version} -> "
-              f"v{result.table_version}, from version {result.source_version}; "
-              + (f"now @{tracking.CHAMPION}" if result.champion
-                 else f"@{tracking.CHAMPION} unchanged (promote with --set-champion)"))
-    return result

@@ -13,21 +13,22 @@ from pathlib import Path
 
 from kuberec import tracking
 from kuberec.backends import HorovodJob, get_backend
+from kuberec.config import config_to_args
+from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
-from kuberec.similarity.model import SimilarityConfig
-from kuberec.similarity.pyfunc import EXPERIMENT, RegisteredSimilarityModel
-from kuberec.similarity.train import ARTIFACT_PATH, MODEL_DIR, config_to_args
-from kuberec.steps import TableRef
+from kuberec.similarity.config import EXPERIMENT, REGISTERED_NAME, SimilarityConfig
+from kuberec.similarity.evaluate import EvaluationResult, evaluate_similarity
+from kuberec.similarity.pyfunc import RegisteredSimilarityModel
+from kuberec.similarity.train import MODEL_DIR
 
 log = logging.getLogger(__name__)
 
 TRAIN_MODULE = "kuberec.similarity.train"
-EVALUATION_ARTIFACTS = "evaluation"
 
 
 def trained_model_uri(run_id: str) -> str:
     """The exported embedding model a tracked training run logged."""
-    return f"runs:/{run_id}/{ARTIFACT_PATH}/{MODEL_DIR}"
+    return f"runs:/{run_id}/{tracking.TRAIN_ARTIFACTS}/{MODEL_DIR}"
 
 
 def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, workers: int = 1,
@@ -53,29 +54,31 @@ def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, work
     return run_id
 
 
-def evaluate(settings: Settings, run_id: str, table: TableRef, *, max_queries: int | None = None) -> dict[str, float]:
+def evaluate(settings: Settings, run_id: str, table: TableRef, *, max_queries: int | None = None) -> EvaluationResult:
     """Retrieval quality of the run's model vs raw pixels (test queries against the train split of `table`),
-    logged into the training run: metrics, evaluation.json and the neighbour grid PNG."""
+    logged into the training run: its metrics (`EvaluationResult.metrics`), evaluation.json and the neighbour grid
+    PNG. Returns the EvaluationResult (its `files` point at the run's artifacts)."""
     import mlflow
 
-    from kuberec.similarity.evaluate import evaluate_similarity
-
     with tempfile.TemporaryDirectory(prefix="kuberec-evaluate-") as tmp:
-        model_dir = tracking.download_artifacts(settings, run_id, f"{ARTIFACT_PATH}/{MODEL_DIR}", Path(tmp))
-        result = evaluate_similarity(model_dir, table.uri, table.version, Path(tmp) / EVALUATION_ARTIFACTS,
+        model_dir = tracking.download_artifacts(settings, run_id, f"{tracking.TRAIN_ARTIFACTS}/{MODEL_DIR}", Path(tmp))
+        result = evaluate_similarity(model_dir, table.uri, table.version, Path(tmp) / tracking.EVALUATION_ARTIFACTS,
                                      max_queries=max_queries)
         with tracking.continue_run(settings, run_id):
             tracking.record_lineage({table.uri: table.version})
             tracking.log_metrics(result.metrics())
-            mlflow.log_artifacts(str(Path(tmp) / EVALUATION_ARTIFACTS), EVALUATION_ARTIFACTS)
+            mlflow.log_artifacts(str(Path(tmp) / tracking.EVALUATION_ARTIFACTS), tracking.EVALUATION_ARTIFACTS)
+    result.files = {kind: f"runs:/{run_id}/{tracking.EVALUATION_ARTIFACTS}/{Path(path).name}"
+                    for kind, path in result.files.items()}
     log.info("evaluation of run %s:\n%s", run_id, result.table())
-    return result.metrics()
+    return result
 
 
-def register(settings: Settings, run_id: str, table: TableRef, *,
-             set_champion: bool | None = None) -> RegisteredSimilarityModel:
-    """Index every catalog row of `table` with the run's model and register model + index as a new version."""
+def register(settings: Settings, run_id: str, table: TableRef, *, set_champion: bool = False,
+             name: str = REGISTERED_NAME) -> RegisteredSimilarityModel:
+    """Index every catalog row of `table` with the run's model and register model + index as a new version of
+    `name`. `set_champion` True moves the `champion` alias to it; False sets it only when the model has none yet."""
     from kuberec.similarity.build_index import build_and_register
 
     return build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri, version=table.version,
-                              training_run_id=run_id, set_champion=set_champion)
+                              name=name, training_run_id=run_id, set_champion=True if set_champion else None)

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,12 +36,9 @@ import numpy as np
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec import config as model_config
-from kuberec.config import config_to_args  # noqa: F401  (part of this module's API)
-from kuberec.distributed import (TrainingError, agree, configure_logging, init_horovod,  # noqa: F401
-                                 weights_checksum)
-from kuberec.errors import KuberecError
-from kuberec.similarity.model import (SimilarityConfig, augment_batch, build_loss, build_model,
-                                      export_embedding_model, resolve_precision)
+from kuberec.distributed import TrainingError, agree, configure_logging, init_horovod, is_rank_zero, weights_checksum
+from kuberec.similarity.config import SimilarityConfig
+from kuberec.similarity.model import augment_batch, build_loss, build_model, export_embedding_model, resolve_precision
 
 log = logging.getLogger("kuberec.similarity.train")  # a stable name also when run with `python -m`
 
@@ -51,7 +47,6 @@ HISTORY_FILE = "history.json"
 RESULT_FILE = "train_result.json"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
-ARTIFACT_PATH = "train"  # where a tracked run's outputs go in its MLflow artifacts
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -360,7 +355,7 @@ def train_tracked(run_id: str, config: SimilarityConfig, table_uri: str, version
                   **kwargs: Any) -> TrainResult:
     """`train_similarity` with rank 0 logging into MLflow run `run_id`: each epoch's metrics as it ends, then the
     outputs (model/, train_result.json, history) under the artifact path `train`. Other ranks never touch MLflow."""
-    if os.environ.get("HOROVOD_RANK", "0") != "0":
+    if not is_rank_zero():
         return train_similarity(config, table_uri, version, out_dir, **kwargs)
     import mlflow
 
@@ -377,27 +372,25 @@ def train_tracked(run_id: str, config: SimilarityConfig, table_uri: str, version
         for name in (MODEL_DIR, RESULT_FILE, HISTORY_FILE, CONFIG_FILE):
             path = result.out_dir / name
             if path.is_dir():
-                mlflow.log_artifacts(str(path), f"{ARTIFACT_PATH}/{name}")
+                mlflow.log_artifacts(str(path), f"{tracking.TRAIN_ARTIFACTS}/{name}")
             else:
-                mlflow.log_artifact(str(path), ARTIFACT_PATH)
+                mlflow.log_artifact(str(path), tracking.TRAIN_ARTIFACTS)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
-    try:
-        config = model_config.config_from_args(args, SimilarityConfig)
-        options = dict(resume=args.resume, split=args.split, max_examples=args.max_examples)
-        if args.mlflow_run_id:
-            train_tracked(args.mlflow_run_id, config, args.table, args.version, args.out, **options)
-        else:
-            train_similarity(config, args.table, args.version, args.out, **options)
-    except KuberecError as err:
-        print(f"kuberec.similarity.train: error: {err}", file=sys.stderr)
-        return 2
+    config = model_config.config_from_flags(vars(args), SimilarityConfig)
+    options = dict(resume=args.resume, split=args.split, max_examples=args.max_examples)
+    if args.mlflow_run_id:
+        train_tracked(args.mlflow_run_id, config, args.table, args.version, args.out, **options)
+    else:
+        train_similarity(config, args.table, args.version, args.out, **options)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kuberec.entrypoint import run_program
+
+    run_program("kuberec.similarity.train", main)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kuberec.cli import Command
 from kuberec.errors import KuberecError
+from kuberec.models import MODELS, model_record
 
 
 def _json_arg(text: str, what: str):
@@ -25,14 +26,12 @@ def _json_arg(text: str, what: str):
 
 
 def _table(settings, model: str, uri: str | None, version: int | None):
-    from kuberec.lake.delta import table_exists, table_version
-    from kuberec.steps import TableRef
-    from kuberec.tuning.space import model_spec
+    from kuberec.lake.delta import TableRef, table_exists, table_version
 
-    uri = uri or settings.table_uri(model_spec(model).default_table)
+    record = model_record(model)
+    uri = uri or settings.table_uri(record.default_table)
     if not table_exists(uri):
-        making = "kuberec ingest fashion-mnist" if model == "similarity" else "kuberec features instacart"
-        raise KuberecError(f"no Delta table at {uri}; create it with `{making}` or pass --table")
+        raise KuberecError(f"no Delta table at {uri}; create it with `{record.table_command}` or pass --table")
     return TableRef(uri, table_version(uri) if version is None else version)
 
 
@@ -92,7 +91,7 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = [
-    Command("tune", model, f"hyperparameter sweep of the {label} model (Ray Tune + Optuna TPE + ASHA, trials as "
-                           f"MLflow child runs)", _tune, _tune_args)
-    for model, label in (("similarity", "image similarity"), ("widedeep", "wide & deep"))
+    Command("tune", record.name, f"hyperparameter sweep of the {record.title} model (Ray Tune + Optuna TPE + ASHA, "
+                                 f"trials as MLflow child runs)", _tune, _tune_args)
+    for record in MODELS.values()
 ]

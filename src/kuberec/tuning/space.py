@@ -1,6 +1,6 @@
 """Declarative search spaces: which config fields a sweep varies, over which ranges, and what it keeps fixed.
 
-A space is a JSON object over the fields of the model's config dataclass (`SimilarityConfig`, `WideDeepConfig`):
+A space is a JSON object over the fields of the model's config dataclass (its record's `config_class`):
 
     {"learning_rate": {"loguniform": [1e-4, 1e-2]},    float, log scale (low > 0)
      "dropout":       {"uniform": [0.0, 0.5]},         float
@@ -9,7 +9,8 @@ A space is a JSON object over the fields of the model's config dataclass (`Simil
      "architecture":  {"choice": ["seed", "vgg"]},     one of the values
      "epochs": 4}                                      anything else: a fixed value
 
-A user's space is merged over the model's default space field by field (`{"epochs": 2}` only fixes the epochs).
+A user's space is merged over the model's default space (kuberec.models) field by field (`{"epochs": 2}` only
+fixes the epochs).
 `parse_space` checks everything before a trial starts: unknown fields, malformed or empty ranges, and every bound
 and choice against the config's own validation, so a bad value fails in seconds, not in the middle of a sweep.
 `epochs` must be fixed: it is the time axis of ASHA's early stopping.
@@ -18,16 +19,16 @@ and choice against the config's own validation, so a bad value fails in seconds,
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kuberec.errors import KuberecError
+from kuberec.models import UnknownModelError, model_record
 
-RANGE_KINDS = ("loguniform", "uniform", "int", "logint")
-KINDS = (*RANGE_KINDS, "choice")
+RANGE_DIMENSIONS = ("loguniform", "uniform", "int", "logint")
+DIMENSION_KINDS = (*RANGE_DIMENSIONS, "choice")
 
 
 class SpaceError(KuberecError):
@@ -35,81 +36,8 @@ class SpaceError(KuberecError):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What a sweep needs to know about a model besides how to train it (kuberec.tuning.trials)."""
-
-    name: str
-    config_class_path: str  # "module:Class"; imported on use (the wide & deep module imports TensorFlow)
-    default_space: Mapping[str, Any]
-    metrics: Mapping[str, str]  # validation metric reported every epoch -> "max" or "min"
-    default_metric: str
-    default_table: str  # lake table name the sweep reads by default
-    max_examples_hint: str = ""  # empty: the sweep can cap its training examples; else how to bound training
-
-    def config_class(self) -> type:
-        module, _, name = self.config_class_path.partition(":")
-        return getattr(importlib.import_module(module), name)
-
-    def mode(self, metric: str) -> str:
-        if metric not in self.metrics:
-            raise SpaceError(f"{self.name} sweeps report {', '.join(self.metrics)}; cannot optimise {metric!r}")
-        return self.metrics[metric]
-
-
-MODELS: dict[str, ModelSpec] = {
-    "similarity": ModelSpec(
-        name="similarity",
-        config_class_path="kuberec.similarity.model:SimilarityConfig",
-        default_space={
-            "learning_rate": {"loguniform": [1e-4, 1e-2]},
-            "examples_per_class": {"int": [4, 16]},
-            "classes_per_batch": {"int": [4, 10]},  # Fashion-MNIST has 10 classes
-            "steps_per_epoch": {"logint": [50, 400]},
-            "embedding_size": {"choice": [64, 128, 256]},
-            "architecture": {"choice": ["seed", "databricks", "vgg"]},
-            "epochs": 4,
-        },
-        # Validation: held-out train images as queries against the rest (kuberec.tuning.trials).
-        metrics={"precision_at_5": "max", "precision_at_1": "max", "recall_at_5": "max",
-                 "knn_accuracy_at_5": "max", "loss": "min"},
-        default_metric="precision_at_5",
-        default_table="fashion_mnist",
-    ),
-    "widedeep": ModelSpec(
-        name="widedeep",
-        config_class_path="kuberec.widedeep.model:WideDeepConfig",
-        default_space={  # the seed article's space: layers, first width, width decline, dropout, optimizer
-            "hidden_layers": {"int": [1, 4]},
-            "hidden_units": {"choice": [64, 128, 256, 512]},
-            "width_decline": {"uniform": [0.3, 1.0]},
-            "dropout": {"uniform": [0.0, 0.5]},
-            "deep_optimizer": {"choice": ["adam", "adagrad"]},
-            "deep_learning_rate": {"loguniform": [1e-4, 3e-2]},
-            "wide_learning_rate": {"loguniform": [0.05, 3.0]},
-            "ftrl_l2": {"loguniform": [0.03, 10.0]},
-            "batch_size": {"choice": [128, 256, 512, 1024]},
-            "epochs": 3,
-        },
-        # Validation: the gold examples table's `valid` split (kuberec.widedeep.evaluate.metrics).
-        metrics={"auc": "max", "user_auc": "max", "log_loss": "min", "map_at_10": "max", "recall_at_10": "max",
-                 "loss": "min"},
-        default_metric="auc",
-        default_table="instacart_gold_examples",
-        max_examples_hint="a wide & deep sweep streams the whole train split; bound each trial's training with "
-                          "steps_per_epoch in the search space instead (e.g. {\"steps_per_epoch\": 50})",
-    ),
-}
-
-
-def model_spec(model: str) -> ModelSpec:
-    if model not in MODELS:
-        raise SpaceError(f"unknown model {model!r}; sweeps exist for {', '.join(MODELS)}")
-    return MODELS[model]
-
-
-@dataclass(frozen=True)
 class Dimension:
-    kind: str  # one of KINDS
+    kind: str  # one of DIMENSION_KINDS
     values: tuple  # (low, high) for the range kinds, the options for "choice"
 
     @property
@@ -165,7 +93,7 @@ class SearchSpace:
 
     def config(self, values: Mapping[str, Any]):
         """The model config of one trial: fixed values + the trial's values for the dimensions."""
-        return model_spec(self.model).config_class().from_dict({**self.fixed, **values})
+        return model_record(self.model).config_class.from_dict({**self.fixed, **values})
 
     def check_point(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """A starting point (a value for every dimension) inside this space; returns it as a plain dict."""
@@ -187,11 +115,10 @@ class SearchSpace:
         return dict(point)
 
     def _check_config(self, values: dict[str, Any], what: str) -> None:
-        spec = model_spec(self.model)
         try:
-            spec.config_class().from_dict({**self.fixed, **values})
+            model_record(self.model).config_class.from_dict({**self.fixed, **values})
         except (KuberecError, TypeError, ValueError) as err:
-            raise SpaceError(f"{what}: not a valid {spec.name} config ({err})") from err
+            raise SpaceError(f"{what}: not a valid {self.model} config ({err})") from err
 
 
 def _number(value: Any) -> bool:
@@ -199,9 +126,10 @@ def _number(value: Any) -> bool:
 
 
 def _dimension(name: str, spec: Mapping[str, Any]) -> Dimension:
-    if len(spec) != 1 or next(iter(spec)) not in KINDS:
+    if len(spec) != 1 or next(iter(spec)) not in DIMENSION_KINDS:
         raise SpaceError(f"search space field {name!r}: expected one of "
-                         f"{', '.join('{' + repr(k) + ': [...]}' for k in KINDS)} or a fixed value, got {dict(spec)}")
+                         f"{', '.join('{' + repr(k) + ': [...]}' for k in DIMENSION_KINDS)} or a fixed value, "
+                         f"got {dict(spec)}")
     kind, values = next(iter(spec.items()))
     if not isinstance(values, (list, tuple)):
         raise SpaceError(f"search space field {name!r}: {kind} needs a list, got {values!r}")
@@ -228,11 +156,14 @@ def _dimension(name: str, spec: Mapping[str, Any]) -> Dimension:
 
 def parse_space(model: str, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
     """The model's default space with `overrides` merged over it field by field, fully validated."""
-    spec = model_spec(model)
+    try:
+        record = model_record(model)
+    except UnknownModelError as err:  # the sweep's model is part of what it searches
+        raise SpaceError(str(err)) from None
     if overrides is not None and not isinstance(overrides, Mapping):
         raise SpaceError(f"a search space must be a JSON object of config fields, not {overrides!r}")
-    merged = {**spec.default_space, **(overrides or {})}
-    known = [f.name for f in dataclasses.fields(spec.config_class())]
+    merged = {**record.tuning.default_space, **(overrides or {})}
+    known = [f.name for f in dataclasses.fields(record.config_class)]
     unknown = sorted(set(merged) - set(known))
     if unknown:
         raise SpaceError(f"unknown {model} config field(s) {unknown} in the search space; fields: {', '.join(known)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -20,14 +19,15 @@ from typing import Any, Mapping, Sequence
 from kuberec import tracking
 from kuberec.backends import RayJob, get_backend
 from kuberec.errors import KuberecError
+from kuberec.lake.delta import TableRef
+from kuberec.models import model_record
 from kuberec.settings import Settings
-from kuberec.steps import TableRef
-from kuberec.tuning.space import model_spec, parse_space
+from kuberec.tuning.space import parse_space
+from kuberec.tuning.sweep import check_name
 
 log = logging.getLogger(__name__)
 
 SWEEP_MODULE = "kuberec.tuning.sweep"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Parent-run params that are also the driver's arguments: a resumed sweep is launched from them.
 SWEEP_ARGS = ("model", "table", "version", "name", "trials", "concurrent", "cpus_per_trial", "time_budget", "seed",
               "max_examples", "space", "metric", "max_failures")
@@ -56,14 +56,7 @@ class TuneResult:
 
     def config(self):
         """The best config as the model's config dataclass."""
-        return model_spec(self.model).config_class().from_dict(self.best_config)
-
-
-def check_name(name: str) -> str:
-    """A sweep's name: it is also the name of its experiment directory."""
-    if not NAME_PATTERN.match(name):
-        raise KuberecError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (at most 100)")
-    return name
+        return model_record(self.model).config_class.from_dict(self.best_config)
 
 
 def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, concurrent: int = 2,
@@ -79,33 +72,27 @@ def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, c
     """
     from kuberec.tuning import runs
 
-    spec = model_spec(model)
-    metric = metric or spec.default_metric
-    mode = spec.mode(metric)
+    record = model_record(model)
+    metric = metric or record.tuning.default_metric
+    mode = record.metric_mode(metric)
     overrides = {"seed": seed, **({"epochs": epochs} if epochs else {}), **(space or {})}
     search_space = parse_space(model, overrides)
     points = [search_space.check_point(point) for point in initial_points]
     for option, value in (("trials", trials), ("concurrent", concurrent), ("cpus_per_trial", cpus_per_trial)):
         if value < 1:
             raise KuberecError(f"{option} must be at least 1, not {value}")
-    if max_examples is not None and spec.max_examples_hint:
-        raise KuberecError(f"max_examples: {spec.max_examples_hint}")
+    if max_examples is not None and record.tuning.max_examples_hint:
+        raise KuberecError(f"max_examples: {record.tuning.max_examples_hint}")
     name = check_name(name or f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
     if runs.find_sweep(settings, name) is not None:
         raise KuberecError(f"a sweep named {name!r} already exists; resume it (kuberec tune {model} --name {name} "
                            f"--resume) or choose another name")
-    if model == "widedeep":
-        from kuberec.widedeep.train import resolve_tables
-
-        lineage = resolve_tables(table.uri, table.version)  # the examples and the feature tables of that build
-    else:
-        lineage = {table.uri: table.version}
     params = {"model": model, "table": table.uri, "version": table.version, "name": name, "trials": trials,
               "concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "time_budget": time_budget_s,
               "seed": seed, "max_examples": max_examples, "space": json.dumps(search_space.to_spec(), sort_keys=True),
               "metric": metric, "max_failures": max_failures, "mode": mode,
               "initial_points": json.dumps(points) if points else None}
-    parent = tracking.create_run(settings, runs.EXPERIMENT, run_name=f"tune-{name}", lineage=lineage,
+    parent = tracking.create_run(settings, runs.EXPERIMENT, run_name=f"tune-{name}", lineage=record.lineage(table),
                                  params={k: v for k, v in params.items() if v is not None},
                                  tags={runs.SWEEP_TAG: name, runs.MODEL_TAG: model, runs.STATE_TAG: "running"})
     log.info("sweep %s: %d trials of %s, %d at a time, MLflow parent run %s", name, trials, model, concurrent, parent)

@@ -18,21 +18,22 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec import tracking
-from kuberec.cli import run_step
+from kuberec.entrypoint import run_program
 from kuberec.errors import KuberecError
+from kuberec.lake.delta import TableRef
+from kuberec.models import MODELS, model_record
 from kuberec.settings import Settings, load_settings
-from kuberec.steps import TableRef
-from kuberec.tuning.space import SearchSpace, SpaceError, model_spec, parse_space
-from kuberec.tuning.steps import check_name
+from kuberec.tuning.space import SearchSpace, SpaceError, parse_space
 
 log = logging.getLogger("kuberec.tuning.sweep")
 
@@ -45,6 +46,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from s
 # stopped by ASHA closes its Petastorm reader first, which can take longer than Tune's default of 2 s); a reuse
 # that times out fails the next trial and leaves the search waiting for a slot that never frees.
 WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_name(name: str) -> str:
+    """A sweep's name: it is also the name of its experiment directory."""
+    if not NAME_PATTERN.match(name):
+        raise KuberecError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (at most 100)")
+    return name
 
 
 class SweepInterrupted(KuberecError):
@@ -53,6 +62,35 @@ class SweepInterrupted(KuberecError):
 
 class SweepFailed(KuberecError):
     """No trial of the sweep reported the metric it optimises."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """The driver's options (its command line; see the module docstring)."""
+
+    model: str
+    table: str
+    version: int
+    name: str
+    parent_run_id: str
+    trials: int = 10
+    concurrent: int = 2
+    cpus_per_trial: int = 1
+    time_budget: float | None = None
+    seed: int = 0
+    max_examples: int | None = None
+    space: str | None = None  # JSON, merged over the model's default space
+    metric: str | None = None
+    initial_point: tuple[str, ...] = ()  # JSON objects
+    max_failures: int = 0
+    storage: str | None = None
+    resume: bool = False
+    retry_failed: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("trials", "concurrent", "cpus_per_trial"):
+            if getattr(self, name) < 1:
+                raise SpaceError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +136,7 @@ def _trainable(model: str, data: Any, cpus: int):
     return tune.with_resources(tune.with_parameters(run_trial, model=model, data=data, cpus=cpus), {"cpu": cpus})
 
 
-def _new_tuner(args: argparse.Namespace, space: SearchSpace, trainable, storage: Path, metric: str, mode: str,
+def _new_tuner(options: SweepOptions, space: SearchSpace, trainable, storage: Path, metric: str, mode: str,
                points: list[dict[str, Any]], settings: Settings):
     from optuna.samplers import TPESampler
     from ray import tune
@@ -107,20 +145,20 @@ def _new_tuner(args: argparse.Namespace, space: SearchSpace, trainable, storage:
 
     from kuberec.tuning.runs import TrialRuns
 
-    spec = model_spec(space.model)
-    search = OptunaSearch(points_to_evaluate=points or None, sampler=TPESampler(seed=args.seed))
+    record = model_record(space.model)
+    search = OptunaSearch(points_to_evaluate=points or None, sampler=TPESampler(seed=options.seed))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.epochs, grace_period=1,
                               reduction_factor=ASHA_REDUCTION_FACTOR)
     return tune.Tuner(
         trainable, param_space=space.param_space(),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search, scheduler=scheduler,
-                                    num_samples=args.trials, max_concurrent_trials=args.concurrent,
-                                    time_budget_s=args.time_budget,
+                                    num_samples=options.trials, max_concurrent_trials=options.concurrent,
+                                    time_budget_s=options.time_budget,
                                     reuse_actors=True),  # a reused worker does not import TensorFlow again
         run_config=tune.RunConfig(
-            name=args.name, storage_path=str(storage), verbose=1,
-            failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=[TrialRuns(settings, args.parent_run_id, args.name, space.epochs, spec.metrics)]))
+            name=options.name, storage_path=str(storage), verbose=1,
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            callbacks=[TrialRuns(settings, options.parent_run_id, options.name, space.epochs, record.tuning.metrics)]))
 
 
 def summarize(results, metric: str, mode: str, epochs: int) -> Outcome:
@@ -166,36 +204,36 @@ def record_outcome(settings: Settings, parent_run_id: str, space: SearchSpace, m
     return child.info.run_id
 
 
-def sweep(args: argparse.Namespace) -> Outcome:
+def sweep(options: SweepOptions) -> Outcome:
     from ray import tune
 
     from kuberec.tuning import runs
-    from kuberec.tuning.trials import load_data
 
     settings = load_settings()
-    spec = model_spec(args.model)
-    metric = args.metric or spec.default_metric
-    mode = spec.mode(metric)
-    space = parse_space(args.model, json.loads(args.space) if args.space else None)
-    points = [space.check_point(json.loads(point)) for point in args.initial_point]
-    storage = Path(args.storage).absolute() if args.storage else settings.home / "tuning"
-    exp_dir = experiment_dir(storage, args.name)
-    if args.resume and not (exp_dir / "tuner.pkl").is_file():
+    record = model_record(options.model)
+    metric = options.metric or record.tuning.default_metric
+    mode = record.metric_mode(metric)
+    space = parse_space(options.model, json.loads(options.space) if options.space else None)
+    points = [space.check_point(json.loads(point)) for point in options.initial_point]
+    storage = Path(options.storage).absolute() if options.storage else settings.home / "tuning"
+    exp_dir = experiment_dir(storage, options.name)
+    if options.resume and not (exp_dir / "tuner.pkl").is_file():
         raise SweepFailed(f"no sweep to resume in {exp_dir}: sweeps are stored where their driver ran (in a "
                           f"cluster: give <home> a persistent volume)")
-    if not args.resume and exp_dir.exists():
-        raise SweepFailed(f"{exp_dir} already holds a sweep named {args.name!r}; resume it with --resume or choose "
+    if not options.resume and exp_dir.exists():
+        raise SweepFailed(f"{exp_dir} already holds a sweep named {options.name!r}; resume it with --resume or choose "
                           f"another name")
 
-    data = load_data(args.model, TableRef(args.table, args.version), max_examples=args.max_examples, seed=args.seed)
-    init_ray(args.concurrent * args.cpus_per_trial)
-    trainable = _trainable(args.model, data, args.cpus_per_trial)
-    if args.resume:
-        log.info("resuming sweep %s from %s", args.name, exp_dir)
+    data = record.load_tuning_data(TableRef(options.table, options.version), max_examples=options.max_examples,
+                                   seed=options.seed)
+    init_ray(options.concurrent * options.cpus_per_trial)
+    trainable = _trainable(options.model, data, options.cpus_per_trial)
+    if options.resume:
+        log.info("resuming sweep %s from %s", options.name, exp_dir)
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=args.retry_failed)
+                                   resume_errored=False, restart_errored=options.retry_failed)
     else:
-        tuner = _new_tuner(args, space, trainable, storage, metric, mode, points, settings)
+        tuner = _new_tuner(options, space, trainable, storage, metric, mode, points, settings)
     _interrupt_on_sigterm()
     started = time.monotonic()
     results = tuner.fit()
@@ -203,25 +241,25 @@ def sweep(args: argparse.Namespace) -> Outcome:
 
     unfinished = len(results) - results.num_terminated - results.num_errors  # pending or running when stopped
     # The time budget ends a sweep early on purpose; anything else that leaves trials undone is an interruption.
-    out_of_time = args.time_budget is not None and elapsed >= args.time_budget
-    if not out_of_time and (unfinished or len(results) < args.trials):
-        killed = runs.kill_running_children(settings, args.parent_run_id)
-        tracking.client(settings).set_tag(args.parent_run_id, runs.STATE_TAG, "interrupted")
-        raise SweepInterrupted(f"sweep {args.name} was interrupted with {len(results) - unfinished} of "
-                               f"{args.trials} trials done ({killed} were running); resume it with "
-                               f"`kuberec tune {args.model} --name {args.name} --resume`")
+    out_of_time = options.time_budget is not None and elapsed >= options.time_budget
+    if not out_of_time and (unfinished or len(results) < options.trials):
+        killed = runs.kill_running_children(settings, options.parent_run_id)
+        tracking.client(settings).set_tag(options.parent_run_id, runs.STATE_TAG, "interrupted")
+        raise SweepInterrupted(f"sweep {options.name} was interrupted with {len(results) - unfinished} of "
+                               f"{options.trials} trials done ({killed} were running); resume it with "
+                               f"`kuberec tune {options.model} --name {options.name} --resume`")
     outcome = summarize(results, metric, mode, space.epochs)
-    best_run = record_outcome(settings, args.parent_run_id, space, metric, outcome)
-    tracking.client(settings).set_tag(args.parent_run_id, runs.STATE_TAG, "finished")
+    best_run = record_outcome(settings, options.parent_run_id, space, metric, outcome)
+    tracking.client(settings).set_tag(options.parent_run_id, runs.STATE_TAG, "finished")
     log.info("sweep %s: best %s %.4f (trial %s, MLflow run %s); %d finished (%d stopped early), %d failed in %.0f s",
-             args.name, metric, outcome.best_metric, outcome.best_trial_id, best_run, outcome.finished,
+             options.name, metric, outcome.best_metric, outcome.best_trial_id, best_run, outcome.finished,
              outcome.stopped_early, outcome.failed, elapsed)
     return outcome
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kuberec.tuning.sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=("similarity", "widedeep"))
+    parser.add_argument("--model", required=True, choices=tuple(MODELS))
     parser.add_argument("--table", required=True, help="Delta table the trials read (similarity: Fashion-MNIST "
                                                        "format; widedeep: the gold examples)")
     parser.add_argument("--version", type=int, required=True, help="its Delta version (every trial reads it)")
@@ -253,13 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name, value in (("--trials", args.trials), ("--concurrent", args.concurrent),
-                        ("--cpus-per-trial", args.cpus_per_trial)):
-        if value < 1:
-            raise SpaceError(f"{name} must be at least 1, not {value}")
-    sweep(args)
+    sweep(SweepOptions(**{field.name: getattr(args, field.name) for field in fields(SweepOptions)}))
     return 0
 
 
 if __name__ == "__main__":
-    run_step(main)
+    run_program("kuberec.tuning.sweep", main)

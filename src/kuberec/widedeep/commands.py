@@ -9,29 +9,29 @@ from typing import TYPE_CHECKING
 from kuberec.cli import Command
 
 if TYPE_CHECKING:
+    from kuberec.lake.delta import TableRef
     from kuberec.settings import Settings
-    from kuberec.steps import TableRef
 
 
 def _examples(settings: Settings, uri: str | None, version: int | None) -> TableRef:
     """`uri` (default: the lake's gold examples) at `version` (default: latest); a clear error if it is missing."""
-    from kuberec.ingest.instacart_features import EXAMPLES_TABLE
-    from kuberec.steps import TableRef
-    from kuberec.widedeep.train import resolve_tables
+    from kuberec.ingest.instacart_features import EXAMPLES_TABLE, gold_tables
+    from kuberec.lake.delta import TableRef
 
     uri = uri or settings.table_uri(EXAMPLES_TABLE)
-    return TableRef(uri, resolve_tables(uri, version)[uri])
+    return TableRef(uri, gold_tables(uri, version)[uri])
 
 
 def _train(args: argparse.Namespace) -> None:
     from kuberec import tracking
-    from kuberec.config import config_from_args
+    from kuberec.config import config_from_flags
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
-    from kuberec.widedeep.model import WideDeepConfig
+    from kuberec.widedeep.config import WideDeepConfig
 
     settings = load_settings()
-    config = config_from_args(args, WideDeepConfig)  # validate here: a bad value fails before any run or worker starts
+    # Validated here: a bad value fails before any run or worker starts.
+    config = config_from_flags(vars(args), WideDeepConfig)
     examples = _examples(settings, args.examples, args.version)
     run_id = steps.train(settings, examples, config, args.workers)
     metrics = tracking.client(settings).get_run(run_id).data.metrics
@@ -42,7 +42,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
     from kuberec.config import add_config_arguments
-    from kuberec.widedeep.model import WideDeepConfig
+    from kuberec.widedeep.config import WideDeepConfig
 
     parser.add_argument("--workers", type=int, default=1, help="Horovod workers (default 1)")
     parser.add_argument("--examples", help="gold examples table (default: the lake's instacart_gold_examples)")
@@ -74,18 +74,18 @@ def _register(args: argparse.Namespace) -> None:
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
 
-    registered = steps.register(load_settings(), args.run_id, set_champion=True if args.champion else None,
+    registered = steps.register(load_settings(), args.run_id, set_champion=args.champion,
                                 name=args.name)
     print(f"registered {registered.name} version {registered.version}"
           f"{' (champion)' if registered.champion else ''}: {registered.model_uri}")
 
 
 def _register_args(parser: argparse.ArgumentParser) -> None:
-    from kuberec.widedeep.pyfunc import DEFAULT_NAME
+    from kuberec.widedeep.config import REGISTERED_NAME
 
     parser.add_argument("--run", dest="run_id", metavar="RUN_ID", required=True,
                         help="MLflow run id printed by `kuberec train widedeep`")
-    parser.add_argument("--name", default=DEFAULT_NAME, help=f"registered model name (default {DEFAULT_NAME})")
+    parser.add_argument("--name", default=REGISTERED_NAME, help=f"registered model name (default {REGISTERED_NAME})")
     parser.add_argument("--champion", action="store_true",
                         help="make this version the champion (default: only when there is none yet)")
 

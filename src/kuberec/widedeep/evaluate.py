@@ -12,7 +12,8 @@ earlier orders, valid/test on different users' final orders; kuberec.ingest.inst
 - gbt: gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier, what a Kaggle user reaches for) on the
   same numeric and aisle/department features, early stopping on the valid split, on at most GBT_MAX_ROWS train rows.
 
-Every model scores every test row; the metrics (`metrics`):
+Every model scores every test row; the metrics (`metrics`; tracked as `<metric>` for the trained model and
+`<baseline>_<metric>` for the others, as the similarity evaluation does):
 - `auc`: pooled AUC over all test rows (ties count one half); `user_auc`: the mean over users with both labels of
   each user's AUC among their own candidates (what ranking a user's products needs; pooled AUC also rewards telling
   heavy from light buyers apart); `log_loss` (probabilities clipped to [1e-7, 1 - 1e-7]);
@@ -41,6 +42,7 @@ import pandas as pd
 
 from kuberec.errors import KuberecError
 from kuberec.ingest.instacart_features import CATEGORICAL_FEATURES, ID_COLUMNS, NUMERIC_FEATURES
+from kuberec.widedeep.config import WideDeepConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ PRIOR_WEIGHT = 10.0
 EPSILON = 1e-7
 GBT_MAX_ROWS = 2_000_000
 RESULT_FILE = "evaluation.json"
-MODELS = ("wide_deep", "wide", "deep", "popularity", "gbt")
+TRAINED = "wide_deep"  # the model under evaluation; the others are its baselines
+SCORED_MODELS = (TRAINED, "wide", "deep", "popularity", "gbt")
 METRICS = ("auc", "user_auc", "log_loss", f"map_at_{MAP_K}", f"recall_at_{MAP_K}", "f1")
 EVAL_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
 
@@ -215,18 +218,28 @@ class EvaluationResult:
     test_users_with_positives: int
     train_rows: int
     config: dict[str, Any]
-    metrics: dict[str, dict[str, float]]  # model -> metric -> value
+    scores: dict[str, dict[str, float]]  # model -> metric -> value
     thresholds: dict[str, float] = field(default_factory=dict)  # model -> basket threshold chosen on valid
     seconds: dict[str, float] = field(default_factory=dict)  # training time of each model trained here
     files: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names as tracked: the trained model's unprefixed, each baseline's as `<baseline>_<metric>`."""
+        return flat_metrics(self.scores)
 
     def table(self) -> str:
         lines = [f"test split of {self.examples_uri}@v{self.examples_version}: {self.test_rows} rows, "
                  f"{self.test_users_with_positives} users with a positive",
                  f"{'model':<12}" + "".join(f"{k:>14}" for k in METRICS)]
-        for name, values in self.metrics.items():
+        for name, values in self.scores.items():
             lines.append(f"{name:<12}" + "".join(f"{values[k]:>14.4f}" for k in METRICS))
         return "\n".join(lines)
+
+
+def flat_metrics(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """model -> metric -> value as tracked metric names (see `EvaluationResult.metrics`)."""
+    return {(metric if model == TRAINED else f"{model}_{metric}"): value
+            for model, values in scores.items() for metric, value in values.items()}
 
 
 def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str | Path | None = None,
@@ -248,7 +261,7 @@ def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str 
         config = config or trained.config
         version = trained.tables.get(examples_uri, version) if version is None else version
         world_size = trained.world_size
-    config = config or wd.WideDeepConfig()
+    config = config or WideDeepConfig()
     test = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, version=version, split="test")
     version = test.version
     valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, version=version, split="valid").columns
@@ -276,13 +289,13 @@ def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str 
     seconds["gbt"] = round(time.perf_counter() - started, 2)
     scorers["gbt"] = gbt.score
     results, thresholds = {}, {}
-    for name in MODELS:
+    for name in SCORED_MODELS:
         thresholds[name] = best_threshold(valid["user_id"], valid["label"], scorers[name](valid))
         results[name] = metrics(users, labels, scorers[name](columns), thresholds[name])
     result = EvaluationResult(
         examples_uri=examples_uri, examples_version=version, test_rows=len(test),
         test_users_with_positives=int(pd.Series(labels).groupby(users).max().sum()), train_rows=len(train["label"]),
-        config=config.to_dict(), metrics=results, thresholds=thresholds, seconds=seconds)
+        config=config.to_dict(), scores=results, thresholds=thresholds, seconds=seconds)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULT_FILE
     result.files = {"json": str(path)}

@@ -34,15 +34,20 @@ import numpy as np
 import pandas as pd
 
 from kuberec import tracking
+from kuberec.ingest.instacart_features import (
+    PRODUCT_FEATURES,
+    PRODUCT_TABLE,
+    UP_FEATURES,
+    USER_FEATURES,
+    USER_PRODUCT_TABLE,
+    USER_TABLE,
+)
 from kuberec.model_input import MAX_K, ModelInputError, checked_params, parse_k
-from kuberec.ingest.instacart_features import (PRODUCT_FEATURES, PRODUCT_TABLE, UP_FEATURES, USER_FEATURES,
-                                               USER_PRODUCT_TABLE, USER_TABLE)
 from kuberec.settings import Settings
+from kuberec.widedeep.config import EXPERIMENT, REGISTERED_NAME
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "kuberec-widedeep"
-EXPERIMENT = "kuberec-widedeep"
 ARTIFACT_NAME = "model"
 DEFAULT_K = 10
 MAX_ROWS = 10_000  # rows per request
@@ -247,15 +252,15 @@ class RegisteredWideDeepModel:
         return tracking.model_uri(self.name, version=self.version)
 
 
-def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str = DEFAULT_NAME,
+def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str = REGISTERED_NAME,
                        set_champion: bool | None = None, experiment: str = EXPERIMENT,
-                       evaluation: Mapping[str, Mapping[str, float]] | None = None,
+                       evaluation: Mapping[str, float] | None = None,
                        run_name: str | None = None) -> RegisteredWideDeepModel:
     """Log a `kuberec train widedeep` output as a pyfunc with its features, register it, maybe make it champion.
 
     Runs inside the active MLflow run if there is one (`kuberec.widedeep.steps.register`: the training run), else in
-    a new run of `experiment`. `evaluation` (model -> metric -> value, as `EvaluationResult.metrics`) is logged as
-    `<model>_<metric>` metrics of the logged model. `set_champion`: True moves `champion` to the new version, False
+    a new run of `experiment`. `evaluation` (`EvaluationResult.metrics()`) is logged as metrics of
+    the logged model. `set_champion`: True moves `champion` to the new version, False
     leaves it, None sets it only when there is no champion yet.
     """
     import mlflow
@@ -281,8 +286,7 @@ def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str =
                 artifacts={"model": str(trained.model_dir), "features": str(features_dir)},
                 signature=signature(), pip_requirements=tracking.pinned_requirements(REQUIREMENTS))
             if evaluation:  # linked to the logged model, so the registered version shows how it scored
-                mlflow.log_metrics({f"{model_name}_{metric}": value for model_name, values in evaluation.items()
-                                    for metric, value in values.items()}, model_id=info.model_id)
+                mlflow.log_metrics(dict(evaluation), model_id=info.model_id)
             run_id = run.info.run_id
     version, champion = tracking.register_and_promote(
         settings, info.model_uri, name, set_champion=set_champion, tags=tracking.lineage_tags(lineage),
@@ -293,7 +297,7 @@ def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str =
                                    champion=champion)
 
 
-def load_ranker(settings: Settings, name: str = DEFAULT_NAME, *, version: int | str | None = None,
+def load_ranker(settings: Settings, name: str = REGISTERED_NAME, *, version: int | str | None = None,
                 alias: str | None = None) -> tuple["mlflow.pyfunc.PyFuncModel", Any]:
     """(pyfunc model, its ModelVersion) for a registered version or alias (default: champion)."""
     model_version = tracking.get_version(settings, name, version=version, alias=alias)

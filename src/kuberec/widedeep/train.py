@@ -20,8 +20,9 @@ epoch and training stops once its log loss has not improved for that many epochs
 best epoch (every worker restores the same ones, so checksums still agree).
 
 With `--mlflow-run-id` (what `kuberec.widedeep.steps.train` passes) rank 0, and only rank 0, logs into that existing
-run: each epoch's loss, seconds and examples/s as the epoch ends (step = epoch, from 0), then the whole output
-directory as artifacts under `train/`, which is how later steps get the model without a shared file system.
+run: each epoch's loss, seconds and examples/s as the epoch ends (step = epoch, from 1, as in every kuberec run), then
+the whole output directory as artifacts under `train/`, which is how later steps get the model without a shared file
+system.
 
 Output directory: model/ (SavedModel, see kuberec.widedeep.model), train_result.json, weights-rank<r>.sha256.
 """
@@ -32,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,19 +42,21 @@ import numpy as np
 
 import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec import config as model_config
-from kuberec.config import config_to_args  # noqa: F401  (part of this module's API)
-from kuberec.distributed import (TrainingError, agree, configure_logging, init_horovod,  # noqa: F401
-                                 weights_checksum)
+from kuberec.distributed import TrainingError, agree, configure_logging, init_horovod, is_rank_zero, weights_checksum
 from kuberec.errors import KuberecError
-from kuberec.ingest.instacart_features import (CATEGORICAL_FEATURES, EXAMPLES_TABLE, ID_COLUMNS, NUMERIC_FEATURES,
-                                               PRODUCT_TABLE, USER_TABLE)
-from kuberec.widedeep.model import WideDeepConfig
+from kuberec.ingest.instacart_features import (
+    CATEGORICAL_FEATURES,
+    EXAMPLES_TABLE,
+    ID_COLUMNS,
+    NUMERIC_FEATURES,
+    gold_tables,
+)
+from kuberec.widedeep.config import WideDeepConfig
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "train_result.json"
 MODEL_DIR = "model"
-TRAIN_ARTIFACTS = "train"  # the output directory's artifact path in the MLflow run
 FEED_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
 
 
@@ -101,21 +103,6 @@ def steps_per_epoch(config: WideDeepConfig, total_examples: int, world_size: int
     if config.steps_per_epoch:
         return config.steps_per_epoch
     return max(1, total_examples // (config.batch_size * world_size))
-
-
-def resolve_tables(examples_uri: str, version: int | None) -> dict[str, int]:
-    """{uri: version} of the examples table and the user/product feature tables next to it (same lake)."""
-    from kuberec.lake.delta import table_exists, table_version
-
-    if not table_exists(examples_uri):
-        raise TrainingError(f"no Delta table at {examples_uri}; run `kuberec features instacart` first")
-    tables = {examples_uri: table_version(examples_uri) if version is None else int(version)}
-    base = examples_uri.rstrip("/").rsplit("/", 1)[0]
-    for name in (USER_TABLE, PRODUCT_TABLE):
-        uri = f"{base}/{name}"
-        if table_exists(uri):
-            tables[uri] = table_version(uri)
-    return tables
 
 
 # -- training -----------------------------------------------------------------------------------------------------
@@ -271,7 +258,7 @@ def _validation_rows(examples_uri: str, version: int) -> dict[str, np.ndarray] |
 def _resolve_or_error(examples_uri: str, version: int | None) -> dict[str, int] | str:
     """Rank 0's table versions, or the error message (sent to every rank so all of them stop)."""
     try:
-        return resolve_tables(examples_uri, version)
+        return gold_tables(examples_uri, version)
     except KuberecError as err:
         return str(err)
 
@@ -291,19 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_tracked(run_id: str, config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *,
                   version: int | None = None, split: str = "train") -> TrainResult:
-    """Rank 0's `train_widedeep` inside MLflow run `run_id`: per-epoch metrics, then the outputs as artifacts."""
+    """`train_widedeep` with rank 0 logging into MLflow run `run_id`: per-epoch metrics, then the outputs as
+    artifacts under `train`. Other ranks never touch MLflow."""
+    if not is_rank_zero():
+        return train_widedeep(config, examples_uri, out_dir, version=version, split=split)
     import mlflow
 
     from kuberec import tracking
     from kuberec.settings import load_settings
 
     def log_epoch(entry: dict[str, float], model: Any) -> None:
-        tracking.log_metrics({key: value for key, value in entry.items() if key != "epoch"},
-                             step=int(entry["epoch"]) - 1)
+        tracking.log_metrics({key: value for key, value in entry.items() if key != "epoch"}, step=int(entry["epoch"]))
 
     with tracking.continue_run(load_settings(), run_id):
         result = train_widedeep(config, examples_uri, out_dir, version=version, split=split, on_epoch_end=log_epoch)
-        mlflow.log_artifacts(str(result.out_dir), TRAIN_ARTIFACTS)
+        mlflow.log_artifacts(str(result.out_dir), tracking.TRAIN_ARTIFACTS)
     return result
 
 
@@ -312,18 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging()
-    try:
-        config = model_config.config_from_args(args, WideDeepConfig)
-        examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
-        if args.mlflow_run_id and init_horovod().rank() == 0:  # the other ranks never touch MLflow
-            train_tracked(args.mlflow_run_id, config, examples, args.out, version=args.version, split=args.split)
-        else:
-            train_widedeep(config, examples, args.out, version=args.version, split=args.split)
-    except KuberecError as err:
-        print(f"kuberec.widedeep.train: error: {err}", file=sys.stderr)
-        return 2
+    config = model_config.config_from_flags(vars(args), WideDeepConfig)
+    examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
+    if args.mlflow_run_id:
+        train_tracked(args.mlflow_run_id, config, examples, args.out, version=args.version, split=args.split)
+    else:
+        train_widedeep(config, examples, args.out, version=args.version, split=args.split)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kuberec.entrypoint import run_program
+
+    run_program("kuberec.widedeep.train", main)

@@ -1,30 +1,25 @@
-"""Pipeline steps as typed functions: what the CLI verbs and the KFP components call.
+"""The data steps of both pipelines as typed functions: what the CLI verbs and the KFP components call.
 
-Each step resolves settings, launches its job through the configured backend (local processes or Kubernetes
-custom resources) and returns plain, typed results (table URIs and versions, run ids) that the next step takes.
+    catalog:    ingest_fashion_mnist, ingest_images -> the catalog Delta table
+    instacart:  synthesize -> ingest_instacart -> build_features -> the gold Delta tables
+
+Each launches its Spark job through the configured backend (local processes or SparkApplications) and returns where
+the data is (a directory, Delta table versions), which the next step takes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from kuberec.backends import SparkJob, get_backend
+from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class TableRef:
-    """One version of one Delta table: what a step read or wrote (MLflow lineage records these)."""
-
-    uri: str
-    version: int
-
-    def __str__(self) -> str:
-        return f"{self.uri}@v{self.version}"
+SYNTH_DIR = "instacart-synth"  # under <home>/data, where `kuberec data instacart-synth` writes too
 
 
 def acquire_fashion_mnist(settings: Settings | None = None, source: str | None = None) -> Path:
@@ -90,3 +85,47 @@ def ingest_images(settings: Settings | None, paths: list[str], label: int | None
     args = [*paths, "--table", table] + ([] if label is None else ["--label", str(label)])
     get_backend(settings).run_spark(SparkJob("ingest-images", "kuberec.ingest.images", tuple(args)))
     return TableRef(table, table_version(table))
+
+
+def synthesize(settings: Settings, users: int, seed: int = 0) -> str:
+    """Generated Instacart CSV files of `users` users under <home>/data/instacart-synth; returns the directory.
+
+    Reused when its manifest says the same users, seed and generator version made it (the generator writes the
+    directory atomically, so a manifest means complete files); otherwise generated again.
+    """
+    from kuberec.datasets.instacart import missing_files
+    from kuberec.datasets.instacart_synth import GENERATOR_VERSION, MANIFEST, default_products, generate
+
+    out = settings.data_dir / SYNTH_DIR
+    wanted = {"users": users, "seed": seed, "products": default_products(users),
+              "generator_version": GENERATOR_VERSION}
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    if isinstance(manifest, dict) and {key: manifest.get(key) for key in wanted} == wanted \
+            and not missing_files(out):
+        log.info("reusing generated Instacart data in %s (%d users, seed %d)", out, users, seed)
+    else:
+        generate(out, users, seed=seed)
+    return str(out)
+
+
+def ingest_instacart(settings: Settings, source: str) -> dict[str, int]:
+    """Spark job: the six Instacart CSV files in `source` -> bronze Delta tables; returns {table name: version}."""
+    from kuberec.ingest.instacart_features import bronze_versions
+
+    job = SparkJob("ingest-instacart", "kuberec.ingest.instacart", ("--source", str(Path(source).absolute())))
+    get_backend(settings).run_spark(job)
+    return bronze_versions(settings)
+
+
+def build_features(settings: Settings, force: bool = False) -> TableRef:
+    """Spark job: bronze -> gold feature, label and split tables; returns the gold examples table's version."""
+    from kuberec.ingest.instacart_features import EXAMPLES_TABLE
+    from kuberec.lake.delta import table_version
+
+    job = SparkJob("features-instacart", "kuberec.ingest.instacart_features", ("--force",) if force else ())
+    get_backend(settings).run_spark(job)
+    uri = settings.table_uri(EXAMPLES_TABLE)
+    return TableRef(uri, table_version(uri))

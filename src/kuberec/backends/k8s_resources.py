@@ -1,0 +1,493 @@
+"""What kuberec's custom resources look like: each job type's kind, the resource a job becomes, how to read its status.
+
+SparkJob -> SparkApplication (spark-operator), HorovodJob -> MPIJob (mpi-operator), RayJob -> RayJob (KubeRay),
+ServingJob -> InferenceService (KServe). The containers run the same `python -m <module> <args>` as the local
+backend, with the settings passed as environment variables and credentials from Secrets.
+
+A resource is a plain dict (the kserve SDK does not co-install with MLServer 1.7.1) built from the job, the `Settings`
+and the `ClusterOptions` alone: nothing here talks to a cluster, so `kuberec k8s render` and its tests need no API
+server. `kuberec.backends.kubernetes` creates the resources and follows them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
+from kuberec.errors import KuberecError
+from kuberec.settings import Settings
+
+# Where the Spark image puts kuberec/backends/run_module.py (spark-submit runs a file, not a module).
+SPARK_LAUNCHER = "local:///opt/kuberec/run_module.py"
+# Settings that only make sense on the submitting machine (its paths).
+LOCAL_ONLY_ENV = ("KUBEREC_HOME", "KUBEREC_CACHE", "KUBEREC_CONFIG")
+# Home of kuberec inside the images (a writable emptyDir would do as well).
+POD_HOME = "/var/lib/kuberec"
+# Keys the pods read from the two Secrets (optional: a MinIO without auth or an open MLflow server works too).
+LAKE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+GPU_RESOURCE = "nvidia.com/gpu"
+# Addresses only this machine reaches (a pod's loopback is its own).
+LOOPBACK = re.compile(r"^https?://(localhost|127\.|\[::1\])")
+
+
+class ClusterConfigError(KuberecError):
+    """Settings that cannot work in a cluster (a local lake, a bad node selector...)."""
+
+
+# -- options -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    effect: str = "NoSchedule"
+    value: str = ""  # empty: tolerate any value (operator Exists)
+
+    def to_dict(self) -> dict[str, str]:
+        if self.value:
+            return {"key": self.key, "operator": "Equal", "value": self.value, "effect": self.effect}
+        return {"key": self.key, "operator": "Exists", "effect": self.effect}
+
+    @classmethod
+    def parse(cls, text: str) -> Toleration:
+        """`key[=value]:Effect`, e.g. `nvidia.com/gpu:NoSchedule` or `pool=gpu:NoExecute`."""
+        match = re.fullmatch(r"([^=:\s]+)(?:=([^:\s]*))?:(NoSchedule|PreferNoSchedule|NoExecute)", text.strip())
+        if not match:
+            raise ClusterConfigError(f"bad toleration {text!r}: write key[=value]:Effect with Effect one of "
+                                     f"NoSchedule, PreferNoSchedule, NoExecute")
+        return cls(key=match[1], value=match[2] or "", effect=match[3])
+
+
+def _parse_labels(text: str, what: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ClusterConfigError(f"bad {what} {item!r}: write key=value[,key=value...]")
+        labels[key] = value
+    return labels
+
+
+# ClusterOptions field -> its variable's suffix after KUBEREC_K8S_.
+_PLAIN_OPTIONS = {"spark_service_account": "SPARK_SERVICE_ACCOUNT", "job_service_account": "JOB_SERVICE_ACCOUNT",
+                  "serving_service_account": "SERVING_SERVICE_ACCOUNT",
+                  "lake_secret": "LAKE_SECRET", "mlflow_secret": "MLFLOW_SECRET",
+                  "serving_runtime": "SERVING_RUNTIME", "image_pull_policy": "IMAGE_PULL_POLICY",
+                  "on_cancel": "ON_CANCEL", "pod_mlflow_uri": "POD_MLFLOW_URI", "pod_s3_endpoint": "POD_S3_ENDPOINT"}
+_SECONDS_OPTIONS = {"timeout_s": "TIMEOUT", "serving_timeout_s": "SERVING_TIMEOUT"}
+# Every variable ClusterOptions.from_env reads (what a ConfigMap may set for the pods that submit jobs).
+OPTION_ENV_VARS: tuple[str, ...] = tuple(sorted(
+    f"KUBEREC_K8S_{suffix}" for suffix in
+    (*_PLAIN_OPTIONS.values(), *_SECONDS_OPTIONS.values(), "GPU_NODE_SELECTOR", "GPU_TOLERATIONS")))
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How jobs are placed and wired in the cluster. `from_env` reads the KUBEREC_K8S_* variables, which the
+    manifests' `kuberec-settings` ConfigMap sets for pods that submit jobs (the GPU overlay sets the pool)."""
+
+    # Least privilege: Spark drivers create their executor pods; MPI and Ray pods need no API access at all.
+    spark_service_account: str = "kuberec-spark"
+    job_service_account: str = "kuberec-job"
+    serving_service_account: str = "kuberec-serving"
+    lake_secret: str = "kuberec-lake"
+    mlflow_secret: str = "kuberec-mlflow"
+    serving_runtime: str = "kuberec-mlflow"
+    gpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"kuberec.io/pool": "gpu"})
+    gpu_tolerations: tuple[Toleration, ...] = (Toleration(GPU_RESOURCE),)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    on_cancel: Literal["delete", "keep"] = "delete"
+    timeout_s: float = 12 * 3600  # training runs for hours; this only guards against a job stuck forever
+    serving_timeout_s: float = 15 * 60
+    launcher_cpu: str = "500m"
+    launcher_memory: str = "1Gi"
+    # What the job pods use where the submitting process reaches MLflow or the object store another way (a
+    # workstation's `kubectl port-forward` to localhost); empty: the same as the settings.
+    pod_mlflow_uri: str = ""
+    pod_s3_endpoint: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterOptions:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, suffix in _PLAIN_OPTIONS.items():
+            if env.get(f"KUBEREC_K8S_{suffix}"):
+                values[name] = env[f"KUBEREC_K8S_{suffix}"]
+        for name, suffix in _SECONDS_OPTIONS.items():
+            if env.get(f"KUBEREC_K8S_{suffix}"):
+                try:
+                    values[name] = float(env[f"KUBEREC_K8S_{suffix}"])
+                except ValueError:
+                    raise ClusterConfigError(f"KUBEREC_K8S_{suffix} must be a number of seconds, "
+                                             f"not {env[f'KUBEREC_K8S_{suffix}']!r}") from None
+        if "KUBEREC_K8S_GPU_NODE_SELECTOR" in env:
+            values["gpu_node_selector"] = _parse_labels(env["KUBEREC_K8S_GPU_NODE_SELECTOR"], "node selector")
+        if "KUBEREC_K8S_GPU_TOLERATIONS" in env:
+            values["gpu_tolerations"] = tuple(
+                Toleration.parse(t) for t in env["KUBEREC_K8S_GPU_TOLERATIONS"].split(",") if t.strip())
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.on_cancel not in ("delete", "keep"):
+            raise ClusterConfigError(f"KUBEREC_K8S_ON_CANCEL must be delete or keep, not {self.on_cancel!r}")
+        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+            raise ClusterConfigError(f"KUBEREC_K8S_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, "
+                                     f"not {self.image_pull_policy!r}")
+        if self.timeout_s <= 0 or self.serving_timeout_s <= 0:
+            raise ClusterConfigError("KUBEREC_K8S_TIMEOUT and KUBEREC_K8S_SERVING_TIMEOUT must be positive")
+
+
+# -- the kinds and how to read their status --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    state: str  # what `kubectl get` would show as the phase
+    detail: str = ""
+    succeeded: bool = False
+    failed: bool = False
+    message: str = ""  # the operator's own words when failed
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    group: str
+    version: str
+    plural: str
+    progress: Callable[[dict], Progress]
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+def _counts(states: Mapping[str, Any]) -> str:
+    tally: dict[str, int] = {}
+    for state in states.values():
+        tally[str(state)] = tally.get(str(state), 0) + 1
+    return ", ".join(f"{n} {state.lower()}" for state, n in sorted(tally.items()))
+
+
+def spark_progress(obj: dict) -> Progress:
+    """spark-operator: status.applicationState.state; COMPLETED and FAILED are final (a failed submission
+    becomes FAILED once its retries are used up)."""
+    status = obj.get("status") or {}
+    app = status.get("applicationState") or {}
+    state = app.get("state") or "NEW"
+    executors = _counts(status.get("executorState") or {})
+    detail = f"executors: {executors}" if executors else ""
+    if state == "COMPLETED":
+        return Progress(state, detail, succeeded=True)
+    if state == "FAILED":
+        return Progress(state, detail, failed=True, message=app.get("errorMessage") or "no error message")
+    return Progress(state, detail)
+
+
+def mpijob_progress(obj: dict) -> Progress:
+    """mpi-operator v2: conditions Created/Running/Restarting/Succeeded/Suspended/Failed, final when Succeeded
+    or Failed is True; status.replicaStatuses counts launcher and worker pods."""
+    status = obj.get("status") or {}
+    true = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+    by_type = {c.get("type"): c for c in true}
+    replicas = status.get("replicaStatuses") or {}
+    detail = "; ".join(
+        f"{role.lower()}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if isinstance(v, int))
+        for role, counts in sorted(replicas.items()) if counts)
+    if "Failed" in by_type:
+        cond = by_type["Failed"]
+        return Progress("Failed", detail, failed=True,
+                        message=f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": "))
+    if "Succeeded" in by_type:
+        return Progress("Succeeded", detail, succeeded=True)
+    # The newest true condition is the current phase (Running after Created, Restarting after Running...).
+    latest = max(true, key=lambda c: c.get("lastTransitionTime") or "", default=None)
+    return Progress(latest["type"] if latest else "Pending", detail)
+
+
+def rayjob_progress(obj: dict) -> Progress:
+    """KubeRay: status.jobDeploymentStatus (Complete/Failed final) and status.jobStatus (SUCCEEDED/FAILED/
+    STOPPED); a Complete deployment whose job did not succeed is a failure."""
+    status = obj.get("status") or {}
+    deployment = status.get("jobDeploymentStatus") or "New"
+    job = status.get("jobStatus") or ""
+    detail = f"job {job}" if job else ""
+    message = ": ".join(x for x in (status.get("reason"), status.get("message")) if x)
+    if deployment == "Failed":
+        return Progress(deployment, detail, failed=True, message=message or f"job status {job or 'unknown'}")
+    if deployment == "Complete":
+        if job == "SUCCEEDED":
+            return Progress(deployment, detail, succeeded=True)
+        return Progress(deployment, detail, failed=True, message=message or f"job status {job or 'unknown'}")
+    return Progress(deployment, detail)
+
+
+def inferenceservice_progress(obj: dict) -> Progress:
+    """KServe: ready when the Ready condition is True for the current generation (observedGeneration >=
+    metadata.generation). KServe writes no Failed condition: a failed model load shows as
+    modelStatus.transitionStatus BlockedByFailedLoad or InvalidSpec with lastFailureInfo; else it never gets ready."""
+    status = obj.get("status") or {}
+    current = (status.get("observedGeneration") or 0) >= (obj.get("metadata", {}).get("generation") or 0)
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    model = status.get("modelStatus") or {}
+    transition = model.get("transitionStatus") or ""
+    active = (model.get("states") or {}).get("activeModelState") or ""
+    detail = ", ".join(x for x in (f"model {active}" if active else "", transition,
+                                   f"url {status['url']}" if status.get("url") else "") if x)
+    if not current:
+        return Progress("Reconciling", detail)
+    if transition in ("BlockedByFailedLoad", "InvalidSpec"):
+        failure = model.get("lastFailureInfo") or {}
+        message = ": ".join(x for x in (failure.get("reason"), failure.get("message")) if x)
+        return Progress(transition, detail, failed=True, message=message or transition)
+    if ready.get("status") == "True":
+        return Progress("Ready", detail, succeeded=True)
+    reason = ready.get("reason") or ready.get("message") or ""
+    return Progress(f"NotReady ({reason})" if reason else "NotReady", detail)
+
+
+SPARK_APPLICATION = Kind("SparkApplication", "sparkoperator.k8s.io", "v1beta2", "sparkapplications", spark_progress)
+MPIJOB = Kind("MPIJob", "kubeflow.org", "v2beta1", "mpijobs", mpijob_progress)
+RAYJOB = Kind("RayJob", "ray.io", "v1", "rayjobs", rayjob_progress)
+INFERENCE_SERVICE = Kind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices",
+                         inferenceservice_progress)
+KINDS: dict[str, Kind] = {k.kind: k for k in (SPARK_APPLICATION, MPIJOB, RAYJOB, INFERENCE_SERVICE)}
+
+
+# -- naming --------------------------------------------------------------------------------------------------
+def dns_label(text: str, max_len: int) -> str:
+    """A DNS-1035 label from free text: lowercase alphanumerics and '-', starting with a letter."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    name = re.sub(r"-{2,}", "-", name)
+    if not name or not name[0].isalpha():
+        name = f"k-{name}".rstrip("-")
+    return name[:max_len].rstrip("-")
+
+
+def run_name(job_name: str) -> str:
+    """A fresh resource name per run: the step name plus a random suffix. 40 characters leaves room for the
+    suffixes operators add to pod and service names (RayJob names are limited to 47)."""
+    return f"{dns_label(job_name, 33)}-{secrets.token_hex(3)}"
+
+
+# -- rendering -------------------------------------------------------------------------------------------------
+def pod_env(settings: Settings, options: ClusterOptions) -> list[dict]:
+    """Settings as environment for the pods (without the submitting machine's paths) plus credentials."""
+    namespace = settings.namespace
+    env = {k: v for k, v in settings.to_env().items() if k not in LOCAL_ONLY_ENV}
+    if settings.lake_is_local:
+        raise ClusterConfigError(
+            f"the lake {settings.lake_uri!r} is a local path that pods cannot read; set KUBEREC_LAKE to "
+            f"an s3:// location (and KUBEREC_S3_ENDPOINT for MinIO)")
+    tracking = options.pod_mlflow_uri or settings.mlflow_tracking_uri
+    if not tracking:
+        # The tracking server the manifests install in the namespace.
+        tracking = f"http://mlflow.{namespace}.svc.cluster.local:5000"
+    elif re.match(r"^(file:|sqlite:|/|\.)", tracking) or LOOPBACK.match(tracking):
+        raise ClusterConfigError(
+            f"MLFLOW_TRACKING_URI={tracking!r} is only reachable from this machine; point it at the "
+            f"cluster's tracking server (e.g. http://mlflow.{namespace}.svc.cluster.local:5000), unset "
+            f"it to use that default, or, if this machine reaches it through a port-forward, tell the pods "
+            f"its in-cluster address with KUBEREC_K8S_POD_MLFLOW_URI")
+    s3_endpoint = options.pod_s3_endpoint or settings.s3_endpoint
+    if LOOPBACK.match(s3_endpoint):
+        raise ClusterConfigError(
+            f"KUBEREC_S3_ENDPOINT={s3_endpoint!r} is only reachable from this machine; point it at the "
+            f"cluster's object store (e.g. http://minio.{namespace}.svc.cluster.local:9000) or, if this "
+            f"machine reaches it through a port-forward, tell the pods its in-cluster address with "
+            f"KUBEREC_K8S_POD_S3_ENDPOINT")
+    if s3_endpoint:
+        env["KUBEREC_S3_ENDPOINT"] = s3_endpoint
+    env.update({"MLFLOW_TRACKING_URI": tracking, "KUBEREC_HOME": POD_HOME,
+                # The pod runs the step itself; it must not submit it to the cluster again.
+                "KUBEREC_BACKEND": "local", "PYTHONUNBUFFERED": "1"})
+    rendered = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    for secret, keys in ((options.lake_secret, LAKE_SECRET_KEYS), (options.mlflow_secret, MLFLOW_SECRET_KEYS)):
+        rendered += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+                     for key in keys]
+    return rendered
+
+
+def _metadata(settings: Settings, name: str, step: str) -> dict:
+    return {"name": name, "namespace": settings.namespace, "labels": _labels(settings, step)}
+
+
+def _labels(settings: Settings, step: str) -> dict[str, str]:
+    return {"app.kubernetes.io/part-of": "kuberec", "app.kubernetes.io/managed-by": "kuberec",
+            "app.kubernetes.io/version": _label_value(settings.image_tag),
+            "kuberec.io/step": _label_value(step)}
+
+
+def _label_value(text: str) -> str:
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63]
+    return value.strip("-_.")
+
+
+def _placement(options: ClusterOptions, gpus: int) -> dict:
+    """Node selector and tolerations of the GPU pool, only for pods that ask for GPUs."""
+    if gpus <= 0:
+        return {}
+    placement: dict[str, Any] = {}
+    if options.gpu_node_selector:
+        placement["nodeSelector"] = dict(options.gpu_node_selector)
+    if options.gpu_tolerations:
+        placement["tolerations"] = [t.to_dict() for t in options.gpu_tolerations]
+    return placement
+
+
+def _resources(cpu: str | int, memory: str, gpus: int = 0) -> dict:
+    amounts = {"cpu": str(cpu), "memory": memory}
+    limits = {**amounts, **({GPU_RESOURCE: str(gpus)} if gpus > 0 else {})}
+    return {"requests": dict(amounts), "limits": limits}
+
+
+def _version(dist: str) -> str:
+    """The pinned version of a distribution: the images install the same pins, so CRs name the same version."""
+    return importlib.metadata.version(dist)
+
+
+def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> dict:
+    """SparkApplication running `run_module.py <module> <args>` in cluster mode on the Spark image (Delta and
+    hadoop-aws jars on its classpath); kuberec.lake.spark_session reads the s3a settings from the env."""
+    env = [*pod_env(settings, options), {"name": "KUBEREC_DELTA_ON_CLASSPATH", "value": "1"}]
+    common = {"labels": _labels(settings, job.name), "env": env, "serviceAccount": options.spark_service_account}
+    return {
+        "apiVersion": SPARK_APPLICATION.api_version, "kind": SPARK_APPLICATION.kind,
+        "metadata": _metadata(settings, run_name(job.name), job.name),
+        "spec": {
+            "type": "Python", "pythonVersion": "3", "mode": "cluster",
+            "image": settings.image("spark"), "imagePullPolicy": options.image_pull_policy,
+            "mainApplicationFile": SPARK_LAUNCHER, "arguments": [job.module, *job.args],
+            "sparkVersion": _version("pyspark"),
+            # One attempt: kuberec steps are idempotent, and the caller decides whether to rerun.
+            "restartPolicy": {"type": "Never"},
+            "driver": {**common, "cores": 1, "memory": job.driver_memory},
+            "executor": {**common, "instances": job.executors, "cores": job.executor_cores,
+                         "memory": job.executor_memory},
+        },
+    }
+
+
+def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions) -> dict:
+    """MPIJob: a launcher running `mpirun ... python -m <module> <args>` over `workers` pods with
+    `slots_per_worker` ranks each; GPU workers get nvidia.com/gpu limits and the GPU pool's placement."""
+    env = pod_env(settings, options)
+    image = settings.image("horovod-gpu" if job.gpus_per_worker > 0 else "horovod-cpu")
+    ranks = job.workers * job.slots_per_worker
+    # Workers are reached over ssh, which starts processes with a clean environment: forward ours with -x.
+    forwarded = [arg for var in ("PATH", "LD_LIBRARY_PATH", *(e["name"] for e in env)) for arg in ("-x", var)]
+    launcher_command = ["mpirun", "--allow-run-as-root", "-np", str(ranks), "-bind-to", "none",
+                        "-map-by", "slot", *forwarded, "python", "-m", job.module, *job.args]
+    labels = _labels(settings, job.name)
+    worker_pod: dict[str, Any] = {
+        "serviceAccountName": options.job_service_account,
+        "containers": [{
+            "name": "worker", "image": image, "imagePullPolicy": options.image_pull_policy,
+            # mpi-operator v2 reaches workers over ssh; the image's sshd serves it.
+            "command": ["/usr/sbin/sshd", "-De"], "env": env,
+            "resources": _resources(job.cpu_per_worker, job.memory_per_worker, job.gpus_per_worker),
+        }],
+        **_placement(options, job.gpus_per_worker),
+    }
+    if job.gpus_per_worker > 0:
+        # NCCL needs more shared memory than a container's default 64 MiB.
+        worker_pod["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+        worker_pod["containers"][0]["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    return {
+        "apiVersion": MPIJOB.api_version, "kind": MPIJOB.kind,
+        "metadata": _metadata(settings, run_name(job.name), job.name),
+        "spec": {
+            "slotsPerWorker": job.slots_per_worker,
+            "mpiImplementation": "OpenMPI",
+            # Start mpirun only once every worker's sshd is up (else the first connection can fail).
+            "launcherCreationPolicy": "WaitForWorkersReady",
+            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 0},
+            "mpiReplicaSpecs": {
+                "Launcher": {"replicas": 1, "restartPolicy": "Never", "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"serviceAccountName": options.job_service_account, "containers": [{
+                        "name": "launcher", "image": image, "imagePullPolicy": options.image_pull_policy,
+                        "command": launcher_command, "env": env,
+                        "resources": _resources(options.launcher_cpu, options.launcher_memory),
+                    }]}}},
+                "Worker": {"replicas": job.workers, "restartPolicy": "Never",
+                           "template": {"metadata": {"labels": labels}, "spec": worker_pod}},
+            },
+        },
+    }
+
+
+def render_ray(job: RayJob, settings: Settings, options: ClusterOptions) -> dict:
+    """RayJob: a Ray cluster (head + one worker group) whose driver runs `python -m <module> <args>`;
+    KubeRay deletes the cluster when the job finishes."""
+    env = pod_env(settings, options)
+    image = settings.image("runtime")
+    labels = _labels(settings, job.name)
+
+    def container(role: str, gpus: int) -> dict:
+        return {"name": f"ray-{role}", "image": image, "imagePullPolicy": options.image_pull_policy,
+                "env": env, "resources": _resources(job.cpus_per_worker, job.memory_per_worker, gpus)}
+
+    head = {"serviceAccountName": options.job_service_account, "containers": [container("head", 0)]}
+    head["containers"][0]["ports"] = [{"containerPort": 6379, "name": "gcs"},
+                                      {"containerPort": 8265, "name": "dashboard"},
+                                      {"containerPort": 10001, "name": "client"}]
+    worker = {"serviceAccountName": options.job_service_account,
+              "containers": [container("worker", job.gpus_per_worker)], **_placement(options, job.gpus_per_worker)}
+    return {
+        "apiVersion": RAYJOB.api_version, "kind": RAYJOB.kind,
+        "metadata": _metadata(settings, run_name(job.name), job.name),
+        "spec": {
+            "entrypoint": shlex.join(["python", "-m", job.module, *job.args]),
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 60,
+            "backoffLimit": 0,
+            "rayClusterSpec": {
+                "rayVersion": _version("ray"),
+                "headGroupSpec": {
+                    # No trials on the head: it runs the driver and the GCS.
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": {"metadata": {"labels": labels}, "spec": head},
+                },
+                "workerGroupSpecs": [{
+                    "groupName": "workers", "replicas": job.workers, "minReplicas": job.workers,
+                    "maxReplicas": job.workers, "rayStartParams": {},
+                    "template": {"metadata": {"labels": labels}, "spec": worker},
+                }],
+            },
+        },
+    }
+
+
+def render_inference_service(job: ServingJob, settings: Settings, options: ClusterOptions) -> dict:
+    """InferenceService serving an MLflow model over the V2 protocol on kuberec's ClusterServingRuntime.
+    The name is stable (the service's), so deploying again rolls out a new version."""
+    model: dict[str, Any] = {
+        "modelFormat": {"name": "mlflow"}, "protocolVersion": "v2", "storageUri": job.model_uri,
+        "runtime": options.serving_runtime,
+    }
+    if job.extra:  # extra model settings for the runtime (e.g. KUBEREC_TOP_K) as environment
+        model["env"] = [{"name": k, "value": str(v)} for k, v in sorted(job.extra.items())]
+    metadata = _metadata(settings, dns_label(job.name, 45), job.name)
+    metadata["annotations"] = {"kuberec.io/model-uri": job.model_uri}
+    return {
+        "apiVersion": INFERENCE_SERVICE.api_version, "kind": INFERENCE_SERVICE.kind,
+        "metadata": metadata,
+        "spec": {"predictor": {
+            "serviceAccountName": options.serving_service_account,
+            "minReplicas": job.min_replicas, "maxReplicas": job.max_replicas,
+            "model": model,
+        }},
+    }
+
+
+_RENDERERS: dict[type, Callable[[Any, Settings, ClusterOptions], dict]] = {
+    SparkJob: render_spark, HorovodJob: render_horovod, RayJob: render_ray, ServingJob: render_inference_service}
+
+
+def render(job: SparkJob | HorovodJob | RayJob | ServingJob, settings: Settings, options: ClusterOptions) -> dict:
+    """The custom resource for any job type."""
+    return _RENDERERS[type(job)](job, settings, options)

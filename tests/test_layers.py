@@ -1,0 +1,100 @@
+"""The shape of the package, checked: lower layers never import higher ones, only the `*commands.py` modules (and
+`kuberec.cli`, which assembles them) know about the command line, and model configs import no TensorFlow."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# Bottom to top. A module may import its own layer and those below it; the command modules sit above everything.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("kuberec", "kuberec.errors", "kuberec.entrypoint", "kuberec.settings", "kuberec.config", "kuberec.model_input",
+     "kuberec.distributed", "kuberec.feed", "kuberec.mlflow_server", "kuberec.tracking", "kuberec.lake",
+     "kuberec.datasets", "kuberec.backends", "kuberec.ingest"),
+    ("kuberec.similarity", "kuberec.widedeep"),  # the model packages
+    ("kuberec.models",),  # the list of models
+    ("kuberec.tuning", "kuberec.serving"),
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_command_module(name: str) -> bool:
+    return name == "kuberec.cli" or name.rsplit(".", 1)[-1].endswith("commands")
+
+
+def _layer(name: str) -> int:
+    """The layer of a kuberec module: the longest package prefix listed in LAYERS."""
+    best, depth = -1, -1
+    for index, packages in enumerate(LAYERS):
+        for package in packages:
+            if (name == package or name.startswith(package + ".")) and package.count(".") > depth:
+                best, depth = index, package.count(".")
+    assert best >= 0, f"{name} is in no layer of tests/test_layers.py"
+    return best
+
+
+def _imports(path: Path) -> list[str]:
+    """Every kuberec module the file imports, at the top or inside a function."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return [name for name in found if name == "kuberec" or name.startswith("kuberec.")]
+
+
+LIBRARY = sorted(path for path in (SRC / "kuberec").rglob("*.py") if not _is_command_module(_module_name(path)))
+
+
+def test_every_module_sits_in_a_layer():
+    for path in (SRC / "kuberec").rglob("*.py"):
+        name = _module_name(path)
+        if not _is_command_module(name):
+            _layer(name)
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda path: _module_name(path))
+def test_library_modules_never_import_a_higher_layer_or_the_cli(path):
+    name = _module_name(path)
+    for imported in _imports(path):
+        if _is_command_module(imported):
+            pytest.fail(f"{name} imports {imported}: only the *commands.py modules may use the command line")
+        target = imported if _layer_or_none(imported) is not None else imported.rsplit(".", 1)[0]
+        assert _layer(target) <= _layer(name), f"{name} (layer {_layer(name)}) imports {imported} " \
+                                               f"(layer {_layer(target)})"
+    assert "argparse.Namespace" not in path.read_text(), f"{name} takes parsed arguments; a *commands.py should"
+
+
+def _layer_or_none(name: str) -> int | None:
+    try:
+        return _layer(name)
+    except AssertionError:
+        return None
+
+
+def test_model_packages_never_know_the_list_of_models():
+    for package in ("similarity", "widedeep"):
+        for path in (SRC / "kuberec" / package).rglob("*.py"):
+            if _is_command_module(_module_name(path)):
+                continue
+            assert not any(name.startswith("kuberec.models") for name in _imports(path)), path
+
+
+def test_configs_tuning_and_the_register_step_import_no_tensorflow_and_no_cli():
+    script = ("import sys\n"
+              "import kuberec.models, kuberec.tuning.space, kuberec.similarity.config, kuberec.widedeep.config\n"
+              "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'\n"
+              "import kuberec.similarity.build_index, kuberec.similarity.refresh, kuberec.tuning.sweep\n"
+              "assert 'kuberec.cli' not in sys.modules, 'the CLI imported'\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
