@@ -14,7 +14,6 @@ import json
 import statistics
 import time
 
-import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
 from kuberec import feed
 from kuberec.settings import load_settings
 

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
 from kuberec import feed
 from kuberec.settings import load_settings
 from kuberec.similarity.config import SimilarityConfig

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
 from kuberec import mlflow_server
 from kuberec.lake.delta import TableRef, table_version
 from kuberec.models import model_record

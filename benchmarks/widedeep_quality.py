@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
 from kuberec import feed
 from kuberec.ingest import instacart_features as gold
 from kuberec.settings import Settings

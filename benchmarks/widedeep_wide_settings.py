@@ -17,7 +17,6 @@ import logging
 import time
 from pathlib import Path
 
-import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
 from kuberec import feed
 from kuberec.ingest import instacart_features as gold
 from kuberec.settings import Settings

@@ -8,7 +8,6 @@ from typing import Iterator
 
 import pytest
 
-import kuberec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
 from kuberec.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,3 +62,14 @@ def tracked_settings(settings, mlflow_server, monkeypatch) -> Settings:
     """`settings` whose MLflow is the session's server (MLFLOW_TRACKING_URI, as a team server would be given)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     return load_settings()
+
+
+# What a `fast` test must not start (directly or through another fixture): the JVM, a server, the API server.
+HEAVY_FIXTURES = frozenset({"spark", "mlflow_server", "tracked_settings", "apiserver", "mlserver"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("fast") and heavy:
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but uses {', '.join(sorted(heavy))}")

@@ -11,6 +11,8 @@ import pytest
 
 from kuberec.entrypoint import USER_ERROR_STATUS
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 
 @pytest.mark.parametrize("module, args, message", [
     ("kuberec.ingest.instacart", ["--source", "{missing}"], "no such directory|not found|missing"),

@@ -13,6 +13,8 @@ import pytest
 from kuberec.datasets import fashion_mnist as fm
 from kuberec.errors import DataError
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 LABELS_SPEC = fm.IdxFile("tiny-labels", "train", "labels", 3, "")
 IMAGES_SPEC = fm.IdxFile("tiny-images", "train", "images", 2, "")
 

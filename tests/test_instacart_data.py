@@ -16,6 +16,8 @@ import pytest
 from kuberec.datasets import instacart as ic
 from kuberec.datasets.instacart_synth import MANIFEST, generate, pair_affinity
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 USERS, SEED = 1000, 7
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Bottom to top. A module may import its own layer and those below it; the command modules sit above everything.
 LAYERS: tuple[tuple[str, ...], ...] = (

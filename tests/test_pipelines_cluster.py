@@ -18,6 +18,8 @@ import yaml
 from components import OPTIONAL_SETTINGS, REQUIRED_SETTINGS, SECRETS, SETTINGS_CONFIG_MAP
 from pipelines import run
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 
 def compiled(name: str, tmp_path) -> dict:
     """The pipeline spec, with the platform spec (a second YAML document, when there is one) merged in."""

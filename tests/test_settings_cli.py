@@ -10,6 +10,8 @@ import pytest
 from kuberec.cli import build_parser
 from kuberec.settings import Settings, SettingsError, load_settings
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 
 def test_defaults_live_under_home(settings):
     assert settings.lake_uri == str(settings.home / "lake")
@@ -50,7 +52,6 @@ def test_images_are_named_by_kind_and_tag():
     assert settings.image("spark") == "reg.example/ml/kuberec-spark:1.2"
 
 
-@pytest.mark.fast
 def test_every_command_is_reachable_with_its_own_help(capsys):
     import importlib
 

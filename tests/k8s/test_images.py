@@ -19,6 +19,8 @@ from kuberec.backends.k8s_resources import SPARK_LAUNCHER
 from kuberec.lake.spark import DELTA_VERSION
 from kuberec.settings import Settings
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
 CACHE = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute()

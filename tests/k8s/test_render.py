@@ -25,6 +25,8 @@ from kuberec.backends.k8s_resources import (
 )
 from kuberec.settings import Settings
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 
 @pytest.fixture
 def cluster_settings(tmp_path) -> Settings:

@@ -10,6 +10,8 @@ import pytest
 from kuberec.errors import DataError
 from kuberec.similarity.index import HnswParams, IndexLoadError, ItemIndex, items_frame
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 
 def clustered(n: int, dim: int = 32, clusters: int = 20, spread: float = 0.3, seed: int = 0) -> np.ndarray:
     """Unit vectors around 20 fixed cluster centres (the same centres for every seed)."""

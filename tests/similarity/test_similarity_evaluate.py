@@ -15,6 +15,8 @@ from kuberec.similarity.evaluate import (
     retrieval_metrics,
 )
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 
 def unit(degrees: float) -> list[float]:
     return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]

@@ -7,6 +7,8 @@ import pytest
 from kuberec.models import MODELS
 from kuberec.tuning.space import SpaceError, parse_space
 
+pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
+
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_default_spaces_are_valid_and_round_trip(model):

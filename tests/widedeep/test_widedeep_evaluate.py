@@ -24,6 +24,7 @@ from kuberec.widedeep.evaluate import (
 )
 
 
+@pytest.mark.fast
 def test_auc_counts_pairs_and_ties():
     # Positives 0.9, 0.4; negatives 0.5, 0.4, 0.1 -> pairs won: 0.9 beats 3, 0.4 beats 0.1 and ties 0.4 = 4.5 / 6.
     labels = np.array([1, 0, 1, 0, 0])
@@ -34,11 +35,13 @@ def test_auc_counts_pairs_and_ties():
         auc(np.ones(3), np.arange(3))
 
 
+@pytest.mark.fast
 def test_log_loss_by_hand():
     assert log_loss([1, 0], [0.8, 0.4]) == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
     assert log_loss([1], [0.0]) == pytest.approx(-math.log(1e-7))  # clipped, not infinite
 
 
+@pytest.mark.fast
 def test_map_at_10_by_hand():
     # User 1: ranked labels 1,0,1,0 -> AP = (1/1 + 2/3) / 2. User 2: ranked 0,1 -> AP = (1/2) / 1.
     # User 3 has no positive and is left out. User 4: 12 candidates, its single positive ranked 11th -> AP 0.
@@ -52,6 +55,7 @@ def test_map_at_10_by_hand():
     assert map_at_k(np.zeros(12), np.ones(12), np.arange(12), k=10) == pytest.approx(1.0)
 
 
+@pytest.mark.fast
 def test_recall_at_k_by_hand():
     # User 1: 3 positives, 2 of them in the top 2; user 2: 1 positive ranked 3rd; user 3: no positive (left out).
     users = np.array([1, 1, 1, 1, 2, 2, 2, 3])
@@ -61,6 +65,7 @@ def test_recall_at_k_by_hand():
     assert ranking_metrics(users, labels, scores, k=3)["recall_at_3"] == pytest.approx((2 / 3 + 1) / 2)
 
 
+@pytest.mark.fast
 def test_user_auc_is_the_mean_of_each_users_auc():
     # User 1 ranks perfectly (AUC 1); user 2 is reversed (0); user 3 ties (0.5); user 4 has one label (left out).
     # Pooled AUC mixes users: user 2's high scores beat user 1's positives.
@@ -73,6 +78,7 @@ def test_user_auc_is_the_mean_of_each_users_auc():
         user_auc(np.array([1, 1]), np.array([1, 1]), np.array([0.1, 0.2]))
 
 
+@pytest.mark.fast
 def test_basket_f1_by_hand_and_its_threshold():
     # Threshold 0.5: user 1 picks {a, b} of positives {a, c}: F1 = 2*1/(2+2) = 0.5; user 2 picks {} of {d}: F1 0.
     users = np.array([1, 1, 1, 2, 2])
@@ -85,6 +91,7 @@ def test_basket_f1_by_hand_and_its_threshold():
     assert basket_f1(users, labels, scores, chosen) >= basket_f1(users, labels, scores, 0.5)
 
 
+@pytest.mark.fast
 def test_popularity_is_a_smoothed_rate():
     popularity = Popularity.fit(np.array([1, 1, 1, 1, 2, 2]), np.array([1, 1, 1, 0, 0, 0]), prior_weight=2)
     assert popularity.global_rate == pytest.approx(0.5)

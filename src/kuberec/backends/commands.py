@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import TYPE_CHECKING
 
+from kuberec.backends.k8s_resources import KINDS, Kind
 from kuberec.cli import Command
-
-if TYPE_CHECKING:
-    from kuberec.backends.k8s_resources import Kind
 
 
 def _kind_choices() -> dict[str, Kind]:
     """`kubectl`'s lower-case names of the kinds the backend creates: {"mpijob": MPIJOB, ...}."""
-    from kuberec.backends.k8s_resources import KINDS
-
     return {name.lower(): kind for name, kind in KINDS.items()}
 
 

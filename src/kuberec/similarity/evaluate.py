@@ -32,7 +32,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec.errors import KuberecError
 
 log = logging.getLogger("kuberec.similarity.evaluate")

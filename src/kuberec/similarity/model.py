@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec.errors import KuberecError
 from kuberec.similarity.config import SimilarityConfig
 

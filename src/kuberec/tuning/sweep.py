@@ -26,7 +26,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec import tracking
 from kuberec.entrypoint import run_program
 from kuberec.errors import KuberecError

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec.errors import KuberecError
 from kuberec.models import model_record
 

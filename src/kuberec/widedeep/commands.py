@@ -4,19 +4,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from kuberec.cli import Command
-
-if TYPE_CHECKING:
-    from kuberec.lake.delta import TableRef
-    from kuberec.settings import Settings
+from kuberec.lake.delta import TableRef
+from kuberec.settings import Settings
 
 
 def _examples(settings: Settings, uri: str | None, version: int | None) -> TableRef:
     """`uri` (default: the lake's gold examples) at `version` (default: latest); a clear error if it is missing."""
     from kuberec.ingest.instacart_features import EXAMPLES_TABLE, gold_tables
-    from kuberec.lake.delta import TableRef
 
     uri = uri or settings.table_uri(EXAMPLES_TABLE)
     return TableRef(uri, gold_tables(uri, version)[uri])

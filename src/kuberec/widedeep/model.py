@@ -33,7 +33,6 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec.config import ConfigError
 from kuberec.errors import KuberecError
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES

@@ -40,7 +40,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-import kuberec  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from kuberec import config as model_config
 from kuberec.distributed import TrainingError, agree, configure_logging, init_horovod, is_rank_zero, weights_checksum
 from kuberec.errors import KuberecError
