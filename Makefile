@@ -4,7 +4,7 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup k8s-test-tools lint test test-fast pipeline-run pipeline-compile pipeline-upload serve images lock bench clean
+.PHONY: setup k8s-test-tools lint test test-fast pipeline-run pipeline-compile pipeline-upload serve images lock clean
 
 setup:
 	@scripts/setup.sh
@@ -49,9 +49,6 @@ images:
 # Re-resolve the full pinned set after changing pyproject.toml's direct pins.
 lock:
 	$(VENV)/bin/python -m pip freeze --all --exclude-editable | grep -vE '^(-e|pip==|kuberec)' > constraints.txt
-
-bench: setup
-	$(VENV)/bin/python benchmarks/run_all.py
 
 clean:
 	rm -rf .kuberec/lake .kuberec/data .kuberec/mlflow
