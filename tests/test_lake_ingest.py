@@ -116,6 +116,79 @@ def test_catalog_images_append_atomically_and_become_visible(spark, source, tmp_
     assert table_version(uri) == before + 1
 
 
+def test_concurrent_uploads_all_land_with_distinct_ids(spark, source, tmp_path, monkeypatch, caplog):
+    """Three uploads to one catalog at once, each forced to read the table before any of them commits (the race
+    the Delta commit settles): the losers read the winner's version again and take the next ids, so every image
+    lands once; a picture two uploads share is one item."""
+    import threading
+
+    from kuberec.ingest import images as images_module
+
+    uri = str(tmp_path / "catalog")
+    ingest_fashion_mnist(spark, source, uri, 20)
+    before = table_version(uri)
+    pictures = real_images("test", 27)[0][20:]  # not among the 20 per split already ingested
+    batches = []
+    for writer in range(3):  # writer w uploads pictures 2w and 2w+1, and everyone uploads picture 6
+        batch = []
+        for i in (2 * writer, 2 * writer + 1, 6):
+            path = tmp_path / f"writer{writer}-{i}.png"
+            path.write_bytes(png_bytes(pictures[i]))
+            batch.append(str(path))
+        batches.append(batch)
+
+    all_read = threading.Barrier(3, timeout=120)
+    first_attempts: set[int] = set()
+    real_frame = images_module.catalog_frame
+
+    def frame_after_everyone_read(spark_session, rows):
+        if threading.get_ident() not in first_attempts:  # only the first attempt waits; retries go straight on
+            first_attempts.add(threading.get_ident())
+            all_read.wait()
+        return real_frame(spark_session, rows)
+
+    monkeypatch.setattr(images_module, "catalog_frame", frame_after_everyone_read)
+    caplog.set_level("WARNING", logger="kuberec.lake.delta")
+    results, errors = [], []
+
+    def upload(batch):
+        try:
+            results.append(ingest_images(spark, batch, uri))
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=upload, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    rows = spark.read.format("delta").load(uri).where("split = 'catalog'").collect()
+    assert any("another writer committed first" in record.getMessage() for record in caplog.records)
+    assert len(rows) == 7 and len({r.item_id for r in rows}) == 7 and len({r.image_sha256 for r in rows}) == 7
+    assert sorted(r.item_id for r in rows) == list(range(60020, 60027))
+    added = [item for result in results for item in result.added.values()]
+    assert sorted(added) == list(range(60020, 60027))  # each new item reported by exactly one upload
+    assert table_version(uri) == before + 3
+
+
+def test_a_write_that_keeps_losing_the_race_says_so():
+    from delta.exceptions import ConcurrentAppendException
+
+    from kuberec.lake.delta import ConcurrentWriteError, retry_on_conflict
+
+    calls = []
+
+    def always_conflicts():
+        calls.append(1)
+        raise ConcurrentAppendException("Files were added to the root of the table by a concurrent update.")
+
+    with pytest.raises(ConcurrentWriteError, match="adding 3 images to /lake/catalog: another writer committed to "
+                                                   "the table first 3 times in a row.*Run it again"):
+        retry_on_conflict(always_conflicts, "adding 3 images to /lake/catalog", attempts=3, base_delay_s=0.01)
+    assert len(calls) == 3
+
+
 def test_catalog_image_normalisation_keeps_dark_backgrounds():
     dark = np.zeros((40, 20), np.uint8)
     dark[10:30, 5:15] = 200

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from kuberec.datasets.fashion_mnist import IMAGE_SIDE, LABEL_NAMES
-from kuberec.lake.delta import table_exists, table_version
+from kuberec.lake.delta import retry_on_conflict, table_exists, table_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -71,8 +71,13 @@ def upsert(spark: "SparkSession", table_uri: str, updates: "DataFrame", key: str
     """MERGE `updates` into the table on `key`; returns the table version afterwards.
 
     Only rows that are new, or whose image/label differ, are written, so a re-run with the same input commits no
-    new version. The whole batch is one Delta commit: it lands completely or not at all.
+    new version. The whole batch is one Delta commit: it lands completely or not at all. A commit that loses a race
+    with another writer is computed again from that writer's version (`retry_on_conflict`).
     """
+    return retry_on_conflict(lambda: _upsert_once(spark, table_uri, updates, key), f"merging into {table_uri}")
+
+
+def _upsert_once(spark: "SparkSession", table_uri: str, updates: "DataFrame", key: str) -> int:
     from delta.tables import DeltaTable
 
     if not table_exists(table_uri):

@@ -10,6 +10,7 @@ adds nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import os
@@ -86,11 +87,11 @@ def read_files(spark, files: list[str]) -> dict[str, bytes]:
 
 
 def ingest_images(spark, files: Sequence[str], table_uri: str, label: int | None = None) -> CatalogAddition:
-    """Append new catalog items decoded from `files`; all-or-nothing. Returns ids assigned and skipped."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
+    """Append new catalog items decoded from `files`; all-or-nothing. Returns ids assigned and skipped.
 
-    from kuberec.lake.delta import table_exists, table_version
+    Concurrent uploads to one catalog all land: each takes ids after the others' (`retry_on_conflict`), and the same
+    picture uploaded twice is one item."""
+    from kuberec.lake.delta import retry_on_conflict, table_exists
 
     if label is not None and not 0 <= label < len(LABEL_NAMES):
         raise DataError(f"label {label} is outside 0..{len(LABEL_NAMES) - 1} ({', '.join(LABEL_NAMES)})")
@@ -107,10 +108,20 @@ def ingest_images(spark, files: Sequence[str], table_uri: str, label: int | None
     if errors:
         raise DataError(f"{len(errors)} of {len(files)} files unreadable, nothing added: " + "; ".join(errors))
 
-    import hashlib
+    digests = {name: hashlib.sha256(img.tobytes()).hexdigest() for name, img in images.items()}
+    # Ids come from the table's current maximum, so a write that lost a race is computed again from the new version.
+    return retry_on_conflict(lambda: _add_images(spark, table_uri, files, images, digests, label),
+                             f"adding {len(files)} images to {table_uri}")
+
+
+def _add_images(spark, table_uri: str, files: list[str], images: dict[str, np.ndarray], digests: dict[str, str],
+                label: int | None) -> CatalogAddition:
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from kuberec.lake.delta import table_version
 
     catalog = spark.read.format("delta").load(table_uri)
-    digests = {name: hashlib.sha256(img.tobytes()).hexdigest() for name, img in images.items()}
     known = {row.image_sha256: row.item_id for row in
              catalog.where(F.col("image_sha256").isin(list(set(digests.values()))))
              .select("image_sha256", "item_id").collect()}

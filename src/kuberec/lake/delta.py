@@ -1,18 +1,25 @@
-"""Delta table versions, snapshots and diffs.
+"""Delta table versions, snapshots and diffs, and the retry every Spark writer commits through.
 
 All reads here (a version number, the files of a snapshot, the rows added since a version) use delta-rs, which needs
 no JVM; diffs read the change data feed, which kuberec's tables record from their first version.
+`retry_on_conflict` reruns a write whose commit lost a race with another writer (Delta's optimistic concurrency).
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from kuberec.errors import KuberecError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CONFLICT_ATTEMPTS = 6  # with the backoff below: up to ~20 s of waiting in all
+CONFLICT_BASE_DELAY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,40 @@ class TableRef:
 
     def __str__(self) -> str:
         return f"{self.uri}@v{self.version}"
+
+
+class ConcurrentWriteError(KuberecError):
+    """Other writers kept committing to the table first; nothing of this write was committed."""
+
+
+def retry_on_conflict(write: Callable[[], T], what: str, *, attempts: int = CONFLICT_ATTEMPTS,
+                      base_delay_s: float = CONFLICT_BASE_DELAY_S) -> T:
+    """`write()`, run again when its commit conflicts with one another writer made since it read the table.
+
+    `write` must read what it depends on (the snapshot, the next free id) each time it runs: a rerun then starts
+    from the other writer's commit, so both writes land. Waits grow exponentially with jitter, so writers that
+    collided do not collide again in step. After `attempts` lost races: ConcurrentWriteError naming the conflict.
+    """
+    import delta.exceptions
+    import delta.exceptions.captured  # noqa: F401  (from then on PySpark raises Delta's conflicts as these classes)
+
+    # Every commit conflict Delta reports (its Python classes are siblings, not subclasses of one base).
+    conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except conflicts as err:
+            conflict = type(err).__name__
+            if attempt == attempts:
+                raise ConcurrentWriteError(
+                    f"{what}: another writer committed to the table first {attempts} times in a row ({conflict}); "
+                    f"nothing of this write was committed. Run it again once the other writes are done (each "
+                    f"kuberec write is idempotent).") from None
+            delay = base_delay_s * 2 ** (attempt - 1) * (1 + random.random())
+            log.warning("%s: %s (another writer committed first); retrying from the new version in %.1f s "
+                        "(attempt %d of %d)", what, conflict, delay, attempt + 1, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class TableNotFoundError(KuberecError):
