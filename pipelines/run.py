@@ -16,12 +16,12 @@ import importlib
 import json
 import logging
 import os
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from kuberec.errors import KuberecError
 from kuberec.models import MODELS
 from kuberec.settings import load_settings
 
@@ -32,6 +32,12 @@ log = logging.getLogger("pipelines")
 ALL: tuple[str, ...] = tuple(MODELS)
 PIPELINES: tuple[str, ...] = ("catalog", *ALL)
 KFP_HOST_ENV = "KFP_HOST"  # the Kubeflow Pipelines API endpoint: runs are submitted there instead of run here
+# Parameters every model's pipeline has but that name one model's things: `all` cannot give one value to both.
+PER_MODEL_PARAMS = ("model_name",)
+
+
+class PipelineError(KuberecError):
+    """A pipeline run, compile or upload that cannot be done as asked; nothing was started."""
 EXPERIMENT = "kuberec"
 # The service account pipeline pods run as: manifests/base/rbac.yaml lets it create kuberec's custom resources.
 # kfp-kubernetes has no per-task service account, so it is a setting of each run.
@@ -40,7 +46,7 @@ SERVICE_ACCOUNT = "kuberec-runner"
 
 def load_pipeline(name: str) -> Callable:
     if name not in PIPELINES:
-        raise SystemExit(f"unknown pipeline {name!r}; choose from {', '.join(['all', *PIPELINES])}")
+        raise PipelineError(f"unknown pipeline {name!r}; choose from {', '.join(['all', *PIPELINES])}")
     return getattr(importlib.import_module(f"pipelines.{name}"), f"{name}_pipeline")
 
 
@@ -56,13 +62,13 @@ def parse_params(name: str, pairs: list[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--param expects name=value, got {pair!r}")
+            raise PipelineError(f"--param expects name=value, got {pair!r}")
         if key not in inputs:
             continue
         try:
             params[key] = value if inputs[key].type == "String" else json.loads(value)
         except json.JSONDecodeError:
-            raise SystemExit(f"--param {key}: {value!r} is not a valid {inputs[key].type} (JSON)") from None
+            raise PipelineError(f"--param {key}: {value!r} is not a valid {inputs[key].type} (JSON)") from None
     return params
 
 
@@ -146,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--param sets a run's inputs; an uploaded pipeline takes them when a run is started from it")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = list(ALL) if args.pipeline == "all" else [args.pipeline]
+    shared = sorted({pair.partition("=")[0] for pair in args.param} & set(PER_MODEL_PARAMS)) if len(names) > 1 else []
+    if shared:
+        parser.error(f"--param {', '.join(shared)} names one model's registered model; set it on one pipeline "
+                     f"(PIPELINE={' or PIPELINE='.join(ALL)})")
     unknown = {pair.partition("=")[0] for pair in args.param} - {key for name in names for key in pipeline_inputs(name)}
     if unknown:
         parser.error(f"no pipeline of {', '.join(names)} takes --param {', '.join(sorted(unknown))}; see "
                      f"{', '.join(f'{n}: {sorted(pipeline_inputs(n))}' for n in names)}")
     kfp_host = os.environ.get(KFP_HOST_ENV, "")
     if args.upload and not kfp_host:
-        raise SystemExit("--upload needs KFP_HOST, the Kubeflow Pipelines API endpoint (e.g. "
+        raise PipelineError("--upload needs KFP_HOST, the Kubeflow Pipelines API endpoint (e.g. "
                          "KFP_HOST=https://kubeflow.example.com/pipeline make pipeline-upload); nothing was uploaded")
     summary: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="kuberec-pipelines-") as packages:
@@ -187,4 +197,6 @@ def _rounded(value: object) -> object:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kuberec.entrypoint import run_program
+
+    run_program("pipelines.run", main)

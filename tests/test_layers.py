@@ -1,5 +1,6 @@
 """The shape of the package, checked: lower layers never import higher ones, only the `*commands.py` modules (and
-`kuberec.cli`, which assembles them) know about the command line, and model configs import no TensorFlow."""
+`kuberec.cli`, which assembles them) import the CLI or take parsed arguments (`argparse.Namespace`), and model
+configs import no TensorFlow."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def settings_tag() -> str:
 
 def test_upload_needs_kfp_host(settings, monkeypatch, kfp_client):
     monkeypatch.delenv("KFP_HOST")
-    with pytest.raises(SystemExit, match="--upload needs KFP_HOST"):
+    with pytest.raises(run.PipelineError, match="--upload needs KFP_HOST"):
         run.main(["catalog", "--upload"])
     assert kfp_client.calls == []
 
@@ -146,3 +146,10 @@ def test_submit_runs_the_compiled_package_as_kuberec_runner(kfp_client, capsys, 
     assert kwargs["experiment_name"] == "kuberec"
     assert summary_of(capsys.readouterr().out)["catalog"]["run_url"] == \
         "https://kfp.example.com/pipeline/#/runs/details/r-1"
+
+
+def test_all_refuses_one_model_name_for_both_pipelines(kfp_client, capsys):
+    with pytest.raises(SystemExit):
+        run.main(["all", "--param", "model_name=shared"])
+    assert "--param model_name names one model's registered model" in capsys.readouterr().err
+    assert kfp_client.calls == []

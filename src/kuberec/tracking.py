@@ -35,7 +35,7 @@ SWEEP_RUN_TAG = "kuberec.tuned_by_sweep_run"
 
 
 class TrackingError(KuberecError):
-    """An MLflow call could not be made as asked (no active run, a registry lookup failed)."""
+    """An MLflow call could not be made as asked (a registry lookup failed)."""
 
 
 class ModelNotFoundError(TrackingError):

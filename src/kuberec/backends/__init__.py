@@ -21,7 +21,7 @@ class JobFailed(KuberecError):
 
 @dataclass(frozen=True)
 class SparkJob:
-    """A Spark job: `python -m <module> <args>` on a driver with a SparkSession (kuberec.lake.spark_session)."""
+    """A Spark job: `python -m <module> <args>` on a driver with a SparkSession (kuberec.lake.spark.spark_session)."""
 
     name: str
     module: str

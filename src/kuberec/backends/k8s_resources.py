@@ -351,7 +351,7 @@ def _version(dist: str) -> str:
 
 def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> dict:
     """SparkApplication running `run_module.py <module> <args>` in cluster mode on the Spark image (Delta and
-    hadoop-aws jars on its classpath); kuberec.lake.spark_session reads the s3a settings from the env."""
+    hadoop-aws jars on its classpath); kuberec.lake.spark.spark_session reads the s3a settings from the env."""
     env = [*pod_env(settings, options), {"name": "KUBEREC_DELTA_ON_CLASSPATH", "value": "1"}]
     common = {"labels": _labels(settings, job.name), "env": env, "serviceAccount": options.spark_service_account}
     return {

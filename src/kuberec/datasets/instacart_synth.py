@@ -109,7 +109,8 @@ class SynthResult:
 def default_products(users: int) -> int:
     """Catalogue size: Instacart's 49,688 for any number of users (a smaller one makes baskets too repetitive).
 
-    Takes `users` so that callers comparing a manifest with the defaults (kuberec.widedeep.steps) need not change.
+    Takes `users` so that callers comparing a manifest with the defaults (kuberec.ingest.steps.synthesize) need not
+    change.
     """
     del users
     return INSTACART_PRODUCTS

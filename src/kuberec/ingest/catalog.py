@@ -68,7 +68,8 @@ def catalog_frame(spark: "SparkSession", rows: list[tuple]) -> "DataFrame":
 
 
 def upsert(spark: "SparkSession", table_uri: str, updates: "DataFrame", key: str = "item_id") -> int:
-    """MERGE `updates` into the table on `key`; returns the table version afterwards.
+    """MERGE `updates` into the table on `key`; returns the table version afterwards (a concurrent writer may have
+    committed after this write: the version holds this write's rows, and maybe others').
 
     Only rows that are new, or whose image/label differ, are written, so a re-run with the same input commits no
     new version. The whole batch is one Delta commit: it lands completely or not at all. A commit that loses a race

@@ -3,7 +3,8 @@
     catalog:    ingest_fashion_mnist, ingest_images -> the catalog Delta table
     instacart:  synthesize -> ingest_instacart -> build_features -> the gold Delta tables
 
-Each launches its Spark job through the configured backend (local processes or SparkApplications) and returns where
+The ingestion and feature steps launch their Spark job through the configured backend (local processes or
+SparkApplications); every step returns where
 the data is (a directory, Delta table versions), which the next step takes.
 """
 
@@ -59,7 +60,7 @@ def stage_in_lake(settings: Settings, directory: Path, name: str) -> str:
 
 def ingest_fashion_mnist(settings: Settings | None = None, source: str | None = None,
                          max_per_split: int | None = None) -> TableRef:
-    """Acquire (verify) Fashion-MNIST and MERGE it into the catalog table; returns the table version."""
+    """Acquire (verify) Fashion-MNIST and MERGE it into the catalog table; returns the table and its version."""
     from kuberec.ingest.catalog import TABLE_NAME
     from kuberec.lake.delta import table_version
 

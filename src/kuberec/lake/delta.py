@@ -1,8 +1,9 @@
-"""Delta table versions, snapshots and diffs, and the retry every Spark writer commits through.
+"""Delta table versions, snapshots and diffs, and the retry every catalog writer commits through.
 
 All reads here (a version number, the files of a snapshot, the rows added since a version) use delta-rs, which needs
 no JVM; diffs read the change data feed, which kuberec's tables record from their first version.
-`retry_on_conflict` reruns a write whose commit lost a race with another writer (Delta's optimistic concurrency).
+`retry_on_conflict` reruns a write whose commit lost a race with another writer (Delta's optimistic concurrency);
+the catalog's writers use it (the Instacart writers overwrite whole tables).
 """
 
 from __future__ import annotations

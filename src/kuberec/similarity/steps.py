@@ -56,7 +56,7 @@ def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, work
 
 def evaluate(settings: Settings, run_id: str, table: TableRef, *, max_queries: int | None = None) -> EvaluationResult:
     """Retrieval quality of the run's model vs raw pixels (test queries against the train split of `table`),
-    logged into the training run: its metrics (`EvaluationResult.metrics`), evaluation.json and the neighbour grid
+    logged into the training run: its metrics (`EvaluationResult.metrics`), the result JSON and the neighbour grid
     PNG. Returns the EvaluationResult (its `files` point at the run's artifacts)."""
     import mlflow
 
@@ -80,5 +80,6 @@ def register(settings: Settings, run_id: str, table: TableRef, *, set_champion: 
     `name`. `set_champion` True moves the `champion` alias to it; False sets it only when the model has none yet."""
     from kuberec.similarity.build_index import build_and_register
 
-    return build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri, version=table.version,
-                              name=name, training_run_id=run_id, set_champion=True if set_champion else None)
+    with tracking.continue_run(settings, run_id):  # the training run holds the registered model, as for wide & deep
+        return build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri, version=table.version,
+                                  name=name, training_run_id=run_id, set_champion=True if set_champion else None)

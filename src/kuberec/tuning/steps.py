@@ -66,8 +66,8 @@ def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, c
          max_failures: int = 0) -> TuneResult:
     """Sweep `model`'s hyperparameters on `table` (similarity: Fashion-MNIST table; widedeep: gold examples).
 
-    `space` is merged over the model's default space (kuberec.tuning.space); `epochs` and `seed` fix those config
-    fields unless `space` does. `initial_points` are evaluated first (e.g. the current production config).
+    `space` is merged over the model's default space (its record in kuberec.models); `epochs` and `seed` fix those
+    config fields unless `space` does. `initial_points` are evaluated first (e.g. the current production config).
     `time_budget_s` stops the sweep after that long, finished or not. Returns the best trial's config and metric.
     """
     from kuberec.tuning import runs

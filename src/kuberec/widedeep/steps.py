@@ -98,7 +98,9 @@ def register(settings: Settings, run_id: str, *, set_champion: bool = False,
         evaluation = None
         if f"{tracking.EVALUATION_ARTIFACTS}/{RESULT_FILE}" in evaluated:
             path = tracking.download_artifacts(settings, run_id, f"{tracking.EVALUATION_ARTIFACTS}/{RESULT_FILE}", tmp)
-            evaluation = flat_metrics(json.loads(path.read_text())["scores"])
+            saved = json.loads(path.read_text())
+            # "metrics": what evaluations logged before the per-model key was renamed call it.
+            evaluation = flat_metrics(saved.get("scores") or saved["metrics"])
         with tracking.continue_run(settings, run_id):
             return log_widedeep_model(settings, model_dir, name=name, set_champion=True if set_champion else None,
                                       evaluation=evaluation)

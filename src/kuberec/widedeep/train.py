@@ -107,7 +107,7 @@ def steps_per_epoch(config: WideDeepConfig, total_examples: int, world_size: int
 # -- training -----------------------------------------------------------------------------------------------------
 
 # Called on rank 0 after each epoch with that epoch's history entry (epoch (1-based), loss, seconds, examples/s)
-# and the Keras model being trained (e.g. to score a validation split, as kuberec.tuning does).
+# and the Keras model being trained (e.g. to score a validation split, as kuberec.widedeep.trial does).
 EpochCallback = Callable[[dict[str, float], Any], None]
 
 
