@@ -27,6 +27,10 @@ class UnknownModelError(KuberecError):
     """No model of that name."""
 
 
+class UnknownMetricError(KuberecError):
+    """The model's tuning trials do not report that metric."""
+
+
 @dataclass(frozen=True)
 class TuningDefaults:
     """How a sweep of the model searches (kuberec.tuning.space documents the space format)."""
@@ -55,7 +59,7 @@ class ModelRecord:
     def metric_mode(self, metric: str) -> str:
         """"max" or "min" for one of the metrics its trials report."""
         if metric not in self.tuning.metrics:
-            raise UnknownModelError(f"{self.name} sweeps report {', '.join(self.tuning.metrics)}; cannot optimise "
+            raise UnknownMetricError(f"{self.name} sweeps report {', '.join(self.tuning.metrics)}; cannot optimise "
                                     f"{metric!r}")
         return self.tuning.metrics[metric]
 

@@ -4,8 +4,8 @@
     instacart:  synthesize -> ingest_instacart -> build_features -> the gold Delta tables
 
 The ingestion and feature steps launch their Spark job through the configured backend (local processes or
-SparkApplications); every step returns where
-the data is (a directory, Delta table versions), which the next step takes.
+SparkApplications); every step returns where the data is (a directory, Delta table versions), which the next step
+takes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 
 from kuberec.backends import SparkJob, get_backend
-from kuberec.lake.delta import TableRef
+from kuberec.ingest.catalog import TABLE_NAME as CATALOG_TABLE
+from kuberec.lake.delta import TableRef, table_version
 from kuberec.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,12 @@ def stage_in_lake(settings: Settings, directory: Path, name: str) -> str:
 def ingest_fashion_mnist(settings: Settings | None = None, source: str | None = None,
                          max_per_split: int | None = None) -> TableRef:
     """Acquire (verify) Fashion-MNIST and MERGE it into the catalog table; returns the table and its version."""
-    from kuberec.ingest.catalog import TABLE_NAME
-    from kuberec.lake.delta import table_version
-
     settings = settings or load_settings()
     source = source or str(acquire_fashion_mnist(settings))
     if settings.backend == "kubernetes" and "://" not in source:
         # The Spark driver runs in a pod of its own: it reads the files from the lake, not from this machine.
         source = stage_in_lake(settings, Path(source), "fashion-mnist")
-    table = settings.table_uri(TABLE_NAME)
+    table = settings.table_uri(CATALOG_TABLE)
     args = ["--source", source, "--table", table]
     args += ["--max-per-split", str(max_per_split)] if max_per_split else []
     get_backend(settings).run_spark(SparkJob("ingest-fashion-mnist", "kuberec.ingest.fashion_mnist", tuple(args)))
@@ -77,12 +75,9 @@ def ingest_fashion_mnist(settings: Settings | None = None, source: str | None = 
 
 
 def ingest_images(settings: Settings | None, paths: list[str], label: int | None = None) -> TableRef:
-    """Append catalog images (PNG/JPEG); returns the catalog table's new version."""
-    from kuberec.ingest.catalog import TABLE_NAME
-    from kuberec.lake.delta import table_version
-
+    """Append catalog images (PNG/JPEG); returns the catalog table and its new version."""
     settings = settings or load_settings()
-    table = settings.table_uri(TABLE_NAME)
+    table = settings.table_uri(CATALOG_TABLE)
     args = [*paths, "--table", table] + ([] if label is None else ["--label", str(label)])
     get_backend(settings).run_spark(SparkJob("ingest-images", "kuberec.ingest.images", tuple(args)))
     return TableRef(table, table_version(table))
@@ -124,7 +119,6 @@ def ingest_instacart(settings: Settings, source: str) -> dict[str, int]:
 def build_features(settings: Settings, force: bool = False) -> TableRef:
     """Spark job: bronze -> gold feature, label and split tables; returns the gold examples table's version."""
     from kuberec.ingest.instacart_features import EXAMPLES_TABLE
-    from kuberec.lake.delta import table_version
 
     job = SparkJob("features-instacart", "kuberec.ingest.instacart_features", ("--force",) if force else ())
     get_backend(settings).run_spark(job)
