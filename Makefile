@@ -4,7 +4,8 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup k8s-test-tools lint test test-fast pipeline-run pipeline-compile pipeline-upload serve images lock clean
+.PHONY: setup k8s-test-tools lint test test-fast pipeline-run pipeline-compile pipeline-upload serve images lock clean \
+	cluster-up cluster-down cluster-status cluster-smoke cluster-images
 
 setup:
 	@scripts/setup.sh
@@ -45,6 +46,27 @@ IMAGE_REGISTRY ?= kuberec
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 images:
 	REGISTRY=$(IMAGE_REGISTRY) TAG=$(IMAGE_TAG) docker buildx bake -f images/docker-bake.hcl $(IMAGES_ARGS)
+
+# A real single-node Kubernetes on this machine (root, Linux): mpi-operator, spark-operator, KubeRay, KServe, kuberec's
+# images built here and kuberec installed (docs/cluster-guide.md, "A cluster on this machine"). Cold: about an hour
+# of Go builds (run it in the background); warm: a minute or two. Never part of `make test`.
+cluster-up: setup
+	@scripts/cluster/up.sh
+
+# Stops every process cluster-up started (by PID file); caches stay. WIPE=1 also drops the cluster's state.
+cluster-down:
+	@scripts/cluster/down.sh
+
+cluster-status:
+	@scripts/cluster/status.sh
+
+# One resource per operator with kuberec's own commands and images; prints each one's final state and time.
+cluster-smoke: setup
+	$(VENV)/bin/python -m pytest tests/cluster -v -s -p no:cacheprovider $(PYTEST_ARGS)
+
+# Rebuilds kuberec's images on the cluster's dockerd and loads them onto the node (IMAGES="spark serving" for some).
+cluster-images: setup
+	@scripts/cluster/images.sh $(IMAGES)
 
 # Re-resolve the full pinned set after changing pyproject.toml's direct pins.
 lock:

@@ -212,6 +212,42 @@ def get_version(settings: Settings, name: str, *, version: int | str | None = No
                                  f"{hint}") from err
 
 
+def artifact_store_uri(settings: Settings, uri: str, artifacts_destination: str) -> str:
+    """Where a model's files are in the artifact store, for readers outside MLflow (KServe's storage initializer).
+
+    Registry (`models:/<name>@<alias>`, `models:/<name>/<version>`), logged-model (`models:/m-...`) and run
+    (`runs:/<id>/<path>`) URIs are followed to the artifact location; `mlflow-artifacts:` locations, which the
+    tracking server proxies, map onto its `--artifacts-destination`. Other URIs (s3://...) are returned as they are.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    for _ in range(4):  # a registered version's source is a logged model's URI, whose location is the files
+        if not uri.startswith(("models:/", "runs:/")):
+            break
+        body = uri.split(":/", 1)[1].lstrip("/")
+        try:
+            if uri.startswith("runs:/"):
+                run_id, _, path = body.partition("/")
+                uri = f"{mlflow_client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}".rstrip("/")
+            elif body.startswith("m-") and "/" not in body and "@" not in body:
+                uri = mlflow_client.get_logged_model(body).artifact_location
+            elif "@" in body:
+                name, alias = body.split("@", 1)
+                uri = get_version(settings, name, alias=alias).source
+            else:
+                name, _, version = body.rpartition("/")
+                uri = get_version(settings, name, version=version).source
+        except MlflowException as err:
+            raise ModelNotFoundError(f"cannot resolve {uri} at {tracking_uri(settings)}: {err.message}") from err
+    if uri.startswith("mlflow-artifacts:"):
+        path = uri.split(":", 1)[1].lstrip("/")
+        if uri.startswith("mlflow-artifacts://"):  # mlflow-artifacts://<host>/<path>
+            path = path.partition("/")[2]
+        return f"{artifacts_destination.rstrip('/')}/{path}"
+    return uri
+
+
 def register_and_promote(settings: Settings, source_uri: str, name: str, *, set_champion: bool | None,
                          tags: Mapping[str, str] | None = None,
                          description: str | None = None) -> tuple["ModelVersion", bool]:

@@ -60,19 +60,26 @@ def _render_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> None:
+    from kuberec import tracking
     from kuberec.backends import ServingJob
     from kuberec.backends.kubernetes import KubernetesBackend
     from kuberec.settings import load_settings
 
-    job = ServingJob(args.name, args.model_uri, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
-    url = KubernetesBackend(load_settings()).deploy(job)
+    backend = KubernetesBackend(load_settings())
+    storage_uri = tracking.artifact_store_uri(backend.settings, args.model_uri, backend.options.mlflow_artifacts)
+    if storage_uri != args.model_uri:
+        print(f"{args.model_uri} is stored at {storage_uri}")
+    job = ServingJob(args.name, storage_uri, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
+    url = backend.deploy(job)
     print(f"InferenceService {args.name} ready at {url}")
 
 
 def _deploy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="InferenceService name (the model's, e.g. similarity); an existing one is "
                                      "rolled to the new model")
-    parser.add_argument("--model-uri", required=True, help="storage URI of the MLflow model (s3://...)")
+    parser.add_argument("--model-uri", required=True,
+                        help="the MLflow model: a registry URI (models:/similarity@champion), runs:/<id>/<path> or "
+                             "its storage URI (s3://...)")
     parser.add_argument("--min-replicas", type=int, default=1)
     parser.add_argument("--max-replicas", type=int, default=1)
 

@@ -78,12 +78,14 @@ _PLAIN_OPTIONS = {"spark_service_account": "SPARK_SERVICE_ACCOUNT", "job_service
                   "serving_service_account": "SERVING_SERVICE_ACCOUNT",
                   "lake_secret": "LAKE_SECRET", "mlflow_secret": "MLFLOW_SECRET",
                   "serving_runtime": "SERVING_RUNTIME", "image_pull_policy": "IMAGE_PULL_POLICY",
-                  "on_cancel": "ON_CANCEL", "pod_mlflow_uri": "POD_MLFLOW_URI", "pod_s3_endpoint": "POD_S3_ENDPOINT"}
+                  "on_cancel": "ON_CANCEL", "pod_mlflow_uri": "POD_MLFLOW_URI", "pod_s3_endpoint": "POD_S3_ENDPOINT",
+                  "mlflow_artifacts": "MLFLOW_ARTIFACTS"}
 _SECONDS_OPTIONS = {"timeout_s": "TIMEOUT", "serving_timeout_s": "SERVING_TIMEOUT"}
+_NUMBER_OPTIONS = {**_SECONDS_OPTIONS, "request_fraction": "REQUEST_FRACTION"}
 # Every variable ClusterOptions.from_env reads (what a ConfigMap may set for the pods that submit jobs).
 OPTION_ENV_VARS: tuple[str, ...] = tuple(sorted(
     f"KUBEREC_K8S_{suffix}" for suffix in
-    (*_PLAIN_OPTIONS.values(), *_SECONDS_OPTIONS.values(), "GPU_NODE_SELECTOR", "GPU_TOLERATIONS")))
+    (*_PLAIN_OPTIONS.values(), *_NUMBER_OPTIONS.values(), "GPU_NODE_SELECTOR", "GPU_TOLERATIONS")))
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,16 @@ class ClusterOptions:
     serving_timeout_s: float = 15 * 60
     launcher_cpu: str = "500m"
     launcher_memory: str = "1Gi"
+    # Requests as a fraction of the limits (CPU and memory; GPUs are never shared): 1 reserves what a job may use;
+    # a small node (the local overlay) takes less so that a whole job fits, its pods sharing the cores.
+    request_fraction: float = 1.0
     # What the job pods use where the submitting process reaches MLflow or the object store another way (a
     # workstation's `kubectl port-forward` to localhost); empty: the same as the settings.
     pod_mlflow_uri: str = ""
     pod_s3_endpoint: str = ""
+    # The tracking server's --artifacts-destination (manifests/base/mlflow.yaml): where a registered model's files
+    # are for KServe, which reads the object store directly.
+    mlflow_artifacts: str = "s3://mlflow/artifacts"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterOptions:
@@ -118,12 +126,13 @@ class ClusterOptions:
         for name, suffix in _PLAIN_OPTIONS.items():
             if env.get(f"KUBEREC_K8S_{suffix}"):
                 values[name] = env[f"KUBEREC_K8S_{suffix}"]
-        for name, suffix in _SECONDS_OPTIONS.items():
+        for name, suffix in _NUMBER_OPTIONS.items():
             if env.get(f"KUBEREC_K8S_{suffix}"):
                 try:
                     values[name] = float(env[f"KUBEREC_K8S_{suffix}"])
                 except ValueError:
-                    raise ClusterConfigError(f"KUBEREC_K8S_{suffix} must be a number of seconds, "
+                    what = "a number of seconds" if name in _SECONDS_OPTIONS else "a number"
+                    raise ClusterConfigError(f"KUBEREC_K8S_{suffix} must be {what}, "
                                              f"not {env[f'KUBEREC_K8S_{suffix}']!r}") from None
         if "KUBEREC_K8S_GPU_NODE_SELECTOR" in env:
             values["gpu_node_selector"] = _parse_labels(env["KUBEREC_K8S_GPU_NODE_SELECTOR"], "node selector")
@@ -135,6 +144,8 @@ class ClusterOptions:
     def __post_init__(self) -> None:
         if self.on_cancel not in ("delete", "keep"):
             raise ClusterConfigError(f"KUBEREC_K8S_ON_CANCEL must be delete or keep, not {self.on_cancel!r}")
+        if not 0 < self.request_fraction <= 1:
+            raise ClusterConfigError(f"KUBEREC_K8S_REQUEST_FRACTION must be in (0, 1], not {self.request_fraction}")
         if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise ClusterConfigError(f"KUBEREC_K8S_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, "
                                      f"not {self.image_pull_policy!r}")
@@ -338,10 +349,35 @@ def _placement(options: ClusterOptions, gpus: int) -> dict:
     return placement
 
 
-def _resources(cpu: str | int, memory: str, gpus: int = 0) -> dict:
-    amounts = {"cpu": str(cpu), "memory": memory}
-    limits = {**amounts, **({GPU_RESOURCE: str(gpus)} if gpus > 0 else {})}
-    return {"requests": dict(amounts), "limits": limits}
+_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_MEMORY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def cpu_millis(quantity: str | int) -> int:
+    """A Kubernetes CPU quantity (`2`, `0.5`, `500m`) in millicores."""
+    match = _CPU.match(str(quantity))
+    if not match:
+        raise ClusterConfigError(f"bad CPU quantity {quantity!r}: write cores (2, 0.5) or millicores (500m)")
+    return round(float(match[1]) * (1 if match[2] else 1000))
+
+
+def _scaled_memory(quantity: str, fraction: float) -> str:
+    match = _MEMORY.match(quantity)
+    if not match:
+        raise ClusterConfigError(f"bad memory quantity {quantity!r}: write e.g. 8Gi, 512Mi or 2G")
+    return f"{max(1, int(float(match[1]) * _MEMORY_UNITS[match[2]] * fraction / 2**20))}Mi"
+
+
+def _resources(options: ClusterOptions, cpu: str | int, memory: str, gpus: int = 0) -> dict:
+    """Limits as the job asks; requests the options' fraction of them (GPUs are requested whole)."""
+    limits = {"cpu": str(cpu), "memory": memory, **({GPU_RESOURCE: str(gpus)} if gpus > 0 else {})}
+    if options.request_fraction == 1:
+        return {"requests": {"cpu": str(cpu), "memory": memory}, "limits": limits}
+    requests = {"cpu": f"{max(1, round(cpu_millis(cpu) * options.request_fraction))}m",
+                "memory": _scaled_memory(memory, options.request_fraction)}
+    return {"requests": requests, "limits": limits}
 
 
 def _version(dist: str) -> str:
@@ -354,6 +390,11 @@ def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> 
     hadoop-aws jars on its classpath); kuberec.lake.spark.spark_session reads the s3a settings from the env."""
     env = [*pod_env(settings, options), {"name": "KUBEREC_DELTA_ON_CLASSPATH", "value": "1"}]
     common = {"labels": _labels(settings, job.name), "env": env, "serviceAccount": options.spark_service_account}
+
+    def core_request(cores: int) -> dict:  # Spark's pods request their cores unless told less
+        if options.request_fraction == 1:
+            return {}
+        return {"coreRequest": f"{max(1, round(cores * 1000 * options.request_fraction))}m"}
     return {
         "apiVersion": SPARK_APPLICATION.api_version, "kind": SPARK_APPLICATION.kind,
         "metadata": _metadata(settings, run_name(job.name), job.name),
@@ -364,9 +405,9 @@ def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> 
             "sparkVersion": _version("pyspark"),
             # One attempt: kuberec steps are idempotent, and the caller decides whether to rerun.
             "restartPolicy": {"type": "Never"},
-            "driver": {**common, "cores": 1, "memory": job.driver_memory},
+            "driver": {**common, "cores": 1, "memory": job.driver_memory, **core_request(1)},
             "executor": {**common, "instances": job.executors, "cores": job.executor_cores,
-                         "memory": job.executor_memory},
+                         "memory": job.executor_memory, **core_request(job.executor_cores)},
         },
     }
 
@@ -388,7 +429,8 @@ def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions)
             "name": "worker", "image": image, "imagePullPolicy": options.image_pull_policy,
             # mpi-operator v2 reaches workers over ssh; the image's sshd serves it.
             "command": ["/usr/sbin/sshd", "-De"], "env": env,
-            "resources": _resources(job.cpu_per_worker, job.memory_per_worker, job.gpus_per_worker),
+            "resources": _resources(options, job.cpu_per_worker, job.memory_per_worker,
+                                    job.gpus_per_worker),
         }],
         **_placement(options, job.gpus_per_worker),
     }
@@ -411,7 +453,7 @@ def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions)
                     "spec": {"serviceAccountName": options.job_service_account, "containers": [{
                         "name": "launcher", "image": image, "imagePullPolicy": options.image_pull_policy,
                         "command": launcher_command, "env": env,
-                        "resources": _resources(options.launcher_cpu, options.launcher_memory),
+                        "resources": _resources(options, options.launcher_cpu, options.launcher_memory),
                     }]}}},
                 "Worker": {"replicas": job.workers, "restartPolicy": "Never",
                            "template": {"metadata": {"labels": labels}, "spec": worker_pod}},
@@ -429,7 +471,7 @@ def render_ray(job: RayJob, settings: Settings, options: ClusterOptions) -> dict
 
     def container(role: str, gpus: int) -> dict:
         return {"name": f"ray-{role}", "image": image, "imagePullPolicy": options.image_pull_policy,
-                "env": env, "resources": _resources(job.cpus_per_worker, job.memory_per_worker, gpus)}
+                "env": env, "resources": _resources(options, job.cpus_per_worker, job.memory_per_worker, gpus)}
 
     head = {"serviceAccountName": options.job_service_account, "containers": [container("head", 0)]}
     head["containers"][0]["ports"] = [{"containerPort": 6379, "name": "gcs"},

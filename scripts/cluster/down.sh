@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make cluster-down: stops everything cluster-up started, by PID file (never by name), pods first so that the
+# kubelet tears down their containers and network namespaces. Caches stay; WIPE=1 also forgets the cluster's state
+# (etcd, PKI, volumes, credentials) for a fresh cluster next time.
+source "$(dirname "$0")/common.sh"
+kubectl() { "$BIN/kubectl" --request-timeout=10s "$@"; }
+for name in kserve ray-operator spark-operator mpi-operator kube-controller-manager kube-scheduler; do stop "$name"; done
+if running kubelet && running kube-apiserver; then
+  kubectl delete pods --all --all-namespaces --grace-period=5 --wait=false >/dev/null 2>&1 || true
+  for _ in $(seq 60); do
+    [ -z "$("${CTR[@]}" tasks ls -q 2>/dev/null)" ] && break
+    sleep 1
+  done
+fi
+for name in kubelet kube-proxy coredns kube-apiserver etcd artifact-server; do stop "$name"; done
+# Containers the kubelet did not get to
+for task in $("${CTR[@]}" tasks ls -q 2>/dev/null); do "${CTR[@]}" tasks kill -s KILL "$task" >/dev/null 2>&1 || true; done
+stop dockerd
+stop containerd
+# What the kubelet mounted under its root, and kube-proxy's iptables rules
+awk -v root="$STATE/kubelet/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r | while read -r mount; do
+  umount "$mount" 2>/dev/null || umount -l "$mount"
+done
+[ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+for direction in -i -o; do iptables -D FORWARD "$direction" cni0 -j ACCEPT 2>/dev/null || true; done
+ip link show cni0 >/dev/null 2>&1 && ip link delete cni0
+if [ "${WIPE:-0}" = 1 ]; then
+  rm -rf "$STATE"
+  log "state removed ($STATE); caches kept ($C)"
+fi
+log "down"

@@ -1,0 +1,110 @@
+"""One resource per operator, created by kuberec's own commands with KUBEREC_BACKEND=kubernetes and run in
+kuberec's own images: each test passes only when the real operator reports its resource finished (the backend
+reads that status; nothing here writes one). In order: Spark ingests a Fashion-MNIST subset into a Delta table in
+MinIO; an MPIJob trains the similarity model for one short epoch on 2 Horovod workers; a RayJob runs a 2-trial
+sweep logged to the in-cluster MLflow; KServe serves the registered model and answers a V2 request."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from conftest import NAMESPACE, PortForward, kubectl, record, run_kuberec
+
+pytestmark = pytest.mark.timeout(3600)
+PER_SPLIT = 300  # images per split in the ingest: enough for a batch of every class, quick on 2 CPUs
+SERVED_NAME = "kuberec-similarity"
+
+
+@pytest.fixture(scope="module")
+def state() -> dict:
+    """What one test leaves for the next (the training run)."""
+    return {}
+
+
+def newest(kind: str, step: str) -> dict:
+    """The most recent resource of `kind` that a kuberec step created."""
+    items = json.loads(kubectl("-n", NAMESPACE, "get", kind, "-l", f"kuberec.io/step={step}", "-o", "json"))["items"]
+    assert items, f"no {kind} of step {step} in namespace {NAMESPACE}"
+    return max(items, key=lambda item: item["metadata"]["creationTimestamp"])
+
+
+def test_spark_application_ingests_into_delta_on_minio(cluster_env):
+    from deltalake import DeltaTable
+
+    start = time.monotonic()
+    run_kuberec(cluster_env, "ingest", "fashion-mnist", "--max-per-split", str(PER_SPLIT))
+    app = newest("sparkapplications", "ingest-fashion-mnist")
+    state = app["status"]["applicationState"]["state"]
+    record("SparkApplication", state, time.monotonic() - start)
+    assert state == "COMPLETED"
+    table = DeltaTable(f"{cluster_env['KUBEREC_LAKE']}/fashion_mnist", storage_options={
+        "AWS_ENDPOINT_URL": cluster_env["KUBEREC_S3_ENDPOINT"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": cluster_env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": cluster_env["AWS_SECRET_ACCESS_KEY"]})
+    splits = table.to_pyarrow_table(columns=["split"]).column("split").to_pylist()
+    assert splits.count("train") == PER_SPLIT and splits.count("test") == PER_SPLIT
+
+
+def test_mpijob_trains_on_two_horovod_workers(cluster_env, state):
+    start = time.monotonic()
+    out = run_kuberec(cluster_env, "train", "similarity", "--workers", "2", "--epochs", "1", "--steps-per-epoch", "3",
+                      "--max-examples", str(PER_SPLIT), "--examples-per-class", "4")
+    state["run_id"] = re.search(r"MLflow run (\w+)", out)[1]
+    job = newest("mpijobs", "train-similarity")
+    succeeded = [c for c in job["status"]["conditions"] if c["type"] == "Succeeded" and c["status"] == "True"]
+    record("MPIJob", "Succeeded" if succeeded else str(job["status"]["conditions"]), time.monotonic() - start)
+    assert succeeded
+    assert job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+    # mpirun gathers both ranks' output in the launcher's log: two ranks, one set of weights.
+    launcher = kubectl("-n", NAMESPACE, "logs", f"job/{job['metadata']['name']}-launcher")
+    checksums = dict(re.findall(r"rank (\d+): weights sha256 (\w+)", launcher))
+    assert sorted(checksums) == ["0", "1"], launcher[-2000:]
+    assert len(set(checksums.values())) == 1
+
+
+def test_rayjob_runs_a_two_trial_sweep_into_mlflow(cluster_env):
+    start = time.monotonic()
+    out = run_kuberec(cluster_env, "tune", "similarity", "--trials", "2", "--concurrent", "1", "--epochs", "1",
+                      "--max-examples", str(PER_SPLIT), "--json")
+    result = json.loads(out[out.index("{"):])
+    job = newest("rayjobs", "tune-similarity")
+    status = job["status"]["jobStatus"]
+    record("RayJob", status, time.monotonic() - start)
+    assert status == "SUCCEEDED"
+    assert result["trials_finished"] == 2 and result["trials_failed"] == 0, result
+    from mlflow import MlflowClient
+
+    children = MlflowClient(cluster_env["MLFLOW_TRACKING_URI"]).search_runs(
+        [job_experiment(cluster_env, result["parent_run_id"])],
+        filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    assert len(children) == 2 and all(run.info.status == "FINISHED" for run in children)
+
+
+def job_experiment(cluster_env, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    return MlflowClient(cluster_env["MLFLOW_TRACKING_URI"]).get_run(run_id).info.experiment_id
+
+
+def test_inference_service_answers_v2_through_port_forward(cluster_env, state):
+    from kuberec.serving.client import recommend_similar
+
+    assert "run_id" in state, "needs the MPIJob test's training run"
+    start = time.monotonic()
+    run_kuberec(cluster_env, "index", "build", "--model", f"runs:/{state['run_id']}/train/model", "--name", SERVED_NAME,
+                "--set-champion")
+    run_kuberec(cluster_env, "k8s", "deploy", SERVED_NAME, "--model-uri", f"models:/{SERVED_NAME}@champion")
+    isvc = json.loads(kubectl("-n", NAMESPACE, "get", "inferenceservice", SERVED_NAME, "-o", "json"))
+    ready = [c for c in isvc["status"]["conditions"] if c["type"] == "Ready"]
+    record("InferenceService", "Ready" if ready and ready[0]["status"] == "True" else str(ready),
+           time.monotonic() - start)
+    assert ready and ready[0]["status"] == "True"
+    predictor = PortForward(f"svc/{SERVED_NAME}-predictor", 80)
+    try:
+        neighbours = recommend_similar(predictor.url, item_id=0, k=5, model=SERVED_NAME)
+    finally:
+        predictor.stop()
+    assert len(neighbours) == 5 and [n["rank"] for n in neighbours] == [1, 2, 3, 4, 5]
