@@ -26,6 +26,13 @@ target "runtime" {
   tags       = ["${REGISTRY}/kuberec-runtime:${TAG}"]
 }
 
+# The pinned stack without the project: what Horovod is compiled against.
+target "runtime-deps" {
+  inherits   = ["_common"]
+  dockerfile = "images/runtime/Dockerfile"
+  target     = "deps"
+}
+
 # The images FROM `runtime` get the runtime target as that named context.
 target "_on_runtime" {
   inherits = ["_common"]
@@ -36,6 +43,10 @@ target "_on_runtime" {
 
 target "horovod-cpu" {
   inherits   = ["_on_runtime"]
+  contexts = {
+    runtime      = "target:runtime"
+    runtime-deps = "target:runtime-deps"
+  }
   dockerfile = "images/horovod-cpu/Dockerfile"
   tags       = ["${REGISTRY}/kuberec-horovod-cpu:${TAG}"]
 }

@@ -21,7 +21,7 @@ if ! ls "$WHEEL_DIR"/horovod-*.whl >/dev/null 2>&1; then
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
   echo "horovod: building $VERSION against TensorFlow $TF_VERSION ($FLAVOUR), a few minutes on 2 cores"
-  $PY -m pip download -q --no-deps --no-binary :all: horovod==$VERSION -d "$WORK"
+  $PY -m pip download -q --no-deps --no-binary horovod horovod==$VERSION -d "$WORK"
   tar xzf "$WORK/horovod-$VERSION.tar.gz" -C "$WORK"
   sed -i '/xla_mpi_ops.cc/d' "$WORK/horovod-$VERSION/horovod/tensorflow/CMakeLists.txt"
   export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1

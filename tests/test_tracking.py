@@ -84,6 +84,31 @@ def test_runs_record_lineage_params_and_per_epoch_metrics(tracked_settings):
     assert mlflow.active_run() is None
 
 
+def test_registry_uris_resolve_to_the_artifact_store(tracked_settings, tmp_path):
+    """What KServe reads for `kuberec k8s deploy --model-uri models:/<name>@champion`: the files of the registered
+    version in the server's --artifacts-destination, the same path the server stores them under."""
+    import mlflow
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    tracking.configure(tracked_settings)
+    mlflow.set_experiment("resolve")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tmp_path / "model"), "train/model")
+    version, _ = tracking.register_and_promote(tracked_settings, f"runs:/{run.info.run_id}/train/model", "resolved",
+                                               set_champion=True)
+    destination = "s3://mlflow/artifacts"
+    by_alias = tracking.artifact_store_uri(tracked_settings, "models:/resolved@champion", destination)
+    by_version = tracking.artifact_store_uri(tracked_settings, f"models:/resolved/{version.version}", destination)
+    by_run = tracking.artifact_store_uri(tracked_settings, f"runs:/{run.info.run_id}/train/model", destination)
+    assert by_alias == by_version == by_run
+    artifact_uri = mlflow.get_run(run.info.run_id).info.artifact_uri  # mlflow-artifacts:/<experiment>/<run>/artifacts
+    assert by_run == f"{destination}/{artifact_uri.split(':', 1)[1].lstrip('/')}/train/model"
+    assert tracking.artifact_store_uri(tracked_settings, "s3://bucket/model", destination) == "s3://bucket/model"
+    with pytest.raises(tracking.ModelNotFoundError, match="no alias @nope"):
+        tracking.artifact_store_uri(tracked_settings, "models:/resolved@nope", destination)
+
+
 def test_missing_models_and_aliases_give_clear_errors(tracked_settings):
     assert tracking.alias_version(tracked_settings, "no-such-model") is None
     with pytest.raises(tracking.ModelNotFoundError, match="no-such-model.*no versions are registered"):

@@ -64,7 +64,7 @@ if [ "$(cat "$C/wheelhouse/.stamp" 2>/dev/null)" != "$stamp" ]; then
   log "collecting wheels into $C/wheelhouse (from pip's cache when make setup filled it)"
   PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip} "$PY" -m pip download -q -c constraints.txt -r "$requirements" \
     -r images/mlflow/requirements.txt "pip==25.3" -d "$C/wheelhouse"
-  PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip} "$PY" -m pip download -q --no-deps --no-binary :all: \
+  PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip} "$PY" -m pip download -q --no-deps --no-binary horovod \
     "horovod==$(sed -n 's/^VERSION=//p' scripts/build-horovod.sh)" -d "$C/wheelhouse"
   echo "$stamp" > "$C/wheelhouse/.stamp"
 fi
@@ -88,6 +88,11 @@ local_args=(--build-arg PYTHON_IMAGE=kuberec-local/python:3.11 --build-arg PIP_N
   --build-arg "MAVEN_MIRROR=http://127.0.0.1:$port/m2/")
 
 # -- kuberec's images ------------------------------------------------------------------------------------------
+# The runtime's `deps` stage is its own image too: horovod-cpu compiles Horovod against it, so a change to src/
+# does not recompile Horovod (docker-bake passes it as the runtime-deps context).
+if want runtime || want horovod-cpu; then
+  build runtime-deps runtime-deps "$REPO" -f images/runtime/Dockerfile --target deps "${local_args[@]}"
+fi
 for kind in "${KUBEREC_IMAGES[@]}"; do
   want "$kind" || continue
   build "$kind" "$REGISTRY/kuberec-$kind:$TAG" "$REPO" -f "images/$kind/Dockerfile" "${local_args[@]}"

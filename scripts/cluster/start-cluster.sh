@@ -34,7 +34,8 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 
   --kubelet-client-certificate "$PKI/admin.crt" --kubelet-client-key "$PKI/admin.key" \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
-  --authorization-mode Node,RBAC --allow-privileged=true --enable-admission-plugins NodeRestriction
+  --authorization-mode Node,RBAC --allow-privileged=true --enable-admission-plugins NodeRestriction \
+  --kubelet-preferred-address-types InternalIP
 wait_for kube-apiserver 120 kubectl get --raw /readyz
 start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$KUBECONFIG" \
   --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" --leader-elect=false \
@@ -73,7 +74,8 @@ done
 start kubelet "$BIN/kubelet" --config "$STATE/kubelet/config.yaml" --kubeconfig "$KUBECONFIG" \
   --root-dir "$STATE/kubelet/root" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
 wait_for "node $NODE_NAME" 90 kubectl get node "$NODE_NAME"
-cat > "$STATE/kube-proxy.yaml" <<YAML
+# kube-proxy exits when its configuration file changes: write it only when its content does.
+cat > "$STATE/kube-proxy.yaml.new" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $KUBECONFIG}
@@ -82,6 +84,8 @@ clusterCIDR: $POD_SUBNET
 hostnameOverride: $NODE_NAME
 conntrack: {maxPerCore: 0}
 YAML
+cmp -s "$STATE/kube-proxy.yaml.new" "$STATE/kube-proxy.yaml" && rm "$STATE/kube-proxy.yaml.new" ||
+  mv "$STATE/kube-proxy.yaml.new" "$STATE/kube-proxy.yaml"
 start kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml"
 
 # -- cluster DNS: CoreDNS on this machine at the node address, behind the kube-dns Service the kubelet names ------

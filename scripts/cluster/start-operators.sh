@@ -7,14 +7,18 @@ kubectl() { "$BIN/kubectl" "$@"; }
 PY=$REPO/.venv/bin/python
 
 kserve_crds=()
-for crd in inferenceservices servingruntimes clusterservingruntimes clusterstoragecontainers trainedmodels inferencegraphs; do
-  kserve_crds+=(-f "$SRC/kserve/config/crd/full/serving.kserve.io_$crd.yaml")
+for crd in serving.kserve.io_{inferenceservices,servingruntimes,clusterservingruntimes,trainedmodels,inferencegraphs} \
+    clusterstoragecontainer/serving.kserve.io_clusterstoragecontainers; do
+  kserve_crds+=(-f "$SRC/kserve/config/crd/full/$crd.yaml")
 done
 kubectl apply --server-side --force-conflicts -f "$SRC/mpi-operator/manifests/base/kubeflow.org_mpijobs.yaml" \
   -f "$SRC/kuberay/config/crd/bases/" -f "$SRC/spark-operator/config/crd/bases/" "${kserve_crds[@]}" >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/mpijobs.kubeflow.org crd/rayjobs.ray.io \
   crd/sparkapplications.sparkoperator.k8s.io crd/inferenceservices.serving.kserve.io >/dev/null
-kubectl create namespace kserve --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# KServe reads its configuration from its namespace; mpi-operator keeps its leader lease in its own.
+for namespace in kserve mpi-operator; do
+  kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+done
 
 # mpi-operator
 start mpi-operator "$BIN/mpi-operator" --kubeConfig "$KUBECONFIG" --monitoring-port 18380

@@ -17,7 +17,7 @@ import numpy as np
 
 from kuberec.datasets.fashion_mnist import IMAGE_SIDE
 from kuberec.errors import KuberecError
-from kuberec.lake.delta import snapshot_files
+from kuberec.lake.delta import s3_filesystem, snapshot_files
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,20 @@ def split_files(table_uri: str, version: int | None, split: str | None) -> tuple
     return version, files
 
 
+def _register_s3_paths() -> None:
+    import fsspec
+
+    class _S3Paths(fsspec.AbstractFileSystem):
+        """Only strips `s3://` from paths for Petastorm; the reading goes through the pyarrow filesystem."""
+
+        protocol = ("s3", "s3a")
+
+    try:
+        fsspec.get_filesystem_class("s3")
+    except ImportError:  # no s3fs: nothing else in this process reads s3:// through fsspec
+        fsspec.register_implementation("s3", _S3Paths, clobber=True)
+
+
 @contextlib.contextmanager
 def _reader(files: list[str], shard: int, num_shards: int, num_epochs: int | None, shuffle: bool, seed: int | None,
             columns: Sequence[str] = FEED_COLUMNS):
@@ -55,15 +69,27 @@ def _reader(files: list[str], shard: int, num_shards: int, num_epochs: int | Non
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\..*")
     warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
+    warnings.filterwarnings("ignore", message="The pyarrow.filesystem.DaskFileSystem/S3FSWrapper are deprecated")
     if not 0 <= shard < num_shards:
         raise FeedError(f"shard {shard} is outside 0..{num_shards - 1}")
     # Petastorm 0.13.1's thread pool sometimes drops the last row group of an epoch (a race between its
     # ventilator finishing and a worker picking the item up: seen here losing whole files), so rows are read by
     # the synchronous "dummy" pool; see benchmarks/feed_bench.py for its throughput.
+    # s3:// files: pyarrow's own S3 client (Petastorm's default for s3 is s3fs, which conflicts with the pinned
+    # botocore), wrapped the way Petastorm wraps s3fs: as an fsspec filesystem in pyarrow's legacy filesystem API,
+    # the only one Petastorm 0.13 reads with. It still asks fsspec to turn the URLs into bucket/key paths, which
+    # _S3Paths answers.
+    filesystem = None
+    if files and files[0].startswith("s3://"):
+        from fsspec.implementations.arrow import ArrowFSWrapper
+        from pyarrow.filesystem import S3FSWrapper
+
+        _register_s3_paths()
+        filesystem = S3FSWrapper(ArrowFSWrapper(s3_filesystem()))
     reader = make_batch_reader(
         files, schema_fields=list(columns), cur_shard=shard if num_shards > 1 else None,
         shard_count=num_shards if num_shards > 1 else None, num_epochs=num_epochs,
-        shuffle_row_groups=shuffle, seed=seed, reader_pool_type="dummy")
+        shuffle_row_groups=shuffle, seed=seed, reader_pool_type="dummy", filesystem=filesystem)
     try:
         yield reader
     finally:

@@ -61,7 +61,8 @@ def test_one_dockerfile_per_image_kind():
         assert Settings(image_registry="R", image_tag="T").image(kind) == f"R/kuberec-{kind}:T"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", [*DOCKERFILES, *sorted(IMAGES.glob("bases/*/Dockerfile"))],
+                         ids=lambda p: str(p.parent.relative_to(IMAGES)))
 def test_hadolint(dockerfile, k8s_tool):
     result = subprocess.run([str(k8s_tool("hadolint")), "--config", str(REPO / ".hadolint.yaml"), str(dockerfile)],
                             capture_output=True, text=True, timeout=60)

@@ -15,7 +15,7 @@ from kuberec.backends.k8s_resources import KINDS, ClusterOptions, Toleration, re
 from kuberec.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = ["base", "overlays/dev", "overlays/gpu"]
+TARGETS = ["base", "overlays/dev", "overlays/gpu", "overlays/local"]
 # The oldest Kubernetes the cluster guide supports, and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -64,13 +64,16 @@ def test_custom_objects_accepted_by_api_server(built, target, k8s_api_client):
 
     api = client.CustomObjectsApi(k8s_api_client)
     custom = [o for o in built[target] if o["apiVersion"].split("/")[0] in crd_groups()]
-    assert [o["kind"] for o in custom] == ["ClusterServingRuntime"]
+    expected = ["ClusterServingRuntime", "ClusterStorageContainer"] if target == "overlays/local" else [
+        "ClusterServingRuntime"]
+    assert sorted(o["kind"] for o in custom) == expected
     for obj in custom:
         group, version = obj["apiVersion"].split("/")
         plural = obj["kind"].lower() + "s"
         stored = api.create_cluster_custom_object(group, version, plural, obj, dry_run="All",
                                                   field_validation="Strict")
-        assert stored["spec"]["containers"][0]["image"].startswith("kuberec/kuberec-serving:")
+        containers = stored["spec"]["containers"] if "containers" in stored["spec"] else [stored["spec"]["container"]]
+        assert containers[0]["image"].startswith("kuberec/kuberec-serving:")
 
 
 def test_runner_rbac_is_exactly_what_the_backend_uses(built):
@@ -122,6 +125,7 @@ def _containers(objects):
 
 @pytest.mark.parametrize(("target", "selector", "tolerations"), [
     ("overlays/dev", {}, ()),
+    ("overlays/local", {}, ()),
     ("overlays/gpu", {"kuberec.io/pool": "gpu"},
      (Toleration("nvidia.com/gpu"), Toleration("kuberec.io/pool", value="gpu"))),
 ])
@@ -139,3 +143,40 @@ def test_overlay_settings_place_gpu_jobs(built, target, selector, tolerations, t
     worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     assert worker.get("nodeSelector", {}) == selector
     assert len(worker.get("tolerations", [])) == len(tolerations)
+
+
+def test_local_overlay_fits_one_small_node_and_pulls_nothing(built, tmp_path):
+    """`make cluster-up`'s node has 2 CPUs and no registry: kuberec's own pods plus the largest job a step makes
+    must fit in its requests, and every image is one the cluster's scripts build on the node."""
+    from kuberec.backends import RayJob, SparkJob
+    from kuberec.backends.k8s_resources import cpu_millis
+
+    objects = built["overlays/local"]
+    env = find(objects, "ConfigMap", "kuberec-settings")["data"]
+    options = ClusterOptions.from_env(env)
+    containers = list(_containers(objects)) + find(objects, "ClusterServingRuntime", "kuberec-mlflow")["spec"][
+        "containers"]
+    for container in containers:
+        image = container["image"]
+        assert image.startswith("kuberec-local/") or image.endswith(":dev"), image
+    own = sum(cpu_millis(c["resources"]["requests"]["cpu"]) for c in containers)
+    settings = Settings(home=tmp_path, lake_uri=env["KUBEREC_LAKE"], s3_endpoint=env["KUBEREC_S3_ENDPOINT"],
+                        mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"], namespace=env["KUBEREC_NAMESPACE"],
+                        image_tag=env["KUBEREC_IMAGE_TAG"])
+    mpijob = render(HorovodJob("train", "m", workers=2), settings, options)["spec"]["mpiReplicaSpecs"]
+    horovod = sum(cpu_millis(spec["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])
+                  * spec["replicas"] for spec in mpijob.values())
+    spark = render(SparkJob("ingest", "m"), settings, options)["spec"]
+    spark_cpu = cpu_millis(spark["driver"]["coreRequest"]) + spark["executor"]["instances"] * cpu_millis(
+        spark["executor"]["coreRequest"])
+    ray = render(RayJob("tune", "m", workers=2), settings, options)["spec"]["rayClusterSpec"]
+    def ray_request(group: dict) -> int:
+        return cpu_millis(group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])
+
+    ray_cpu = ray_request(ray["headGroupSpec"]) + 2 * ray_request(ray["workerGroupSpecs"][0])
+    for job, cpu in (("MPIJob", horovod), ("SparkApplication", spark_cpu), ("RayJob", ray_cpu)):
+        assert own + cpu <= 2000, f"{job}: kuberec's pods request {own}m and the job {cpu}m of the node's 2000m"
+    # Limits stay what the job asks for: the fraction shrinks only what is reserved.
+    worker = mpijob["Worker"]["template"]["spec"]["containers"][0]["resources"]
+    assert worker["limits"] == {"cpu": "2", "memory": "8Gi"} and worker["requests"] == {"cpu": "200m",
+                                                                                         "memory": "819Mi"}

@@ -95,10 +95,15 @@ def test_spark_application(cluster_settings):
     assert spec["sparkVersion"] == importlib.metadata.version("pyspark")
     assert spec["executor"]["instances"] == 3 and spec["executor"]["cores"] == 2
     assert spec["executor"]["memory"] == "3g" and spec["driver"]["memory"] == "1g"
-    for role in ("driver", "executor"):
-        env = env_of(spec[role])
-        assert env["KUBEREC_DELTA_ON_CLASSPATH"] == "1"  # the Spark image has the Delta jars
-        assert "secretKeyRef" in env["AWS_ACCESS_KEY_ID"]  # executors read s3a too
+    conf = spec["sparkConf"]
+    # The environment is Spark's own properties (applied by spark-submit, no webhook needed), for both roles.
+    for prefix in ("spark.kubernetes.driverEnv.", "spark.executorEnv."):
+        assert conf[f"{prefix}KUBEREC_DELTA_ON_CLASSPATH"] == "1"  # the Spark image has the Delta jars
+        assert conf[f"{prefix}KUBEREC_LAKE"] == "s3://kuberec/lake"
+    for role in ("driver", "executor"):  # executors read s3a too
+        assert conf[f"spark.kubernetes.{role}.secretKeyRef.AWS_ACCESS_KEY_ID"] == "kuberec-lake:AWS_ACCESS_KEY_ID"
+        assert f"spark.kubernetes.{role}.secretKeyRef.MLFLOW_TRACKING_PASSWORD" not in conf  # optional: not for Spark
+        assert "env" not in spec[role]
         assert spec[role]["serviceAccount"] == "kuberec-spark"
         assert spec[role]["labels"]["kuberec.io/step"] == "ingest-fashion-mnist"
 
@@ -154,6 +159,9 @@ def test_rayjob(cluster_settings):
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert "nodeSelector" not in head
     assert head["containers"][0]["image"] == "registry.example/team/kuberec-runtime:1.2.3"
+    for pod in (head, worker):  # the object store's shared memory
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
 
 
 def test_inference_service(cluster_settings):
@@ -187,6 +195,9 @@ def test_options_from_env():
     ({"KUBEREC_K8S_TIMEOUT": "soon"}, "number of seconds"),
     ({"KUBEREC_K8S_GPU_NODE_SELECTOR": "gpu"}, "key=value"),
     ({"KUBEREC_K8S_GPU_TOLERATIONS": "nvidia.com/gpu:Sometimes"}, "Effect one of"),
+    ({"KUBEREC_K8S_REQUEST_FRACTION": "half"}, "REQUEST_FRACTION must be a number"),
+    ({"KUBEREC_K8S_REQUEST_FRACTION": "0"}, r"REQUEST_FRACTION must be in \(0, 1\]"),
+    ({"KUBEREC_K8S_REQUEST_FRACTION": "1.5"}, r"REQUEST_FRACTION must be in \(0, 1\]"),
 ])
 def test_bad_options_say_what_to_write(env, message):
     with pytest.raises(ClusterConfigError, match=message):

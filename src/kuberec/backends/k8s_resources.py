@@ -380,21 +380,48 @@ def _resources(options: ClusterOptions, cpu: str | int, memory: str, gpus: int =
     return {"requests": requests, "limits": limits}
 
 
+def _with_shared_memory(pod: dict) -> dict:
+    """Mount a memory-backed /dev/shm in the pod's first container (a container's default is 64 MiB)."""
+    pod["volumes"] = [*pod.get("volumes", []), {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    container = pod["containers"][0]
+    container["volumeMounts"] = [*container.get("volumeMounts", []), {"name": "dshm", "mountPath": "/dev/shm"}]
+    return pod
+
+
 def _version(dist: str) -> str:
     """The pinned version of a distribution: the images install the same pins, so CRs name the same version."""
     return importlib.metadata.version(dist)
+
+
+def _spark_env_conf(env: list[dict], options: ClusterOptions) -> dict[str, str]:
+    """The pods' environment as Spark's own properties, which spark-submit applies to the driver and executor pods
+    itself: spark-operator applies a SparkApplication's `env` only through its mutating webhook, which a cluster may
+    not run. Spark cannot mark a secret optional, so only the lake Secret (the jobs read the lake) is referenced."""
+    conf = {}
+    for entry in env:
+        name = entry["name"]
+        if "value" in entry:
+            conf[f"spark.kubernetes.driverEnv.{name}"] = conf[f"spark.executorEnv.{name}"] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["secretKeyRef"]
+        if ref["name"] == options.lake_secret:
+            reference = f"{ref['name']}:{ref['key']}"
+            conf[f"spark.kubernetes.driver.secretKeyRef.{name}"] = reference
+            conf[f"spark.kubernetes.executor.secretKeyRef.{name}"] = reference
+    return conf
 
 
 def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> dict:
     """SparkApplication running `run_module.py <module> <args>` in cluster mode on the Spark image (Delta and
     hadoop-aws jars on its classpath); kuberec.lake.spark.spark_session reads the s3a settings from the env."""
     env = [*pod_env(settings, options), {"name": "KUBEREC_DELTA_ON_CLASSPATH", "value": "1"}]
-    common = {"labels": _labels(settings, job.name), "env": env, "serviceAccount": options.spark_service_account}
+    common = {"labels": _labels(settings, job.name), "serviceAccount": options.spark_service_account}
 
     def core_request(cores: int) -> dict:  # Spark's pods request their cores unless told less
         if options.request_fraction == 1:
             return {}
         return {"coreRequest": f"{max(1, round(cores * 1000 * options.request_fraction))}m"}
+
     return {
         "apiVersion": SPARK_APPLICATION.api_version, "kind": SPARK_APPLICATION.kind,
         "metadata": _metadata(settings, run_name(job.name), job.name),
@@ -403,6 +430,7 @@ def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> 
             "image": settings.image("spark"), "imagePullPolicy": options.image_pull_policy,
             "mainApplicationFile": SPARK_LAUNCHER, "arguments": [job.module, *job.args],
             "sparkVersion": _version("pyspark"),
+            "sparkConf": _spark_env_conf(env, options),
             # One attempt: kuberec steps are idempotent, and the caller decides whether to rerun.
             "restartPolicy": {"type": "Never"},
             "driver": {**common, "cores": 1, "memory": job.driver_memory, **core_request(1)},
@@ -435,9 +463,7 @@ def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions)
         **_placement(options, job.gpus_per_worker),
     }
     if job.gpus_per_worker > 0:
-        # NCCL needs more shared memory than a container's default 64 MiB.
-        worker_pod["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-        worker_pod["containers"][0]["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        _with_shared_memory(worker_pod)  # NCCL needs more than a container's default 64 MiB
     return {
         "apiVersion": MPIJOB.api_version, "kind": MPIJOB.kind,
         "metadata": _metadata(settings, run_name(job.name), job.name),
@@ -473,12 +499,15 @@ def render_ray(job: RayJob, settings: Settings, options: ClusterOptions) -> dict
         return {"name": f"ray-{role}", "image": image, "imagePullPolicy": options.image_pull_policy,
                 "env": env, "resources": _resources(options, job.cpus_per_worker, job.memory_per_worker, gpus)}
 
-    head = {"serviceAccountName": options.job_service_account, "containers": [container("head", 0)]}
+    # Ray's object store lives in /dev/shm (else it falls back to slower /tmp).
+    head = _with_shared_memory({"serviceAccountName": options.job_service_account,
+                                "containers": [container("head", 0)]})
     head["containers"][0]["ports"] = [{"containerPort": 6379, "name": "gcs"},
                                       {"containerPort": 8265, "name": "dashboard"},
                                       {"containerPort": 10001, "name": "client"}]
-    worker = {"serviceAccountName": options.job_service_account,
-              "containers": [container("worker", job.gpus_per_worker)], **_placement(options, job.gpus_per_worker)}
+    worker = _with_shared_memory({"serviceAccountName": options.job_service_account,
+                                  "containers": [container("worker", job.gpus_per_worker)],
+                                  **_placement(options, job.gpus_per_worker)})
     return {
         "apiVersion": RAYJOB.api_version, "kind": RAYJOB.kind,
         "metadata": _metadata(settings, run_name(job.name), job.name),

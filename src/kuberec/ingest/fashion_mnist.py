@@ -28,8 +28,10 @@ def read_source(spark, source: str) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     try:
         files = spark.sparkContext.binaryFiles(source.rstrip("/") + "/*").collect()
-    except Exception as err:  # Py4J wraps Hadoop's FileNotFoundException
-        raise DataError(f"cannot read Fashion-MNIST files under {source}: {str(err).splitlines()[0]}") from err
+    except Exception as err:  # Py4J wraps Hadoop's exception (FileNotFoundException, AccessDeniedException...)
+        cause = getattr(err, "java_exception", None)  # the Java exception itself says what went wrong
+        detail = str(cause) if cause is not None else str(err).splitlines()[0]
+        raise DataError(f"cannot read Fashion-MNIST files under {source}: {detail}") from err
     for path, content in files:
         name = os.path.basename(path).removesuffix(".gz")
         if name in wanted:

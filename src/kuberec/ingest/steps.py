@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kuberec.backends import SparkJob, get_backend
 from kuberec.ingest.catalog import TABLE_NAME as CATALOG_TABLE
-from kuberec.lake.delta import TableRef, table_version
+from kuberec.lake.delta import TableRef, s3_filesystem, table_version
 from kuberec.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -33,20 +33,13 @@ def acquire_fashion_mnist(settings: Settings | None = None, source: str | None =
 def stage_in_lake(settings: Settings, directory: Path, name: str) -> str:
     """Copy the files of a local directory to `<lake>/raw/<name>/` in object storage, where pods can read them;
     returns that prefix as Spark names it (s3a://). A file already there with the same size is not copied again."""
-    import os
-
     from pyarrow import fs
 
     if settings.lake_is_local:
         raise SettingsError(f"pods cannot read the local lake {settings.lake_uri!r}; set KUBEREC_LAKE to an s3:// "
                             f"location (and KUBEREC_S3_ENDPOINT for MinIO)")
     prefix = settings.table_uri(f"raw/{name}")
-    options: dict[str, str] = {}
-    if settings.s3_endpoint:
-        options = {"endpoint_override": settings.s3_endpoint,
-                   "scheme": "http" if settings.s3_endpoint.startswith("http://") else "https",
-                   "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    store = fs.S3FileSystem(**options)
+    store = s3_filesystem(settings.s3_endpoint)
     key_prefix = prefix.split("://", 1)[1]
     existing = {info.base_name: info.size for info in store.get_file_info(fs.FileSelector(key_prefix,
                                                                                           allow_not_found=True))}

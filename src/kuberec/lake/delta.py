@@ -100,6 +100,21 @@ def _storage_options(uri: str) -> dict[str, str] | None:
     return options
 
 
+def s3_filesystem(endpoint: str | None = None):
+    """pyarrow's S3 filesystem for the lake's object store (`endpoint`, default KUBEREC_S3_ENDPOINT, for MinIO;
+    credentials from the AWS_* variables), for readers that take a pyarrow filesystem (Petastorm, file copies)."""
+    import os
+
+    from pyarrow import fs
+
+    endpoint = os.environ.get("KUBEREC_S3_ENDPOINT", "") if endpoint is None else endpoint
+    options = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    return fs.S3FileSystem(**options)
+
+
 def table_version(table_uri: str) -> int:
     """Current (latest committed) version of a Delta table."""
     return _delta_rs_table(table_uri).version()
