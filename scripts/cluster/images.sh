@@ -100,6 +100,8 @@ for kind in "${KUBEREC_IMAGES[@]}"; do
   [ "$kind" = runtime ] && "${docker[@]}" tag "$REGISTRY/kuberec-runtime:$TAG" runtime
 done
 stop artifact-server
+# Layers of earlier builds that no tag uses any more (each kuberec image is several GB).
+"${docker[@]}" image prune -f >/dev/null
 
 # -- onto the node: only images whose ID the node does not have yet ---------------------------------------------
 to_load=()
@@ -116,7 +118,7 @@ done
 if [ ${#to_load[@]} -gt 0 ]; then
   log "loading onto the node: ${to_load[*]}"
   start=$SECONDS
-  "${docker[@]}" save "${to_load[@]}" | "${CTR[@]}" images import --digests - >/dev/null
+  "${docker[@]}" save "${to_load[@]}" | "${CTR[@]}" images import - >/dev/null
   for image in "${to_load[@]}"; do
     "${docker[@]}" image inspect -f '{{.Id}}' "$image" > "$C/images/loaded-$(echo "$image" | tr '/:' '__')"
   done
