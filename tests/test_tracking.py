@@ -92,8 +92,8 @@ def test_registry_uris_resolve_to_the_artifact_store(tracked_settings, tmp_path)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
     tracking.configure(tracked_settings)
-    mlflow.set_experiment("resolve")
-    with mlflow.start_run() as run:
+    # An explicit experiment, not mlflow.set_experiment: that would stay active for the later tests of this process.
+    with mlflow.start_run(experiment_id=tracking.experiment_id("resolve")) as run:
         mlflow.log_artifacts(str(tmp_path / "model"), "train/model")
     version, _ = tracking.register_and_promote(tracked_settings, f"runs:/{run.info.run_id}/train/model", "resolved",
                                                set_champion=True)

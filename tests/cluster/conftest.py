@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -66,16 +67,19 @@ class PortForward:
 
     def __init__(self, target: str, remote_port: int):
         self.port = free_port()
+        # Its messages go to a file: a pipe nobody reads would fill up and stall every forwarded connection.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [str(KUBECTL), "--kubeconfig", str(KUBECONFIG), "-n", NAMESPACE, "port-forward", "--address", "127.0.0.1",
-             target, f"{self.port}:{remote_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             target, f"{self.port}:{remote_port}"], stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             if self.process.poll() is not None:
-                raise AssertionError(f"port-forward {target}: {self.process.stderr.read()}")
+                self.log.seek(0)
+                raise AssertionError(f"port-forward {target}: {self.log.read()}")
             time.sleep(0.3)
         self.stop()
         raise AssertionError(f"port-forward {target} did not open 127.0.0.1:{self.port}")
@@ -87,6 +91,7 @@ class PortForward:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+        self.log.close()
 
 
 def credentials() -> dict[str, str]:
@@ -108,6 +113,9 @@ def cluster_env(tmp_path_factory) -> Iterator[dict[str, str]]:
         "KUBEREC_K8S_POD_MLFLOW_URI": f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000",
         "KUBEREC_K8S_REQUEST_FRACTION": "0.1", "KUBEREC_K8S_ON_CANCEL": "keep", "AWS_REGION": "us-east-1",
         "KUBEREC_K8S_IMAGE_PULL_POLICY": "IfNotPresent",
+        # The server would hand out presigned URLs of MinIO's in-cluster address, which this machine cannot reach:
+        # move artifacts through the server (the port-forward) instead.
+        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
     }
     yield env
     minio.stop()

@@ -7,6 +7,7 @@ sweep logged to the in-cluster MLflow; KServe serves the registered model and an
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -98,7 +99,9 @@ def job_experiment(cluster_env, run_id: str) -> str:
 def test_inference_service_answers_v2_through_port_forward(cluster_env, state):
     from kuberec.serving.client import recommend_similar
 
-    assert "run_id" in state, "needs the MPIJob test's training run"
+    # The MPIJob test's training run (or one named by KUBEREC_SMOKE_TRAINING_RUN, to rerun this test alone).
+    state.setdefault("run_id", os.environ.get("KUBEREC_SMOKE_TRAINING_RUN"))
+    assert state["run_id"], "needs the MPIJob test's training run"
     start = time.monotonic()
     run_kuberec(cluster_env, "index", "build", "--model", f"runs:/{state['run_id']}/train/model", "--name", SERVED_NAME,
                 "--set-champion")

@@ -184,7 +184,9 @@ def test_ingest_component_runs_a_spark_application(cluster, k8s_config, spark, s
     staged = {item["Key"].rsplit("/", 1)[1] for item in
               s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{namespace}/lake/raw/fashion-mnist/")["Contents"]}
     assert {"train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} <= staged
-    driver_env = env_of(app["spec"]["driver"])
+    # The driver's environment travels as Spark properties (spark-submit applies them; no webhook needed).
+    prefix = "spark.kubernetes.driverEnv."
+    driver_env = {k.removeprefix(prefix): v for k, v in app["spec"]["sparkConf"].items() if k.startswith(prefix)}
     assert driver_env["KUBEREC_S3_ENDPOINT"] == cluster["KUBEREC_K8S_POD_S3_ENDPOINT"]
     assert driver_env["KUBEREC_BACKEND"] == "local"
     assert app["metadata"]["labels"]["kuberec.io/step"] == "ingest-fashion-mnist"

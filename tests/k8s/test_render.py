@@ -158,7 +158,9 @@ def test_rayjob(cluster_settings):
     assert worker["nodeSelector"] == {"kuberec.io/pool": "gpu"}
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert "nodeSelector" not in head
-    assert head["containers"][0]["image"] == "registry.example/team/kuberec-runtime:1.2.3"
+    # Trials run the Horovod training code: the Horovod images (GPU for GPU workers).
+    assert head["containers"][0]["image"] == "registry.example/team/kuberec-horovod-cpu:1.2.3"
+    assert worker["containers"][0]["image"] == "registry.example/team/kuberec-horovod-gpu:1.2.3"
     for pod in (head, worker):  # the object store's shared memory
         assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
         assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]

@@ -492,10 +492,11 @@ def render_ray(job: RayJob, settings: Settings, options: ClusterOptions) -> dict
     """RayJob: a Ray cluster (head + one worker group) whose driver runs `python -m <module> <args>`;
     KubeRay deletes the cluster when the job finishes."""
     env = pod_env(settings, options)
-    image = settings.image("runtime")
     labels = _labels(settings, job.name)
 
     def container(role: str, gpus: int) -> dict:
+        # Trials train with the pipeline's training code, which runs under Horovod: the Horovod images.
+        image = settings.image("horovod-gpu" if gpus > 0 else "horovod-cpu")
         return {"name": f"ray-{role}", "image": image, "imagePullPolicy": options.image_pull_policy,
                 "env": env, "resources": _resources(options, job.cpus_per_worker, job.memory_per_worker, gpus)}
 
