@@ -127,6 +127,7 @@ class TestAPIServer:
         self.workdir = workdir
         self.processes: list[subprocess.Popen] = []
         self.host = ""
+        self.etcd_url = ""
         self.certs: dict[str, Path] = {}
 
     def _spawn(self, name: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
@@ -136,48 +137,75 @@ class TestAPIServer:
         self.processes.append(process)
         return process, log
 
+    def _start_on_free_ports(self, name: str, ports: int, argv, ready, timeout: float) -> None:
+        """Start a server on fresh free ports, again on new ones if another process took a port first.
+
+        A port free when picked can be taken before the server binds it (any outgoing connection may get it
+        as its ephemeral port: CI lost a whole session to that once), so a bind failure means pick again.
+        """
+        for _ in range(5):
+            chosen = [_free_port() for _ in range(ports)]
+            process, log = self._spawn(name, argv(*chosen))
+            try:
+                _wait_for(ready, name, timeout, process, log)
+                return
+            except RuntimeError:
+                if process.poll() is None or b"address already in use" not in log.read_bytes():
+                    raise
+                self.processes.remove(process)
+        raise RuntimeError(f"{name} found no free port in 5 tries:\n{log.read_text()[-4000:]}")
+
     def start(self) -> None:
         etcd_bin, apiserver_bin = _tool("etcd"), _tool("apiextensions-apiserver")
-        client_port, peer_port, secure_port = _free_port(), _free_port(), _free_port()
-        etcd_url = f"http://127.0.0.1:{client_port}"
-        peer_url = f"http://127.0.0.1:{peer_port}"
-        etcd, etcd_log = self._spawn("etcd", [
-            str(etcd_bin), "--name", "test", "--data-dir", str(self.workdir / "etcd"),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"test={peer_url}", "--unsafe-no-fsync", "--log-level", "warn"])
-        _wait_for(lambda: b"true" in urllib.request.urlopen(f"{etcd_url}/health", timeout=2).read(),
-                  "etcd", 60, etcd, etcd_log)
+
+        def etcd_argv(client_port: int, peer_port: int) -> list[str]:
+            self.etcd_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+            # A data dir per try: a failed try may have recorded its peer URL in the one before.
+            return [str(etcd_bin), "--name", "test", "--data-dir", str(self.workdir / f"etcd-{client_port}"),
+                    "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+                    "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                    "--initial-cluster", f"test={peer_url}", "--unsafe-no-fsync", "--log-level", "warn"]
+
+        def etcd_ready() -> bool:
+            return b"true" in urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2).read()
+
+        self._start_on_free_ports("etcd", 2, etcd_argv, etcd_ready, 60)
 
         self.certs = _write_certs(self.workdir)
-        self.host = f"https://127.0.0.1:{secure_port}"
         kubeconfig = self.workdir / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.host,
-                                                      "certificate-authority": str(self.certs["ca.crt"])}}],
-            "users": [{"name": "test", "user": {"client-certificate": str(self.certs["client.crt"]),
-                                                "client-key": str(self.certs["client.key"])}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-        }))
-        self.kubeconfig = kubeconfig
-        apiserver, apiserver_log = self._spawn("apiserver", [
-            str(apiserver_bin), "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1", "--secure-port", str(secure_port),
-            "--tls-cert-file", str(self.certs["server.crt"]), "--tls-private-key-file", str(self.certs["server.key"]),
-            "--client-ca-file", str(self.certs["ca.crt"]),
-            # Delegated authn/authz need a kubeconfig; the client cert is in system:masters, which the
-            # authorizer always allows, so nothing is ever looked up through it.
-            "--authentication-kubeconfig", str(kubeconfig), "--authorization-kubeconfig", str(kubeconfig),
-            "--kubeconfig", str(kubeconfig), "--authentication-skip-lookup",
-            "--disable-admission-plugins", DISABLED_ADMISSION])
         context = ssl.create_default_context(cafile=str(self.certs["ca.crt"]))
         context.load_cert_chain(str(self.certs["client.crt"]), str(self.certs["client.key"]))
+
+        def apiserver_argv(secure_port: int) -> list[str]:
+            self.host = f"https://127.0.0.1:{secure_port}"
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": self.host,
+                                                          "certificate-authority": str(self.certs["ca.crt"])}}],
+                "users": [{"name": "test", "user": {"client-certificate": str(self.certs["client.crt"]),
+                                                    "client-key": str(self.certs["client.key"])}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }))
+            return [
+                str(apiserver_bin), "--etcd-servers", self.etcd_url,
+                "--bind-address", "127.0.0.1", "--secure-port", str(secure_port),
+                "--tls-cert-file", str(self.certs["server.crt"]),
+                "--tls-private-key-file", str(self.certs["server.key"]),
+                "--client-ca-file", str(self.certs["ca.crt"]),
+                # Delegated authn/authz need a kubeconfig; the client cert is in system:masters, which the
+                # authorizer always allows, so nothing is ever looked up through it.
+                "--authentication-kubeconfig", str(kubeconfig), "--authorization-kubeconfig", str(kubeconfig),
+                "--kubeconfig", str(kubeconfig), "--authentication-skip-lookup",
+                "--disable-admission-plugins", DISABLED_ADMISSION]
+
         # /readyz stays 500 here (its informer-sync check waits for core kinds this server does not serve):
         # ready means the CRD API answers.
-        crds = f"{self.host}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-        _wait_for(lambda: urllib.request.urlopen(crds, context=context, timeout=2).status == 200,
-                  "apiextensions-apiserver", 120, apiserver, apiserver_log)
+        def apiserver_ready() -> bool:
+            crds = f"{self.host}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+            return urllib.request.urlopen(crds, context=context, timeout=2).status == 200
+
+        self._start_on_free_ports("apiserver", 1, apiserver_argv, apiserver_ready, 120)
+        self.kubeconfig = kubeconfig
 
     def client_configuration(self):
         from kubernetes import client
