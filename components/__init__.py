@@ -48,8 +48,13 @@ def component(func):
 def configure_for_cluster(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Settings (ConfigMap) and credentials (Secrets, optional keys) as the task pod's environment, and kuberec's
     pod label. Returns the task, so a pipeline wraps each call: `trained = configure_for_cluster(train(...))`.
-    The KFP local runner ignores all of it (the local process has its own environment)."""
+    The KFP local runner ignores all of it (the local process has its own environment).
+
+    Caching is off: every step reads or writes state that KFP does not see (Delta tables, the MLflow registry), so
+    a cached result could name a table version or model that has changed since, or skip a registration."""
     from kfp import kubernetes
+
+    task.set_caching_options(False)
 
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {key: key for key in REQUIRED_SETTINGS})
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {key: key for key in OPTIONAL_SETTINGS},

@@ -39,6 +39,9 @@ def test_compiles_deterministically_to_its_tasks_in_the_runtime_image(name, tmp_
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == set(inspect.signature(function).parameters)
     assert set(platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) == \
         set(spec["deploymentSpec"]["executors"])  # every task gets the cluster settings (configure_for_cluster)
+    # Nothing may come from KFP's cache: the steps' effects live in Delta and MLflow, outside what KFP tracks.
+    assert not any(task.get("cachingOptions", {}).get("enableCache")
+                   for task in spec["root"]["dag"]["tasks"].values())
 
 
 def test_catalog_pipeline_runs_locally(settings):

@@ -78,7 +78,24 @@ for artifact in "io.delta:delta-spark_2.13:$(spark_arg DELTA_VERSION)" "io.delta
 done
 ln -sfn "$C/wheelhouse" "$serve_dir/wheels"
 ln -sfn "$HOME/.m2/repository" "$serve_dir/m2"
-port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The same port as last time when it is free: the URL is a build arg, so a new one misses the layer cache and
+# reinstalls every wheel (minutes, and Horovod recompiles).
+port=$("$PY" - "$C/artifact-server.port" <<'PYTHON'
+import socket, sys
+from pathlib import Path
+saved = Path(sys.argv[1])
+for port in ([int(saved.read_text())] if saved.is_file() else []) + [0]:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        port = sock.getsockname()[1]
+        break
+saved.write_text(f"{port}\n")
+print(port)
+PYTHON
+)
 stop artifact-server
 start artifact-server "$PY" -m http.server --bind 127.0.0.1 --directory "$serve_dir" "$port"
 trap 'stop artifact-server' EXIT
