@@ -7,8 +7,11 @@ kubectl() { "$BIN/kubectl" --request-timeout=10s "$@"; }
 for name in kserve ray-operator spark-operator mpi-operator kube-controller-manager kube-scheduler; do stop "$name"; done
 if running kubelet && running kube-apiserver; then
   kubectl delete pods --all --all-namespaces --grace-period=5 --wait=false >/dev/null 2>&1 || true
-  for _ in $(seq 60); do
-    [ -z "$("${CTR[@]}" tasks ls -q 2>/dev/null)" ] && break
+  # A pod leaves the API only once the kubelet has stopped its sandbox, which tears down its network namespace;
+  # no containers left is not enough (the sandboxes outlive them).
+  for _ in $(seq 90); do
+    [ -z "$(kubectl get pods --all-namespaces -o name 2>/dev/null)" ] && [ -z "$("${CTR[@]}" tasks ls -q 2>/dev/null)" ] &&
+      break
     sleep 1
   done
 fi
@@ -17,11 +20,18 @@ for name in kubelet kube-proxy coredns kube-apiserver etcd artifact-server; do s
 for task in $("${CTR[@]}" tasks ls -q 2>/dev/null); do "${CTR[@]}" tasks kill -s KILL "$task" >/dev/null 2>&1 || true; done
 stop dockerd
 stop containerd
-# What the kubelet mounted under its root, and kube-proxy's iptables rules
-awk -v root="$STATE/kubelet/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r | while read -r mount; do
+# What the kubelet, containerd and dockerd mounted under the cluster's state (volumes, sandbox /dev/shm, netns
+# handles), and kube-proxy's iptables rules
+awk -v root="$STATE/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r | while read -r mount; do
   umount "$mount" 2>/dev/null || umount -l "$mount"
 done
 [ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+# Pod network namespaces nobody tore down (a kubelet that did not get to them): those with a veth on our bridge.
+# `ip netns list` prints "<name> (id: <n>)", the veth its peer's namespace as link-netnsid <n>.
+for id in $(ip -o link show master cni0 2>/dev/null | sed -n 's/.* link-netnsid \([0-9]*\).*/\1/p'); do
+  name=$(ip netns list | awk -v id="$id)" '$3 == id {print $1}')
+  [ -n "$name" ] && ip netns delete "$name" && log "removed pod network namespace $name"
+done
 for direction in -i -o; do iptables -D FORWARD "$direction" cni0 -j ACCEPT 2>/dev/null || true; done
 ip link show cni0 >/dev/null 2>&1 && ip link delete cni0
 if [ "${WIPE:-0}" = 1 ]; then
