@@ -9,11 +9,13 @@ if running kubelet && running kube-apiserver; then
   kubectl delete pods --all --all-namespaces --grace-period=5 --wait=false >/dev/null 2>&1 || true
   # A pod leaves the API only once the kubelet has stopped its sandbox, which tears down its network namespace;
   # no containers left is not enough (the sandboxes outlive them).
-  for _ in $(seq 90); do
-    [ -z "$(kubectl get pods --all-namespaces -o name 2>/dev/null)" ] && [ -z "$("${CTR[@]}" tasks ls -q 2>/dev/null)" ] &&
-      break
-    sleep 1
+  waited=0
+  until [ -z "$(kubectl get pods --all-namespaces -o name 2>/dev/null)" ] &&
+        [ -z "$("${CTR[@]}" tasks ls -q 2>/dev/null)" ]; do
+    [ "$waited" -ge 120 ] && { log "pods still terminating after ${waited} s; stopping anyway"; break; }
+    sleep 1; waited=$((waited + 1))
   done
+  log "pods gone in ${waited} s"
 fi
 for name in kubelet kube-proxy coredns kube-apiserver etcd artifact-server; do stop "$name"; done
 # Containers the kubelet did not get to
@@ -26,11 +28,10 @@ awk -v root="$STATE/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r |
   umount "$mount" 2>/dev/null || umount -l "$mount"
 done
 [ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
-# Pod network namespaces nobody tore down (a kubelet that did not get to them): those with a veth on our bridge.
-# `ip netns list` prints "<name> (id: <n>)", the veth its peer's namespace as link-netnsid <n>.
-for id in $(ip -o link show master cni0 2>/dev/null | sed -n 's/.* link-netnsid \([0-9]*\).*/\1/p'); do
-  name=$(ip netns list | awk -v id="$id)" '$3 == id {print $1}')
-  [ -n "$name" ] && ip netns delete "$name" && log "removed pod network namespace $name"
+# Pod network namespaces nobody tore down (a kubelet that did not get to them): the peers of the veths on our
+# bridge, which `ip -o link` names as "link-netns <name>".
+for name in $(ip -o link show master cni0 2>/dev/null | sed -n 's/.* link-netns \([^ ]*\).*/\1/p'); do
+  ip netns delete "$name" && log "removed pod network namespace $name"
 done
 for direction in -i -o; do iptables -D FORWARD "$direction" cni0 -j ACCEPT 2>/dev/null || true; done
 ip link show cni0 >/dev/null 2>&1 && ip link delete cni0
