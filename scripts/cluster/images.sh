@@ -112,6 +112,13 @@ if want runtime || want horovod-cpu; then
 fi
 for kind in "${KUBEREC_IMAGES[@]}"; do
   want "$kind" || continue
+  # Every other named stage gets a tag as well: the prune below removes untagged images, which would take the
+  # layer cache of stages no final image descends from (Horovod's compile, the Spark jars) and redo them each time.
+  for stage in $(sed -n 's/^FROM .* AS \([a-z0-9_-]*\)$/\1/p' "images/$kind/Dockerfile"); do
+    [ "$kind" = runtime ] && continue  # its `deps` stage is runtime-deps, built above
+    build "$kind-$stage" "kuberec-stage/$kind:$stage" "$REPO" -f "images/$kind/Dockerfile" --target "$stage" \
+      "${local_args[@]}"
+  done
   build "$kind" "$REGISTRY/kuberec-$kind:$TAG" "$REPO" -f "images/$kind/Dockerfile" "${local_args[@]}"
   # The Dockerfiles FROM `runtime` (docker-bake passes it as a named context; the classic builder finds the tag).
   [ "$kind" = runtime ] && "${docker[@]}" tag "$REGISTRY/kuberec-runtime:$TAG" runtime
