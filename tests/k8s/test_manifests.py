@@ -92,6 +92,19 @@ def test_runner_rbac_is_exactly_what_the_backend_uses(built):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kuberec-runner", "namespace": "kuberec"}]
 
 
+def test_spark_driver_role_covers_what_spark_4_calls(built):
+    """The calls a Spark 4 driver makes on a real cluster (make cluster-smoke). Services deletecollection and claims
+    list/deletecollection were missing at first: the driver got a 403 from them there when it stopped."""
+    role = find(built["base"], "Role", "kuberec-spark")
+    granted = {(resource, verb) for rule in role["rules"] if rule["apiGroups"] == [""]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    needed = {("pods", verb) for verb in ("create", "get", "list", "watch", "delete", "deletecollection")} | \
+        {("configmaps", verb) for verb in ("create", "get", "delete", "deletecollection")} | \
+        {("services", verb) for verb in ("create", "delete", "deletecollection")} | \
+        {("persistentvolumeclaims", verb) for verb in ("list", "deletecollection")}
+    assert needed <= granted, sorted(needed - granted)
+
+
 def test_backend_defaults_match_the_manifests(built):
     """The service accounts, Secrets and serving runtime the backend names exist in (or are documented for) the
     manifests; job pods that need no API access get no token."""
