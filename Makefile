@@ -40,12 +40,18 @@ pipeline-upload: setup
 serve: setup
 	$(VENV)/bin/kuberec serve $(SERVE_ARGS)
 
-# Container images (docker buildx; not buildable without a Docker engine): <IMAGE_REGISTRY>/kuberec-<kind>:<IMAGE_TAG>.
-# IMAGES_ARGS="--push" publishes them, IMAGES_ARGS="--load spark" loads one into the local engine.
+# Container images with docker buildx: <IMAGE_REGISTRY>/kuberec-<kind>:<IMAGE_TAG>. IMAGES_ARGS="--push" publishes
+# them, IMAGES_ARGS="--load spark" loads one into the local engine. Without buildx (a machine with no registry, like
+# this one) it is `make cluster-images`: Debian's dockerd and Debian-made bases, `dev` tags, loaded onto the local node.
 IMAGE_REGISTRY ?= kuberec
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 images:
-	REGISTRY=$(IMAGE_REGISTRY) TAG=$(IMAGE_TAG) docker buildx bake -f images/docker-bake.hcl $(IMAGES_ARGS)
+	@if docker buildx version >/dev/null 2>&1; then \
+		REGISTRY=$(IMAGE_REGISTRY) TAG=$(IMAGE_TAG) docker buildx bake -f images/docker-bake.hcl $(IMAGES_ARGS); \
+	else \
+		echo "images: no docker buildx here: building with Debian's dockerd and bases for the local node (make cluster-images)"; \
+		$(MAKE) --no-print-directory cluster-images; \
+	fi
 
 # A real single-node Kubernetes on this machine (root, Linux): mpi-operator, spark-operator, KubeRay, KServe, kuberec's
 # images built here and kuberec installed (docs/cluster-guide.md, "A cluster on this machine"). Cold: about an hour
@@ -64,9 +70,10 @@ cluster-status:
 cluster-smoke: setup
 	$(VENV)/bin/python -m pytest tests/cluster -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
-# Rebuilds kuberec's images on the cluster's dockerd and loads them onto the node (IMAGES="spark serving" for some).
+# Builds kuberec's images on the cluster's dockerd (started if it is not running) and loads them onto the node
+# (IMAGES="spark serving" for some).
 cluster-images: setup
-	@scripts/cluster/images.sh $(IMAGES)
+	@scripts/cluster/start-runtime.sh && scripts/cluster/images.sh $(IMAGES)
 
 # Re-resolve the full pinned set after changing pyproject.toml's direct pins.
 lock:

@@ -13,7 +13,8 @@ from components import component
 @component
 def instacart_source(source: str, users: int, seed: int) -> str:
     """The Instacart CSV directory: `source` when given, else `users` generated users (seed `seed`) under
-    <home>/data/instacart-synth, reused when already generated with the same users and seed.
+    <home>/data/instacart-synth, reused when already generated with the same users and seed. On the Kubernetes
+    backend the files are staged in the lake and the returned location is there (the next task's pod reads them).
 
     Generating 5,000 users takes about a second and gives ~240k candidate (user, product) examples; Instacart
     has 206,209 users.
@@ -21,7 +22,7 @@ def instacart_source(source: str, users: int, seed: int) -> str:
     from kuberec.ingest import steps
     from kuberec.settings import load_settings
 
-    return source or steps.synthesize(load_settings(), users, seed)
+    return steps.instacart_source(load_settings(), source, users, seed)
 
 
 @component

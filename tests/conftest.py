@@ -64,6 +64,52 @@ def tracked_settings(settings, mlflow_server, monkeypatch) -> Settings:
     return load_settings()
 
 
+class S3Server:
+    """moto's S3 server in a process of its own on loopback, over real HTTP: a fake S3 (no MinIO binary in `make
+    test`; `make cluster-smoke` uses the cluster's MinIO); it accepts any credentials. Not a thread of the test
+    process: delta-rs holds the GIL while it waits for an answer, so an in-process server could never reply."""
+
+    def __init__(self, attempts: int = 3) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        for _ in range(attempts):  # another process may take the free port before the server binds it
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.process.poll() is None:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        self.endpoint = f"http://127.0.0.1:{port}"
+                        return
+                time.sleep(0.2)
+            self.stop()
+        raise RuntimeError(f"moto's S3 server did not start in {attempts} attempts")
+
+    def client(self, key: str = "kuberec-test", secret: str = "kuberec-test-secret"):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=key,
+                            aws_secret_access_key=secret)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One S3Server for the test run; each test makes its own bucket."""
+    server = S3Server()
+    yield server
+    server.stop()
+
+
 # What a `fast` test must not start (directly or through another fixture): the JVM, a server, the API server.
 HEAVY_FIXTURES = frozenset({"spark", "mlflow_server", "tracked_settings", "apiserver", "mlserver"})
 

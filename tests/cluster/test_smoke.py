@@ -17,6 +17,7 @@ from conftest import NAMESPACE, PortForward, kubectl, record, run_kuberec
 pytestmark = pytest.mark.timeout(3600)
 PER_SPLIT = 300  # images per split in the ingest: enough for a batch of every class, quick on 2 CPUs
 SERVED_NAME = "kuberec-similarity"
+INSTACART_USERS = 200  # the wide & deep data steps: small enough for the Spark jobs to take a minute or two
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,24 @@ def test_spark_application_ingests_into_delta_on_minio(cluster_env, monkeypatch)
         split = re.search(r"/split=(\w+)/", file)[1]
         rows[split] += parquet.ParquetFile(store.open_input_file(file.removeprefix("s3://"))).metadata.num_rows
     assert rows == {"train": PER_SPLIT, "test": PER_SPLIT}
+
+
+def test_catalog_upload_is_staged_and_appended_by_a_spark_application(cluster_env, tmp_path):
+    """`kuberec ingest images` from this machine: the pictures are staged in MinIO, the driver pod reads them there."""
+    from PIL import Image
+
+    for index in range(2):
+        Image.new("L", (40, 30), 180 + 20 * index).save(tmp_path / f"upload-{index}.png")
+    start = time.monotonic()
+    out = run_kuberec(cluster_env, "ingest", "images", str(tmp_path), "--label", "7")
+    app = newest("sparkapplications", "ingest-images")
+    state = app["status"]["applicationState"]["state"]
+    record("SparkApplication (catalog upload)", state, time.monotonic() - start)
+    assert state == "COMPLETED"
+    assert app["spec"]["arguments"][1].startswith(f"{cluster_env['KUBEREC_LAKE'].replace('s3://', 's3a://')}"
+                                                  f"/raw/images/")
+    written = re.search(r"catalog table \S+/fashion_mnist@v(\d+)", out)
+    assert written and int(written[1]) >= 1, out  # a commit after the Fashion-MNIST ingest's
 
 
 def test_mpijob_trains_on_two_horovod_workers(cluster_env, state):
@@ -117,3 +136,31 @@ def test_inference_service_answers_v2_through_port_forward(cluster_env, state):
     finally:
         predictor.stop()
     assert len(neighbours) == 5 and [n["rank"] for n in neighbours] == [1, 2, 3, 4, 5]
+
+
+def test_instacart_ingest_and_features_run_as_spark_applications(cluster_env, tmp_path):
+    """The wide & deep data steps on the cluster: generated Instacart files staged in MinIO, bronze tables written by
+    one SparkApplication, the gold tables by another; both read back from MinIO on this machine."""
+    from kuberec.lake.delta import table_version
+
+    source = tmp_path / "instacart"
+    run_kuberec(cluster_env, "data", "instacart-synth", "--users", str(INSTACART_USERS), "--out", str(source))
+    start = time.monotonic()
+    run_kuberec(cluster_env, "ingest", "instacart", "--source", str(source))
+    ingest = newest("sparkapplications", "ingest-instacart")
+    record("SparkApplication (Instacart ingest)", ingest["status"]["applicationState"]["state"],
+           time.monotonic() - start)
+    assert ingest["status"]["applicationState"]["state"] == "COMPLETED"
+    assert "/raw/instacart/" in ingest["spec"]["arguments"][2]  # python -m <module> --source <staged prefix>
+    start = time.monotonic()
+    out = run_kuberec(cluster_env, "features", "instacart")
+    features = newest("sparkapplications", "features-instacart")
+    record("SparkApplication (Instacart features)", features["status"]["applicationState"]["state"],
+           time.monotonic() - start)
+    assert features["status"]["applicationState"]["state"] == "COMPLETED"
+    env = {name: cluster_env[name] for name in ("KUBEREC_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                 "AWS_REGION")}
+    os.environ.update(env)  # delta-rs reads MinIO through the port-forward with these
+    examples = re.search(r"gold examples: (\S+)@v(\d+)", out)
+    assert examples, out
+    assert table_version(examples[1]) == int(examples[2])

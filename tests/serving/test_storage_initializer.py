@@ -4,7 +4,6 @@ cluster smoke test runs it against MinIO in the pod KServe makes)."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 
@@ -17,24 +16,14 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kuberec-test", "AWS_SECRET_ACCESS_KEY": "ku
 
 
 @pytest.fixture(scope="module")
-def s3():
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+def s3(s3_server):
+    client = s3_server.client(CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     client.create_bucket(Bucket="mlflow")
     for key, body in {"artifacts/1/run/model/MLmodel": b"flavors: {}\n",
                       "artifacts/1/run/model/data/weights.bin": b"\x00\x01" * 1000,
                       "artifacts/1/run/other/file.txt": b"not the model"}.items():
         client.put_object(Bucket="mlflow", Key=key, Body=body)
-    yield f"{host}:{port}"
-    server.stop()
+    return s3_server.endpoint.removeprefix("http://")
 
 
 def kserve_env(endpoint: str) -> dict[str, str]:

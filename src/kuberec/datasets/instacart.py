@@ -24,7 +24,6 @@ kept in memory (about 1 GB for the full dataset's 32M order lines, estimated fro
 from __future__ import annotations
 
 import csv as stdlib_csv
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,14 +121,6 @@ class InstacartSummary:
 
 def missing_files(source: str | Path) -> list[str]:
     return [spec.name for spec in FILES if not (Path(source) / spec.name).is_file()]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_header(path: Path) -> list[str]:

@@ -58,13 +58,19 @@ def to_catalog_image(data: bytes, name: str) -> np.ndarray:
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
-    """Files named directly, plus PNG/JPEG files found under directories (sorted, so ids are reproducible)."""
+    """Files named directly, plus PNG/JPEG files found under directories and object-storage prefixes (where
+    `kuberec.lake.raw.stage` puts uploads for pods) (sorted, so ids are reproducible)."""
+    from kuberec.lake.raw import is_remote, list_files
+
     files: list[str] = []
     for path in paths:
-        if os.path.isdir(path):
+        if is_remote(path):
+            found = list_files(path)  # the object store of KUBEREC_S3_ENDPOINT
+            files += found if found == [path] else [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
+        elif os.path.isdir(path):
             for root, _, names in os.walk(path):
                 files += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
-        elif os.path.exists(path) or "://" in path:
+        elif os.path.exists(path):
             files.append(path)
         else:
             raise DataError(f"{path}: no such file or directory")
@@ -153,7 +159,7 @@ def _add_images(spark, table_uri: str, files: list[str], images: dict[str, np.nd
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="python -m kuberec.ingest.images", description=__doc__)
-    parser.add_argument("paths", nargs="+", help="PNG/JPEG files or directories")
+    parser.add_argument("paths", nargs="+", help="PNG/JPEG files or directories (local, or s3a:// prefixes)")
     parser.add_argument("--label", type=int, default=None, help=f"class 0..9 ({', '.join(LABEL_NAMES)})")
     parser.add_argument("--table", default=settings.table_uri(TABLE_NAME))
     args = parser.parse_args(argv)

@@ -14,8 +14,9 @@ and counts, DOUBLE days_since_prior_order (NULL for a first order), STRING eval_
   transaction; the gold step (`kuberec features instacart`) records the bronze versions it read.
 
 Runs the same locally (`kuberec ingest instacart`) and as a SparkApplication driver
-(`python -m kuberec.ingest.instacart --source DIR`). The source is a directory the driver and executors can read
-(a local path, or a volume mounted into every pod).
+(`python -m kuberec.ingest.instacart --source s3a://...`). The source is a local directory, or a prefix in object
+storage (where `kuberec.lake.raw.stage` puts a local directory for pods): the driver then checks a downloaded copy
+and Spark's executors read the objects themselves.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from kuberec.datasets.instacart import (
     FILES,
     CsvFile,
     InstacartSummary,
-    file_sha256,
     missing_files,
     read_header,
     validate_instacart,
 )
 from kuberec.lake.delta import history, table_exists, table_version
+from kuberec.lake.raw import fetch, file_sha256, is_remote
 from kuberec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -81,19 +82,27 @@ class IngestResult:
 class IngestPlan:
     """What a run will do, decided without Spark: which files changed, and the validated directory's summary."""
 
-    source: Path
+    location: str  # where Spark reads the files: the local directory, or the object-storage prefix
+    source: Path  # the files as checked here: `location` itself, or a downloaded copy of it
     hashes: dict[str, str]  # file name -> SHA-256
     todo: list[CsvFile]  # files whose table must be (re)written
     summary: InstacartSummary | None  # None when nothing is to be written (not validated again)
     result: IngestResult
 
 
-def plan_ingest(settings: Settings, source: str | Path) -> IngestPlan:
+def plan_ingest(settings: Settings, source: str | Path, scratch: Path | None = None) -> IngestPlan:
     """Hash the files, compare with what each bronze table recorded, and validate the directory if anything changed.
 
+    A source in object storage is first copied into `scratch` (a local directory) and checked there.
     Raises InstacartDataError for a bad directory; nothing has been written at that point.
     """
-    source = Path(source)
+    if is_remote(source):
+        if scratch is None:
+            raise ValueError("a source in object storage needs a local scratch directory to be checked in")
+        location, source = str(source).rstrip("/"), fetch(str(source), scratch, settings.s3_endpoint)
+    else:
+        source = Path(source)
+        location = str(source.absolute())
     result = IngestResult()
     if not source.is_dir() or missing_files(source):
         validate_instacart(source)  # raises the precise error (not a directory / which files are missing)
@@ -116,18 +125,18 @@ def plan_ingest(settings: Settings, source: str | Path) -> IngestPlan:
         result.seconds["validate"] = round(time.monotonic() - began, 2)
     else:
         log.info("bronze tables unchanged: every file matches the hash recorded in its table")
-    return IngestPlan(source, hashes, todo, summary, result)
+    return IngestPlan(location, source, hashes, todo, summary, result)
 
 
-def read_csv(spark: "SparkSession", path: Path, spec: CsvFile) -> "DataFrame":
+def read_csv(spark: "SparkSession", plan: IngestPlan, spec: CsvFile) -> "DataFrame":
     """One validated file as a DataFrame with the spec's column names and types (columns found by header name)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     # The header as read here, all strings: Spark skips the header line and needs no job to infer names.
-    header = T.StructType([T.StructField(name, T.StringType()) for name in read_header(path)])
+    header = T.StructType([T.StructField(name, T.StringType()) for name in read_header(plan.source / spec.name)])
     raw = (spark.read.schema(header).option("header", True).option("escape", '"').option("mode", "FAILFAST")
-           .csv(str(path.absolute())))
+           .csv(f"{plan.location}/{spec.name}"))
     return raw.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in spec.spark_schema().fields])
 
 
@@ -140,9 +149,9 @@ def write_bronze(spark: "SparkSession", settings: Settings, plan: IngestPlan) ->
         uri = settings.table_uri(name)
         rows = plan.summary.rows[spec.name]
         metadata = {"step": STEP, "schema": BRONZE_SCHEMA_VERSION, "source_file": spec.name,
-                    "source": str(plan.source.absolute()), "sha256": plan.hashes[spec.name],
+                    "source": plan.location, "sha256": plan.hashes[spec.name],
                     "bytes": (plan.source / spec.name).stat().st_size, "rows": rows}
-        (read_csv(spark, plan.source / spec.name, spec).write.format("delta").mode("overwrite")
+        (read_csv(spark, plan, spec).write.format("delta").mode("overwrite")
          .option("overwriteSchema", "true").option("userMetadata", json.dumps(metadata, sort_keys=True))
          .save(uri))
         result.versions[name] = table_version(uri)
@@ -157,22 +166,25 @@ def ingest_instacart(settings: Settings, source: str | Path, spark: "SparkSessio
 
     Spark (`spark`, else a session for `settings`) is only started when a table has to be written.
     """
-    plan = plan_ingest(settings, source)
-    if not plan.todo:
-        return plan.result
-    if spark is None:
-        from kuberec.lake.spark import spark_session
+    import tempfile
 
-        spark = spark_session(settings, app_name="kuberec-ingest-instacart")
-    return write_bronze(spark, settings, plan)
+    with tempfile.TemporaryDirectory(prefix="kuberec-instacart-") as scratch:
+        plan = plan_ingest(settings, source, Path(scratch))
+        if not plan.todo:
+            return plan.result
+        if spark is None:
+            from kuberec.lake.spark import spark_session
+
+            spark = spark_session(settings, app_name="kuberec-ingest-instacart")
+        return write_bronze(spark, settings, plan)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="python -m kuberec.ingest.instacart", description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(settings.data_dir / "instacart-synth"),
-                        help="directory with the six Instacart CSV files (default: <home>/data/instacart-synth, "
-                             "where `kuberec data instacart-synth` writes)")
+                        help="directory (or s3a:// prefix) with the six Instacart CSV files (default: "
+                             "<home>/data/instacart-synth, where `kuberec data instacart-synth` writes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = ingest_instacart(settings, args.source)

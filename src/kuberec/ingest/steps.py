@@ -1,7 +1,7 @@
 """The data steps of both pipelines as typed functions: what the CLI verbs and the KFP components call.
 
     catalog:    ingest_fashion_mnist, ingest_images -> the catalog Delta table
-    instacart:  synthesize -> ingest_instacart -> build_features -> the gold Delta tables
+    instacart:  instacart_source (given or synthesized) -> ingest_instacart -> build_features -> the gold tables
 
 The ingestion and feature steps launch their Spark job through the configured backend (local processes or
 SparkApplications); every step returns where the data is (a directory, Delta table versions), which the next step
@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from kuberec.backends import SparkJob, get_backend
+from kuberec.datasets.instacart import FILES as INSTACART_SPECS
 from kuberec.ingest.catalog import TABLE_NAME as CATALOG_TABLE
-from kuberec.lake.delta import TableRef, s3_filesystem, table_version
-from kuberec.settings import Settings, SettingsError, load_settings
+from kuberec.lake.delta import TableRef, table_version
+from kuberec.lake.raw import is_remote, stage, stage_directory
+from kuberec.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 SYNTH_DIR = "instacart-synth"  # under <home>/data, where `kuberec data instacart-synth` writes too
+INSTACART_FILES = tuple(spec.name for spec in INSTACART_SPECS)
 
 
 def acquire_fashion_mnist(settings: Settings | None = None, source: str | None = None) -> Path:
@@ -30,36 +34,22 @@ def acquire_fashion_mnist(settings: Settings | None = None, source: str | None =
     return acquire(settings or load_settings(), Path(source) if source else None)
 
 
-def stage_in_lake(settings: Settings, directory: Path, name: str) -> str:
-    """Copy the files of a local directory to `<lake>/raw/<name>/` in object storage, where pods can read them;
-    returns that prefix as Spark names it (s3a://). A file already there with the same size is not copied again."""
-    from pyarrow import fs
-
-    if settings.lake_is_local:
-        raise SettingsError(f"pods cannot read the local lake {settings.lake_uri!r}; set KUBEREC_LAKE to an s3:// "
-                            f"location (and KUBEREC_S3_ENDPOINT for MinIO)")
-    prefix = settings.table_uri(f"raw/{name}")
-    store = s3_filesystem(settings.s3_endpoint)
-    key_prefix = prefix.split("://", 1)[1]
-    existing = {info.base_name: info.size for info in store.get_file_info(fs.FileSelector(key_prefix,
-                                                                                          allow_not_found=True))}
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        if existing.get(path.name) == path.stat().st_size:
-            continue
-        log.info("staging %s in %s", path.name, prefix)
-        fs.copy_files(str(path), f"{key_prefix}/{path.name}", source_filesystem=fs.LocalFileSystem(),
-                      destination_filesystem=store)
-    return prefix
+def readable_by_jobs(settings: Settings, source: str, name: str, files: Sequence[str] = ()) -> str:
+    """`source` as the backend's Spark jobs can read it: as it is for the local backend or a URI; a local directory
+    staged in the lake (`<lake>/raw/<name>/<digest>`) for the Kubernetes backend, whose drivers run in pods. `files`:
+    only these of the directory's files (those present; the job reports any missing)."""
+    if settings.backend != "kubernetes" or is_remote(source):
+        return source
+    if not files:
+        return stage_directory(settings, Path(source), name)
+    return stage(settings, [Path(source, f) for f in files if Path(source, f).is_file()], name)
 
 
 def ingest_fashion_mnist(settings: Settings | None = None, source: str | None = None,
                          max_per_split: int | None = None) -> TableRef:
     """Acquire (verify) Fashion-MNIST and MERGE it into the catalog table; returns the table and its version."""
     settings = settings or load_settings()
-    source = source or str(acquire_fashion_mnist(settings))
-    if settings.backend == "kubernetes" and "://" not in source:
-        # The Spark driver runs in a pod of its own: it reads the files from the lake, not from this machine.
-        source = stage_in_lake(settings, Path(source), "fashion-mnist")
+    source = readable_by_jobs(settings, source or str(acquire_fashion_mnist(settings)), "fashion-mnist")
     table = settings.table_uri(CATALOG_TABLE)
     args = ["--source", source, "--table", table]
     args += ["--max-per-split", str(max_per_split)] if max_per_split else []
@@ -71,6 +61,13 @@ def ingest_images(settings: Settings | None, paths: list[str], label: int | None
     """Append catalog images (PNG/JPEG); returns the catalog table and its new version."""
     settings = settings or load_settings()
     table = settings.table_uri(CATALOG_TABLE)
+    if settings.backend == "kubernetes" and not all(is_remote(path) for path in paths):
+        from kuberec.ingest.images import expand_paths
+
+        # The driver pod reads the pictures from the lake; a URI among the paths is read where it is.
+        local = [path for path in paths if not is_remote(path)]
+        staged = stage(settings, [Path(path) for path in expand_paths(local)], "images")
+        paths = [path for path in paths if is_remote(path)] + [staged]
     args = [*paths, "--table", table] + ([] if label is None else ["--label", str(label)])
     get_backend(settings).run_spark(SparkJob("ingest-images", "kuberec.ingest.images", tuple(args)))
     return TableRef(table, table_version(table))
@@ -100,11 +97,20 @@ def synthesize(settings: Settings, users: int, seed: int = 0) -> str:
     return str(out)
 
 
+def instacart_source(settings: Settings, source: str, users: int, seed: int = 0) -> str:
+    """Where the Instacart files are for the next step: `source` if given, else `users` generated users; on the
+    Kubernetes backend staged in the lake, since the next step may run on another machine or pod."""
+    return readable_by_jobs(settings, source or synthesize(settings, users, seed), "instacart", INSTACART_FILES)
+
+
 def ingest_instacart(settings: Settings, source: str) -> dict[str, int]:
-    """Spark job: the six Instacart CSV files in `source` -> bronze Delta tables; returns {table name: version}."""
+    """Spark job: the six Instacart CSV files in `source` (a directory, or a prefix in the lake) -> bronze Delta
+    tables; returns {table name: version}."""
     from kuberec.ingest.instacart_features import bronze_versions
 
-    job = SparkJob("ingest-instacart", "kuberec.ingest.instacart", ("--source", str(Path(source).absolute())))
+    source = source if is_remote(source) else str(Path(source).absolute())
+    job = SparkJob("ingest-instacart", "kuberec.ingest.instacart",
+                   ("--source", readable_by_jobs(settings, source, "instacart", INSTACART_FILES)))
     get_backend(settings).run_spark(job)
     return bronze_versions(settings)
 
