@@ -122,11 +122,15 @@ def cluster_env(tmp_path_factory) -> Iterator[dict[str, str]]:
     mlflow.stop()
 
 
-def run_kuberec(env: dict[str, str], *args: str, timeout: float = 1800) -> str:
-    """`kuberec <args>` as a user runs it; returns its stdout (its log goes to this test's output)."""
+def run_kuberec(env: dict[str, str], *args: str, timeout: float = 1800, fails: bool = False) -> str:
+    """`kuberec <args>` as a user runs it; returns its stdout (its log goes to this test's output). With `fails`,
+    it must exit non-zero, and its stderr is returned."""
     done = subprocess.run([str(REPO / ".venv" / "bin" / "kuberec"), *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     sys.stderr.write(done.stderr[-4000:])
+    if fails:
+        assert done.returncode != 0, f"kuberec {' '.join(args)} succeeded where it should fail"
+        return done.stderr
     assert done.returncode == 0, f"kuberec {' '.join(args)} failed:\n{done.stderr[-3000:]}"
     return done.stdout
 

@@ -164,3 +164,22 @@ def test_instacart_ingest_and_features_run_as_spark_applications(cluster_env, tm
     examples = re.search(r"gold examples: (\S+)@v(\d+)", out)
     assert examples, out
     assert table_version(examples[1]) == int(examples[2])
+
+
+def test_bad_instacart_input_fails_with_the_drivers_own_error(cluster_env, tmp_path):
+    """A broken file reaches the driver pod, which refuses it: the SparkApplication FAILS, and the step's error
+    carries the operator's message and the driver's own line naming the file, row and column."""
+    source = tmp_path / "broken"
+    run_kuberec(cluster_env, "data", "instacart-synth", "--users", "20", "--seed", "7", "--out", str(source))
+    lines = (source / "orders.csv").read_text().splitlines()
+    lines[2] = lines[2].replace(",prior,", ",someday,", 1)
+    (source / "orders.csv").write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    err = run_kuberec(cluster_env, "ingest", "instacart", "--source", str(source), fails=True)
+    app = newest("sparkapplications", "ingest-instacart")
+    record("SparkApplication (bad Instacart input)", app["status"]["applicationState"]["state"],
+           time.monotonic() - start)
+    assert app["status"]["applicationState"]["state"] == "FAILED"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"kuberec: error: SparkApplication kuberec/{app['metadata']['name']} failed: "), last
+    assert "its program said: kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set" in last

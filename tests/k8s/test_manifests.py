@@ -84,6 +84,7 @@ def test_runner_rbac_is_exactly_what_the_backend_uses(built):
     watch = {"create", "get", "list", "watch", "delete"}
     expected = {(k.group, k.plural): watch | ({"update"} if k.kind == "InferenceService" else set())
                 for k in KINDS.values()}
+    expected |= {("", "pods"): {"list"}, ("", "pods/log"): {"get"}}  # a failed job's program error (program_error)
     assert rules == expected
     for obj in objects:
         for rule in obj.get("rules", []):

@@ -170,6 +170,9 @@ class Kind:
     version: str
     plural: str
     progress: Callable[[dict], Progress]
+    # Label selector of the pod whose log holds the program's own error line (the Spark driver, the MPI launcher,
+    # the Ray job's submitter), given the resource's name; None: no such pod.
+    program_pod: Callable[[str], str] | None = None
 
     @property
     def api_version(self) -> str:
@@ -260,9 +263,11 @@ def inferenceservice_progress(obj: dict) -> Progress:
     return Progress(f"NotReady ({reason})" if reason else "NotReady", detail)
 
 
-SPARK_APPLICATION = Kind("SparkApplication", "sparkoperator.k8s.io", "v1beta2", "sparkapplications", spark_progress)
-MPIJOB = Kind("MPIJob", "kubeflow.org", "v2beta1", "mpijobs", mpijob_progress)
-RAYJOB = Kind("RayJob", "ray.io", "v1", "rayjobs", rayjob_progress)
+SPARK_APPLICATION = Kind("SparkApplication", "sparkoperator.k8s.io", "v1beta2", "sparkapplications", spark_progress,
+                         lambda name: f"sparkoperator.k8s.io/app-name={name},spark-role=driver")
+MPIJOB = Kind("MPIJob", "kubeflow.org", "v2beta1", "mpijobs", mpijob_progress,
+              lambda name: f"training.kubeflow.org/job-name={name},training.kubeflow.org/job-role=launcher")
+RAYJOB = Kind("RayJob", "ray.io", "v1", "rayjobs", rayjob_progress, lambda name: f"job-name={name}")
 INFERENCE_SERVICE = Kind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices",
                          inferenceservice_progress)
 KINDS: dict[str, Kind] = {k.kind: k for k in (SPARK_APPLICATION, MPIJOB, RAYJOB, INFERENCE_SERVICE)}

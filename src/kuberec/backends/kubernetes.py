@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -35,6 +36,8 @@ from kuberec.settings import Settings
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "kuberec"
+# How kuberec.entrypoint reports an error a user can fix: `<program>: error: <message>`.
+PROGRAM_ERROR = re.compile(r"^[\w.-]+: error: \S")
 
 
 class KubernetesError(KuberecError):
@@ -242,7 +245,9 @@ class KubernetesBackend:
                 log.info("%s %s: %s%s", kind.kind, name, progress.state,
                          f" ({progress.detail})" if progress.detail else "")
             if progress.failed:
-                raise JobFailed(f"{kind.kind} {self.namespace}/{name} failed: {progress.message} "
+                said = self.program_error(kind, name)
+                raise JobFailed(f"{kind.kind} {self.namespace}/{name} failed: {progress.message}"
+                                f"{f'; its program said: {said}' if said else ''} "
                                 f"(details: kubectl describe {kind.plural} {name} -n {self.namespace})")
             if progress.succeeded:
                 return obj
@@ -250,6 +255,28 @@ class KubernetesBackend:
                          f"(last state: {progress.state}); look at `kubectl describe {kind.plural} {name} "
                          f"-n {self.namespace}`, or allow longer with KUBEREC_K8S_"
                          f"{'SERVING_' if kind is INFERENCE_SERVICE else ''}TIMEOUT")
+
+    def program_error(self, kind: Kind, name: str, tail_lines: int = 200) -> str | None:
+        """The last `<program>: error: <message>` line (kuberec.entrypoint's) in the log of the resource's program
+        pod: the operator's message says that a pod failed, this says why. None when there is no such line or the
+        log cannot be read (no pod left, no right to read logs): the operator's message then stands alone."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        if kind.program_pod is None:
+            return None
+        core = client.CoreV1Api(self.api.api_client)
+        try:
+            pods = core.list_namespaced_pod(self.namespace, label_selector=kind.program_pod(name)).items
+            if not pods:
+                return None
+            newest = max(pods, key=lambda pod: pod.metadata.creation_timestamp)
+            text = core.read_namespaced_pod_log(newest.metadata.name, self.namespace, tail_lines=tail_lines)
+        except (ApiException, OSError) as err:  # a missing right or pod, or the API server gone: best effort
+            log.debug("no log of %s %s's program pod: %s", kind.kind, name, err)
+            return None
+        errors = [line.strip() for line in text.splitlines() if PROGRAM_ERROR.search(line)]
+        return errors[-1] if errors else None
 
     def _observe(self, kind: Kind, name: str, deadline: float, chunk_s: float = 30) -> Iterator[dict]:
         """The object now, then every change until the deadline (watch from its resourceVersion, resuming
