@@ -28,6 +28,17 @@ awk -v root="$STATE/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r |
   umount "$mount" 2>/dev/null || umount -l "$mount"
 done
 [ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+# The kubelet's own chains (kube-proxy's went with --cleanup): the jumps to them, then the chains.
+for tool in iptables ip6tables; do
+  for table in filter nat mangle; do
+    for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+      "$tool" -t "$table" -S 2>/dev/null | grep -E -- "^-A [A-Z]+ -j $chain\$" | while read -r _ from _ _; do
+        "$tool" -t "$table" -D "$from" -j "$chain"
+      done
+      "$tool" -t "$table" -F "$chain" 2>/dev/null && "$tool" -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+done
 # Pod network namespaces nobody tore down (a kubelet that did not get to them): the peers of the veths on our
 # bridge, which `ip -o link` names as "link-netns <name>".
 for name in $(ip -o link show master cni0 2>/dev/null | sed -n 's/.* link-netns \([^ ]*\).*/\1/p'); do

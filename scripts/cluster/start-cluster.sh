@@ -67,7 +67,8 @@ imageGCHighThresholdPercent: 100
 serializeImagePulls: false
 podLogsDir: $STATE/pod-logs
 YAML
-# dockerd sets the FORWARD policy to DROP: let pods on the bridge reach each other and this machine.
+# A FORWARD policy of DROP (Docker sets one when it manages iptables) would drop pod traffic: let pods on the
+# bridge reach each other and this machine.
 for direction in -i -o; do
   iptables -C FORWARD "$direction" cni0 -j ACCEPT 2>/dev/null || iptables -I FORWARD 1 "$direction" cni0 -j ACCEPT
 done

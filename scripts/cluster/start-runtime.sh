@@ -44,9 +44,12 @@ wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
 
 dir=$STATE/docker
 mkdir -p "$C/docker" "$dir/exec"
+# Builds use the host's network (`docker build --network host`), so dockerd gets no bridge and leaves iptables alone:
+# otherwise it adds docker0, its own chains and a FORWARD policy of DROP, which would also drop pod traffic.
 if ! running dockerd; then
   start dockerd /usr/sbin/dockerd --data-root "$C/docker" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
-    --host "$DOCKER_HOST" --containerd "$CONTAINERD_SOCK" --storage-driver overlay2
+    --host "$DOCKER_HOST" --containerd "$CONTAINERD_SOCK" --storage-driver overlay2 \
+    --bridge none --iptables=false --ip6tables=false
 fi
 wait_for dockerd 60 /usr/bin/docker info
 log "containerd and dockerd running ($STATE)"
