@@ -86,6 +86,8 @@ from pathlib import Path
 saved = Path(sys.argv[1])
 for port in ([int(saved.read_text())] if saved.is_file() else []) + [0]:
     with socket.socket() as sock:
+        # As http.server binds: a port whose last connections linger in TIME_WAIT (a build a minute ago) is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
