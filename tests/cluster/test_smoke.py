@@ -181,5 +181,6 @@ def test_bad_instacart_input_fails_with_the_drivers_own_error(cluster_env, tmp_p
            time.monotonic() - start)
     assert app["status"]["applicationState"]["state"] == "FAILED"
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"kuberec ingest instacart: error: SparkApplication kuberec/{app['metadata']['name']} failed: "), last
+    name = app["metadata"]["name"]
+    assert last.startswith(f"kuberec ingest instacart: error: SparkApplication kuberec/{name} failed: "), last
     assert "its program said: kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set" in last
