@@ -32,7 +32,7 @@ done
 for tool in iptables ip6tables; do
   for table in filter nat mangle; do
     for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
-      "$tool" -t "$table" -S 2>/dev/null | grep -E -- "^-A [A-Z]+ -j $chain\$" | while read -r _ from _ _; do
+      for from in $("$tool" -t "$table" -S 2>/dev/null | sed -n "s/^-A \([A-Z]*\) -j $chain\$/\1/p"); do
         "$tool" -t "$table" -D "$from" -j "$chain"
       done
       "$tool" -t "$table" -F "$chain" 2>/dev/null && "$tool" -t "$table" -X "$chain" 2>/dev/null || true
