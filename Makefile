@@ -54,8 +54,8 @@ images:
 	fi
 
 # A real single-node Kubernetes on this machine (root, Linux): mpi-operator, spark-operator, KubeRay, KServe, kuberec's
-# images built here and kuberec installed (docs/cluster-guide.md, "A cluster on this machine"). Cold: about an hour
-# of Go builds (run it in the background); warm: a minute or two. Never part of `make test`.
+# images built here and kuberec installed (docs/cluster-guide.md, "A cluster on this machine"). Cold: 35-60 minutes
+# of Go and image builds (run it in the background); warm: about a minute. Never part of `make test`.
 cluster-up: setup
 	@scripts/cluster/up.sh
 

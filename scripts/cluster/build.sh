@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every binary `make cluster-up` runs, from the Go module proxy and Debian packages only, into
 # $KUBEREC_CACHE/cluster/bin. Each binary carries a stamp of its version: a rerun with everything built takes seconds.
-# Cold on 2 cores: about an hour (Kubernetes ~20 min, each operator 4-8 min); run it in the background and poll.
+# Cold on 2 cores: 20-40 minutes (Kubernetes 6-15 min, each operator 2-6 min); run it in the background and poll.
 source "$(dirname "$0")/common.sh"
 mkdir -p "$C/tmpmod" "$BIN/.stamps"
 cd "$C/tmpmod"

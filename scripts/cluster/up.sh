@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make cluster-up: a real single-node Kubernetes with mpi-operator, spark-operator, KubeRay and KServe, kuberec's
-# images on the node and kuberec installed (manifests/overlays/local). Cold: about an hour of Go builds, run in the
+# images on the node and kuberec installed (manifests/overlays/local). Cold: 35-60 minutes of builds, run in the
 # background by whoever calls it; warm (everything cached): about a minute plus the pods' start.
 source "$(dirname "$0")/common.sh"
 scripts=$REPO/scripts/cluster
