@@ -20,6 +20,7 @@ CLUSTER_STATE = Path(os.environ.get("KUBEREC_HOME", REPO / ".kuberec")).absolute
 KUBECONFIG = CLUSTER_STATE / "admin.kubeconfig"
 KUBECTL = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute() / "cluster" / "bin" / "kubectl"
 NAMESPACE = "kuberec"
+KUBEREC = REPO / ".venv" / "bin" / "kuberec"
 RESULTS = CLUSTER_STATE / "smoke.tsv"
 
 
@@ -125,7 +126,7 @@ def cluster_env(tmp_path_factory) -> Iterator[dict[str, str]]:
 def run_kuberec(env: dict[str, str], *args: str, timeout: float = 1800, fails: bool = False) -> str:
     """`kuberec <args>` as a user runs it; returns its stdout (its log goes to this test's output). With `fails`,
     it must exit non-zero, and its stderr is returned."""
-    done = subprocess.run([str(REPO / ".venv" / "bin" / "kuberec"), *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([str(KUBEREC), *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     sys.stderr.write(done.stderr[-4000:])
     if fails:

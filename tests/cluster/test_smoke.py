@@ -12,7 +12,7 @@ import re
 import time
 
 import pytest
-from conftest import NAMESPACE, PortForward, kubectl, record, run_kuberec
+from conftest import KUBEREC, NAMESPACE, PortForward, kubectl, record, run_kuberec
 
 pytestmark = pytest.mark.timeout(3600)
 PER_SPLIT = 300  # images per split in the ingest: enough for a batch of every class, quick on 2 CPUs
@@ -184,3 +184,63 @@ def test_bad_instacart_input_fails_with_the_drivers_own_error(cluster_env, tmp_p
     name = app["metadata"]["name"]
     assert last.startswith(f"kuberec ingest instacart: error: SparkApplication kuberec/{name} failed: "), last
     assert "its program said: kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set" in last
+
+
+def test_sigterm_while_an_mpijob_runs_deletes_it(cluster_env, tmp_path):
+    """SIGTERM (what KFP and Ctrl-C send) while the step waits on a running MPIJob: with KUBEREC_K8S_ON_CANCEL=delete
+    the step deletes it, says so, and the operator's pods go with it."""
+    import signal
+    import subprocess
+
+    env = {**cluster_env, "KUBEREC_K8S_ON_CANCEL": "delete"}
+    log = tmp_path / "step.log"
+    with log.open("w") as out:  # a file, not a pipe: nobody reads the step's log while it runs
+        step = subprocess.Popen([str(KUBEREC), "train", "similarity", "--workers", "2", "--epochs", "30",
+                                 "--max-examples", str(PER_SPLIT)], env=env, stderr=out, text=True)
+        try:
+            name = wait_for_mpijob(step, "Running")["metadata"]["name"]
+            step.send_signal(signal.SIGTERM)
+            step.wait(timeout=120)
+        finally:
+            step.kill()
+    err = log.read_text()
+    assert step.returncode != 0
+    assert f"cancelled while waiting for MPIJob kuberec/{name}; deleted it (KUBEREC_K8S_ON_CANCEL=delete)" in err
+    deadline = time.monotonic() + 120
+    while name in kubectl("-n", NAMESPACE, "get", "mpijobs,pods", "-o", "name") and time.monotonic() < deadline:
+        time.sleep(2)
+    assert name not in kubectl("-n", NAMESPACE, "get", "mpijobs,pods", "-o", "name")
+
+
+def test_a_timeout_keeps_the_mpijob_when_told_to(cluster_env):
+    """KUBEREC_K8S_TIMEOUT runs out before the job ends: a clear error naming the resource, kept for a look."""
+    env = {**cluster_env, "KUBEREC_K8S_ON_CANCEL": "keep", "KUBEREC_K8S_TIMEOUT": "15"}
+    start = time.monotonic()
+    err = run_kuberec(env, "train", "similarity", "--workers", "2", "--epochs", "30", "--max-examples",
+                      str(PER_SPLIT), fails=True)
+    assert time.monotonic() - start < 120
+    job = newest("mpijobs", "train-similarity")
+    name = job["metadata"]["name"]
+    try:
+        assert f"MPIJob kuberec/{name} did not finish within 15 s" in err, err[-2000:]
+        assert f"kept it (KUBEREC_K8S_ON_CANCEL=keep): `kubectl delete mpijobs {name} -n kuberec`" in err
+    finally:
+        kubectl("-n", NAMESPACE, "delete", "mpijob", name, "--wait=false", check=False)
+
+
+def wait_for_mpijob(step, condition: str, timeout: float = 300) -> dict:
+    """The MPIJob the running `step` created, once its `condition` is True (or the step ended: an error)."""
+    import json as json_module
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert step.poll() is None, "the step ended before its MPIJob ran"
+        items = json_module.loads(kubectl("-n", NAMESPACE, "get", "mpijobs", "-l", "kuberec.io/step=train-similarity",
+                                          "-o", "json"))["items"]
+        for job in items:
+            conditions = {c["type"]: c["status"] for c in (job.get("status") or {}).get("conditions", [])}
+            if job["metadata"]["creationTimestamp"] >= started and conditions.get(condition) == "True":
+                return job
+        time.sleep(2)
+    raise AssertionError(f"no MPIJob of the step reached {condition} within {timeout:g} s")
