@@ -9,6 +9,11 @@ Also times the pyfunc's predict in-process for the same requests (what the model
 how much the HTTP server layer adds. Everything runs on loopback; the load generator shares the machine's cores
 with the server, as it would on a single node.
 
+`--servers ...,forwarded --forwarded-url http://127.0.0.1:PORT` adds a V2 server that already runs, e.g. a KServe
+InferenceService reached through `kubectl port-forward svc/<name>-predictor PORT:80` (loopback addresses only);
+`--model` must then name the registered model it serves, from MLFLOW_TRACKING_URI (the cluster's MLflow through a
+port-forward), so that the same queries go to it and to the local servers.
+
 The model: `--model NAME[@alias|:version]` from the configured registry, or by default a model built here and
 registered under a temporary home: the default architecture (untrained weights: serving cost depends on the
 architecture and the index size, not on the weights) over an HNSW index of the 60,000 Fashion-MNIST train images.
@@ -229,10 +234,21 @@ def main() -> int:
     parser.add_argument("--single-seconds", type=float, default=20)
     parser.add_argument("--concurrent-seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--servers", default="mlserver,mlflow")
+    parser.add_argument("--servers", default="mlserver,mlflow", help="of mlserver, mlflow, forwarded")
+    parser.add_argument("--forwarded-url", default=None,
+                        help="http://127.0.0.1:PORT of a running V2 server (the `forwarded` server)")
     parser.add_argument("--profile", action="store_true", help="also cProfile the runtime in-process")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    forwarded_port = None
+    if "forwarded" in args.servers.split(","):
+        from urllib.parse import urlparse
+
+        url = urlparse(args.forwarded_url or "")
+        if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost") or not url.port or not args.model:
+            parser.error("the forwarded server needs --forwarded-url http://127.0.0.1:PORT (loopback only: a "
+                         "port-forward) and --model, the registered model it serves")
+        forwarded_port = url.port
 
     import logging
 
@@ -304,6 +320,8 @@ def main() -> int:
                 if process.poll() is None:
                     os.killpg(process.pid, 15)
                     process.wait(timeout=60)
+        if forwarded_port:
+            measure("forwarded", forwarded_port, f"/v2/models/{served.name}/infer", v2_body)
         results = report["results"]
         if "mlserver" in results and "mlflow" in results:
             report["ratio_mlserver_over_mlflow"] = {
