@@ -220,3 +220,31 @@ def test_run_module_runs_module_as_main(tmp_path):
     assert json.loads(out.read_text()) == [str(out), "--flag", "x y"]
     with pytest.raises(SystemExit, match="usage"):
         run_module.main([])
+
+
+def test_a_failed_jobs_error_line_is_the_programs_own():
+    """What `KubernetesBackend.program_error` reads from a program pod's log: the last line kuberec.entrypoint wrote
+    (`<program>: error: ...`), not Spark's shutdown lines after it nor a traceback's `Error:` lines before it. The
+    pod selectors are the labels the operators put on the driver, the launcher and the submitter (checked on the
+    real cluster by make cluster-smoke)."""
+    from kuberec.backends.k8s_resources import INFERENCE_SERVICE, MPIJOB, RAYJOB, SPARK_APPLICATION
+    from kuberec.backends.kubernetes import last_program_error
+
+    driver_log = "\n".join([
+        "26/12/04 13:17:10 INFO SparkContext: Running Spark version 4.0.5",
+        "ValueError: not what we report",
+        "kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set: 'someday' is not one of prior",
+        "26/12/04 13:17:12 INFO ShutdownHookManager: Shutdown hook called",
+        "26/12/04 13:17:12 INFO ShutdownHookManager: Deleting directory /tmp/spark-1",
+    ])
+    assert last_program_error(driver_log) == ("kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column "
+                                              "eval_set: 'someday' is not one of prior")
+    assert last_program_error("a: error: first\nkuberec.similarity.train: error: second\n") == \
+        "kuberec.similarity.train: error: second"
+    assert last_program_error("Traceback (most recent call last):\nRuntimeError: boom\n") is None
+    assert last_program_error("") is None
+    assert SPARK_APPLICATION.program_pod("ingest-1") == "sparkoperator.k8s.io/app-name=ingest-1,spark-role=driver"
+    assert MPIJOB.program_pod("train-1") == ("training.kubeflow.org/job-name=train-1,"
+                                             "training.kubeflow.org/job-role=launcher")
+    assert RAYJOB.program_pod("tune-1") == "job-name=tune-1"
+    assert INFERENCE_SERVICE.program_pod is None

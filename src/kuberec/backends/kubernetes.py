@@ -40,6 +40,13 @@ FIELD_MANAGER = "kuberec"
 PROGRAM_ERROR = re.compile(r"^[\w.-]+: error: \S")
 
 
+def last_program_error(log_text: str) -> str | None:
+    """The last `<program>: error: <message>` line of a pod's log (what follows it, such as Spark's or mpirun's
+    shutdown lines, is passed over); None when there is none."""
+    errors = [line.strip() for line in log_text.splitlines() if PROGRAM_ERROR.search(line)]
+    return errors[-1] if errors else None
+
+
 class KubernetesError(KuberecError):
     """The cluster refused or could not be reached; the message says what the API server answered."""
 
@@ -275,8 +282,7 @@ class KubernetesBackend:
         except (ApiException, OSError) as err:  # a missing right or pod, or the API server gone: best effort
             log.debug("no log of %s %s's program pod: %s", kind.kind, name, err)
             return None
-        errors = [line.strip() for line in text.splitlines() if PROGRAM_ERROR.search(line)]
-        return errors[-1] if errors else None
+        return last_program_error(text)
 
     def _observe(self, kind: Kind, name: str, deadline: float, chunk_s: float = 30) -> Iterator[dict]:
         """The object now, then every change until the deadline (watch from its resourceVersion, resuming
