@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -58,7 +59,7 @@ def stage(settings: Settings, files: Sequence[Path], name: str) -> str:
     files = [Path(path) for path in files]
     if not files:
         raise DataError("no files to stage in the lake")
-    clashes = sorted({path.name for path in files if sum(p.name == path.name for p in files) > 1})
+    clashes = sorted(name for name, count in Counter(path.name for path in files).items() if count > 1)
     if clashes:
         raise DataError(f"files with the same name in different directories ({', '.join(clashes)}) would overwrite "
                         f"each other in the lake: rename them")
