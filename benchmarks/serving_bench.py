@@ -1,13 +1,14 @@
 """Serving benchmark: the similarity model on MLServer (`kuberec serve`) vs `mlflow models serve`, same model.
 
 For each server and each query kind (a base64 PNG of a Fashion-MNIST test image, not in the catalog; a catalog
-item id), k=5:
-  - one client, sequential requests for --single-seconds: latency p50/p99;
-  - --clients concurrent clients (threads, one keep-alive connection each) for --concurrent-seconds:
-    throughput, p50/p99, errors.
+item id), k=5, the load comes from `wrk` (Debian's C load generator, one thread: `apt-get install wrk`), a separate
+process that costs the server little CPU, cycling through the request bodies with a Lua script:
+  - one connection for --single-seconds, then --clients connections for --concurrent-seconds (each after a 2 s
+    warm-up): requests/s, p50/p90/p99, errors (non-2xx and socket errors; any error fails the run);
+  - the server's CPU per request: CPU seconds of the server's process tree during the run / requests.
 Also times the pyfunc's predict in-process for the same requests (what the model itself costs), so the table shows
-how much the HTTP server layer adds. Everything runs on loopback; the load generator shares the machine's cores
-with the server, as it would on a single node.
+how much the HTTP server layer adds. Everything runs on loopback. `--mlserver-workers 0,2` runs MLServer once per
+inference worker count (default: what `kuberec serve` picks for this machine).
 
 `--servers ...,forwarded --forwarded-url http://127.0.0.1:PORT` adds a V2 server that already runs, e.g. a KServe
 InferenceService reached through `kubectl port-forward svc/<name>-predictor PORT:80` (loopback addresses only);
@@ -25,15 +26,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -76,14 +76,23 @@ def build_and_register(settings, catalog_size: int) -> str:
     return f"{registered.name}:{registered.version}"
 
 
-class Target:
-    """How to send one query to one server."""
-
-    def __init__(self, kind: str, port: int, path: str, bodies: list[bytes]) -> None:
-        self.kind, self.port, self.path, self.bodies = kind, port, path, bodies
-
-    def connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+WRK_SCRIPT = """
+local bodies, i = {}, 0
+for line in io.lines(os.getenv("KUBEREC_BENCH_BODIES")) do bodies[#bodies + 1] = line end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i + 1
+  return wrk.format(nil, nil, nil, bodies[(i % #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "seconds": %.3f, "non_2xx": %d, "socket_errors": %d, '
+    .. '"p50_ms": %.3f, "p90_ms": %.3f, "p99_ms": %.3f, "max_ms": %.3f}\\n', summary.requests,
+    summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout, latency:percentile(50) / 1000,
+    latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
 
 
 def v2_body(column: str, value) -> bytes:
@@ -96,50 +105,50 @@ def mlflow_body(column: str, value) -> bytes:
     return json.dumps({"dataframe_split": {"columns": [column], "data": [[value]]}, "params": {"k": K}}).encode()
 
 
-def run_client(target: Target, stop_at: float, offset: int, latencies: list[float], errors: list[str]) -> None:
-    connection = target.connect()
-    i = offset
-    headers = {"Content-Type": "application/json"}
-    while time.perf_counter() < stop_at:
-        body = target.bodies[i % len(target.bodies)]
-        i += 1
-        started = time.perf_counter()
-        try:
-            connection.request("POST", target.path, body=body, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
-            if response.status != 200:
-                errors.append(f"{response.status}: {data[:200]!r}")
-                continue
-        except (OSError, http.client.HTTPException) as err:
-            errors.append(repr(err))
-            connection.close()
-            connection = target.connect()
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of `pid` and all its descendants (None: not a local process)."""
+    if pid is None:
+        return None
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        latencies.append(time.perf_counter() - started)
-    connection.close()
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo += children.get(current, [])
+    return total
 
 
-def load(target: Target, clients: int, seconds: float) -> dict:
-    # Warm-up: a few requests per connection so first-call costs (TF graph tracing) are not measured.
-    run_client(target, time.perf_counter() + 2.0, 0, [], [])
-    results = [([], []) for _ in range(clients)]
-    stop_at = time.perf_counter() + seconds
-    threads = [threading.Thread(target=run_client, args=(target, stop_at, n * 7919, *results[n]))
-               for n in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    latencies = np.asarray([x for lat, _ in results for x in lat]) * 1000
-    errors = [e for _, errs in results for e in errs]
-    return {"clients": clients, "seconds": round(elapsed, 1), "requests": int(latencies.size),
-            "errors": len(errors), "first_error": errors[0] if errors else None,
-            "req_per_s": round(latencies.size / elapsed, 1),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies.size else None,
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies.size else None}
+def wrk_load(url: str, bodies: Path, script: Path, connections: int, seconds: float,
+             server_pid: int | None) -> dict:
+    """One wrk run (after a 2 s warm-up, so first-call costs such as TF tracing are not measured)."""
+    env = {**os.environ, "KUBEREC_BENCH_BODIES": str(bodies)}
+
+    def run(duration: float) -> dict:
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s",
+                              str(script), url], env=env, capture_output=True, text=True, check=True).stdout
+        return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT ")).split(" ", 1)[1])
+
+    run(2)
+    cpu_before = tree_cpu_seconds(server_pid)
+    result = run(seconds)
+    cpu_after = tree_cpu_seconds(server_pid)
+    result["connections"] = connections
+    result["req_per_s"] = round(result["requests"] / result["seconds"], 1)
+    result["errors"] = result["non_2xx"] + result["socket_errors"]
+    if cpu_before is not None and result["requests"]:
+        result["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) / result["requests"] * 1000, 3)
+    return result
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 600) -> None:
@@ -233,8 +242,11 @@ def main() -> int:
     parser.add_argument("--catalog-size", type=int, default=60_000)
     parser.add_argument("--single-seconds", type=float, default=20)
     parser.add_argument("--concurrent-seconds", type=float, default=60)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=8, help="wrk connections of the concurrent run")
     parser.add_argument("--servers", default="mlserver,mlflow", help="of mlserver, mlflow, forwarded")
+    parser.add_argument("--mlserver-workers", default=None,
+                        help="comma-separated MLServer parallel_workers to compare, e.g. 0,2 (default: kuberec "
+                             "serve's choice for this machine)")
     parser.add_argument("--forwarded-url", default=None,
                         help="http://127.0.0.1:PORT of a running V2 server (the `forwarded` server)")
     parser.add_argument("--profile", action="store_true", help="also cProfile the runtime in-process")
@@ -249,6 +261,9 @@ def main() -> int:
             parser.error("the forwarded server needs --forwarded-url http://127.0.0.1:PORT (loopback only: a "
                          "port-forward) and --model, the registered model it serves")
         forwarded_port = url.port
+    if shutil.which("wrk") is None:
+        parser.error("the load generator is wrk (Debian package: apt-get install wrk); it is not on PATH")
+    worker_counts = [int(w) for w in args.mlserver_workers.split(",")] if args.mlserver_workers else [None]
 
     import logging
 
@@ -256,7 +271,7 @@ def main() -> int:
     from PIL import Image
 
     from kuberec import mlflow_server
-    from kuberec.serving.server import ModelSpec, fetch_model, running
+    from kuberec.serving.server import ModelSpec, default_workers, fetch_model, running, usable_cpus
     from kuberec.settings import load_settings
 
     tmp = None
@@ -279,7 +294,11 @@ def main() -> int:
         item_ids = [int(i) for i in rng.integers(0, min(args.catalog_size, 60_000), 500)]
         queries = {"image": ("image_b64", pngs), "item_id": ("item_id", item_ids)}
         report = {"model": f"{served.name} v{served.version}", "catalog_size": args.catalog_size, "k": K,
-                  "machine": platform.platform(), "cpus": os.cpu_count(), "results": {}}
+                  "machine": platform.platform(), "cpus": usable_cpus(), "load_generator": "wrk -t1",
+                  "results": {}}
+        work = Path(tempfile.mkdtemp(prefix="kuberec-serving-bench-wrk-"))
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
         report["in_process"] = in_process(served.path, queries, repeats=200)
         print("in-process predict:", json.dumps(report["in_process"]), flush=True)
         if args.profile:
@@ -288,20 +307,27 @@ def main() -> int:
                                  for kind, (column, values) in queries.items()}
             print("profile:", json.dumps(report["profile"], indent=1), flush=True)
 
-        def measure(name: str, port: int, path: str, body) -> None:
+        def measure(name: str, port: int, path: str, body, server_pid: int | None) -> None:
             for kind, (column, values) in queries.items():
-                target = Target(kind, port, path, [body(column, v) for v in values])
-                single = load(target, 1, args.single_seconds)
-                concurrent = load(target, args.clients, args.concurrent_seconds)
+                bodies = work / f"{name}-{kind}.txt"
+                bodies.write_bytes(b"\n".join(body(column, v) for v in values) + b"\n")
+                url = f"http://127.0.0.1:{port}{path}"
+                single = wrk_load(url, bodies, script, 1, args.single_seconds, server_pid)
+                concurrent = wrk_load(url, bodies, script, args.clients, args.concurrent_seconds, server_pid)
                 report["results"].setdefault(name, {})[kind] = {"one_client": single, "concurrent": concurrent}
-                print(name, kind, "1 client:", json.dumps(single), flush=True)
-                print(name, kind, f"{args.clients} clients:", json.dumps(concurrent), flush=True)
+                print(name, kind, "1 connection:", json.dumps(single), flush=True)
+                print(name, kind, f"{args.clients} connections:", json.dumps(concurrent), flush=True)
 
         servers = args.servers.split(",")
         if "mlserver" in servers:
-            with running(settings, [ModelSpec(served.name, version=served.version)], http_port=free_port(),
-                         grpc_port=free_port()) as server:
-                measure("mlserver", server.http_port, f"/v2/models/{served.name}/infer", v2_body)
+            for workers in worker_counts:
+                name = "mlserver" if workers is None else f"mlserver-workers-{workers}"
+                report.setdefault("mlserver_workers", {})[name] = \
+                    default_workers(usable_cpus()) if workers is None else workers
+                with running(settings, [ModelSpec(served.name, version=served.version)], http_port=free_port(),
+                             grpc_port=free_port(), workers=workers) as server:
+                    measure(name, server.http_port, f"/v2/models/{served.name}/infer", v2_body,
+                            server.process.pid)
         if "mlflow" in servers:
             port = free_port()
             # Same model directory, one worker (as MLServer's one process), no conda/virtualenv.
@@ -315,24 +341,31 @@ def main() -> int:
                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
             try:
                 wait_ready(f"http://127.0.0.1:{port}/ping", process, log_path)
-                measure("mlflow", port, "/invocations", mlflow_body)
+                measure("mlflow", port, "/invocations", mlflow_body, process.pid)
             finally:
                 if process.poll() is None:
                     os.killpg(process.pid, 15)
                     process.wait(timeout=60)
         if forwarded_port:
-            measure("forwarded", forwarded_port, f"/v2/models/{served.name}/infer", v2_body)
+            measure("forwarded", forwarded_port, f"/v2/models/{served.name}/infer", v2_body, None)
+        shutil.rmtree(work, ignore_errors=True)
         results = report["results"]
-        if "mlserver" in results and "mlflow" in results:
-            report["ratio_mlserver_over_mlflow"] = {
-                kind: {"throughput": round(results["mlserver"][kind]["concurrent"]["req_per_s"] /
-                                           results["mlflow"][kind]["concurrent"]["req_per_s"], 2),
-                       "p99_one_client": round(results["mlserver"][kind]["one_client"]["p99_ms"] /
-                                               results["mlflow"][kind]["one_client"]["p99_ms"], 2)}
-                for kind in queries}
+        if "mlflow" in results:
+            report["ratio_over_mlflow"] = {
+                name: {kind: {"throughput": round(runs[kind]["concurrent"]["req_per_s"] /
+                                                  results["mlflow"][kind]["concurrent"]["req_per_s"], 2),
+                              "p99_one_client": round(runs[kind]["one_client"]["p99_ms"] /
+                                                      results["mlflow"][kind]["one_client"]["p99_ms"], 2)}
+                       for kind in queries}
+                for name, runs in results.items() if name.startswith("mlserver")}
         print(json.dumps(report, indent=2))
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
+        failed = [f"{name} {kind} {run}" for name, kinds in results.items() for kind, runs in kinds.items()
+                  for run, result in runs.items() if result["errors"]]
+        if failed:
+            print(f"errors in: {', '.join(failed)}", file=sys.stderr)
+            return 1
     finally:
         if tmp is not None:
             mlflow_server.stop_server(settings)

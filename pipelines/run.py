@@ -65,10 +65,15 @@ def parse_params(name: str, pairs: list[str]) -> dict[str, object]:
             raise PipelineError(f"--param expects name=value, got {pair!r}")
         if key not in inputs:
             continue
+        # A String input named *_json (a model config) is checked here: a shell that ate its quotes would
+        # otherwise fail a task minutes into the run.
+        as_json = inputs[key].type != "String" or key.endswith("_json")
         try:
-            params[key] = value if inputs[key].type == "String" else json.loads(value)
-        except json.JSONDecodeError:
-            raise PipelineError(f"--param {key}: {value!r} is not a valid {inputs[key].type} (JSON)") from None
+            parsed = json.loads(value) if as_json else value
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"--param {key}: {value!r} is not valid JSON ({err.msg}); quote the whole pair "
+                                f"for the shell, e.g. --param '{key}={{\"epochs\": 2}}'") from None
+        params[key] = value if inputs[key].type == "String" else parsed
     return params
 
 

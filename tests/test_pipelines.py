@@ -44,6 +44,17 @@ def test_compiles_deterministically_to_its_tasks_in_the_runtime_image(name, tmp_
                    for task in spec["root"]["dag"]["tasks"].values())
 
 
+@pytest.mark.fast
+def test_params_are_typed_and_a_config_that_lost_its_quotes_is_refused_before_anything_runs():
+    params = run.parse_params("similarity", ["workers=3", 'config_json={"epochs": 1}', "model_name=x"])
+    assert params == {"workers": 3, "config_json": '{"epochs": 1}', "model_name": "x"}
+    with pytest.raises(run.PipelineError, match=r"config_json: '\{epochs:1\}' is not valid JSON"):
+        # what the shell leaves of PIPELINE_ARGS='--param config_json={"epochs":1}' in `make pipeline-run`
+        run.parse_params("similarity", ["config_json={epochs:1}"])
+    with pytest.raises(run.PipelineError, match="workers: 'two' is not valid JSON"):
+        run.parse_params("similarity", ["workers=two"])
+
+
 def test_catalog_pipeline_runs_locally(settings):
     outputs = run.run_local("catalog", {"max_per_split": 30})
     assert outputs["Output"] == settings.table_uri("fashion_mnist")

@@ -120,6 +120,20 @@ def test_backend_defaults_match_the_manifests(built):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_serving_runtime_sizes_workers_as_kuberec_serve_does(built, target):
+    """The predictor's MLServer worker count is what `kuberec serve` picks for the CPUs its container may use."""
+    import math
+
+    from kuberec.backends.k8s_resources import cpu_millis
+    from kuberec.serving.server import default_workers
+
+    container = find(built[target], "ClusterServingRuntime", "kuberec-mlflow")["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    cpus = math.ceil(cpu_millis(container["resources"]["limits"]["cpu"]) / 1000)
+    assert int(env["MLSERVER_PARALLEL_WORKERS"]) == default_workers(cpus)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_no_credentials_in_the_manifests(built, target):
     assert not [o for o in built[target] if o["kind"] == "Secret"], "Secrets are created by hand, not from git"
     text = yaml.safe_dump_all(built[target]).lower()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +19,22 @@ from serving_helpers import MODEL, N_ITEMS, free_port, png_b64, raw_post
 from kuberec import cli
 from kuberec.serving import client
 from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES
-from kuberec.serving.server import SOURCE_FILE, ModelSpec, fetch_model
+from kuberec.serving.server import (
+    SOURCE_FILE,
+    ModelSpec,
+    ServingError,
+    default_workers,
+    fetch_model,
+    usable_cpus,
+    write_repository,
+)
 
 
 def test_repository_settings_point_at_the_cached_registry_version(mlserver, serving_settings, registered):
     settings_json = json.loads((mlserver.repo / "settings.json").read_text())
     assert settings_json["host"] == "127.0.0.1" and settings_json["http_port"] == mlserver.http_port
     assert settings_json["grpc_max_message_length"] == MAX_REQUEST_BYTES
+    assert settings_json["parallel_workers"] == default_workers(usable_cpus())
     model_settings = json.loads((mlserver.repo / MODEL / "model-settings.json").read_text())
     cached = serving_settings.home / "serving" / "models" / MODEL / f"v{registered.version}"
     assert model_settings == {"name": MODEL, "implementation": IMPLEMENTATION,
@@ -132,14 +142,15 @@ def test_recommend_cli_prints_a_table(mlserver, catalog, tmp_path, capsys):
 
 
 def test_serve_restarts_from_the_cache_and_stops_cleanly_on_sigterm(mlserver, serving_settings, registered):
-    """`kuberec serve` as users run it: a pinned cached version starts without the registry; SIGTERM exits 0."""
+    """`kuberec serve` as users run it: a pinned cached version starts without the registry; SIGTERM exits 0.
+    With an inference worker process: MLServer 1.7.1's workers need uvloop < 0.22 (constraints.txt)."""
     port = free_port()
     env = {**os.environ, "KUBEREC_HOME": str(serving_settings.home),
            "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # unreachable: the cache must be enough
     process = subprocess.Popen([sys.executable, "-m", "kuberec.cli", "serve", "--models",
                                 f"{MODEL}:{registered.version}", "--port", str(port), "--grpc-port",
-                                str(free_port())], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                                str(free_port()), "--workers", "1"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     try:
         first = process.stdout.readline()
         while first and not first.startswith("serving "):
@@ -161,3 +172,9 @@ def test_serving_an_unregistered_model_is_a_clear_error(serving_settings, monkey
     assert cli.main(["serve", "--models", "kuberec-nothing", "--port", str(free_port()),
                      "--grpc-port", str(free_port())]) == 2
     assert "'kuberec-nothing' has no alias @champion" in capsys.readouterr().err
+
+
+def test_worker_processes_follow_the_cpus():
+    assert [default_workers(cpus) for cpus in (1, 2, 3, 8)] == [0, 0, 2, 7]
+    with pytest.raises(ServingError, match="workers must be 0"):
+        write_repository(Path("/nonexistent"), [], http_port=1, grpc_port=2, workers=-1)

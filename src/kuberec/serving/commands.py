@@ -24,6 +24,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--version", type=int, default=None, help="registry version to serve (one model only)")
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP (V2 REST) port on 127.0.0.1")
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port on 127.0.0.1")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="MLServer inference worker processes, each loading every model (default: 0 on up to "
+                             "2 CPUs, else one per CPU but one; see docs/serving.md)")
     parser.add_argument("--demo", nargs="?", type=int, const=DEMO_PORT, default=None, metavar="PORT",
                         help=f"also serve the demo page (default port {DEMO_PORT})")
 
@@ -39,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     specs = [ModelSpec.parse(n, alias=args.alias, version=args.version) for n in names]
     # The default list serves those that are registered; models the user names must all be.
     return serve(load_settings(), specs, http_port=args.port, grpc_port=args.grpc_port, required=bool(args.models),
-                 demo_port=args.demo)
+                 demo_port=args.demo, workers=args.workers)
 
 
 def _recommend_arguments(parser: argparse.ArgumentParser) -> None:

@@ -135,16 +135,31 @@ def resolve(settings: Settings, specs: Sequence[ModelSpec], *, required: bool) -
     return served
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a taskset or a cpuset)."""
+    return len(os.sched_getaffinity(0))
+
+
+def default_workers(cpus: int) -> int:
+    """MLServer `parallel_workers` for `cpus` CPUs: 0 (inference on the server's event loop) up to 2 CPUs, where
+    measured worker processes lose (each request crosses two queues and is pickled twice: 2 workers served 304 image
+    queries/s against 544 in-process, docs/BENCHMARKS.md); above that one worker per CPU left after the HTTP process
+    (not measured here: no machine with more cores ran the serving image)."""
+    return 0 if cpus <= 2 else cpus - 1
+
+
 def write_repository(root: Path, models: Sequence[ServedModel], *, http_port: int, grpc_port: int,
-                     max_request_bytes: int = MAX_REQUEST_BYTES) -> Path:
-    """An MLServer model repository: settings.json plus <name>/model-settings.json per model."""
+                     workers: int | None = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> Path:
+    """An MLServer model repository: settings.json plus <name>/model-settings.json per model. `workers`: MLServer
+    inference worker processes, each loading every model (None: `default_workers` of the usable CPUs)."""
+    if workers is not None and workers < 0:
+        raise ServingError(f"workers must be 0 (inference in the server process) or more, not {workers}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     server_settings = {
         "debug": False, "host": HOST, "http_port": http_port, "grpc_port": grpc_port,
         "grpc_max_message_length": max_request_bytes,
-        # Inference in the server process: one TF model in memory, no IPC hop (2 cores; see docs/BENCHMARKS.md).
-        "parallel_workers": 0,
+        "parallel_workers": default_workers(usable_cpus()) if workers is None else workers,
         "metrics_endpoint": None,  # no third port on loopback; KServe scrapes its own
         "load_models_at_startup": True,
     }
@@ -248,13 +263,14 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 def prepare(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int = DEFAULT_HTTP_PORT,
-            grpc_port: int = DEFAULT_GRPC_PORT, required: bool = True) -> MLServer:
+            grpc_port: int = DEFAULT_GRPC_PORT, required: bool = True, workers: int | None = None) -> MLServer:
     """Resolve, cache and configure: an MLServer ready to `start()`."""
     for port in (http_port, grpc_port):
         _check_port(port)
     models = resolve(settings, specs, required=required)
     base = settings.home / "serving"
-    repo = write_repository(base / "repo" / str(http_port), models, http_port=http_port, grpc_port=grpc_port)
+    repo = write_repository(base / "repo" / str(http_port), models, http_port=http_port, grpc_port=grpc_port,
+                            workers=workers)
     return MLServer(repo, http_port, models, base / f"mlserver-{http_port}.log")
 
 
@@ -269,12 +285,12 @@ def running(settings: Settings, specs: Sequence[ModelSpec], **kwargs) -> Iterato
 
 
 def serve(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int, grpc_port: int, required: bool,
-          demo_port: int | None = None) -> int:
+          demo_port: int | None = None, workers: int | None = None) -> int:
     """Run in the foreground until SIGTERM/SIGINT or until MLServer exits; returns an exit status."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = prepare(settings, specs, http_port=http_port, grpc_port=grpc_port, required=required)
+    server = prepare(settings, specs, http_port=http_port, grpc_port=grpc_port, required=required, workers=workers)
     demo = None
     try:
         server.start(abort=stop)
