@@ -4,7 +4,7 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup k8s-test-tools lint test test-fast pipeline-run pipeline-compile pipeline-upload serve images lock clean \
+.PHONY: setup k8s-test-tools lint test test-fast test-faults pipeline-run pipeline-compile pipeline-upload serve images lock clean \
 	cluster-up cluster-down cluster-status cluster-smoke cluster-images
 
 setup:
@@ -19,7 +19,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: lint k8s-test-tools
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS)
+
+# The fault scenarios that take minutes each (docs/reliability.md): kept out of `make test` for its time.
+test-faults: setup
+	$(VENV)/bin/python -m pytest -m faults $(PYTEST_ARGS)
 
 # Tests that start no JVM, no training and no server: a couple of minutes, to check a change before `make test`.
 test-fast: lint

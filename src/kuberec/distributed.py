@@ -1,20 +1,32 @@
-"""What every Horovod training entrypoint needs: start Horovod, agree on rank 0's values, compare weights.
+"""What every Horovod training entrypoint needs: start Horovod, agree on rank 0's values, compare weights,
+checkpoint each epoch and resume; and, for the steps that launch training, finding an interrupted run to resume.
 
 The same code runs in one process (Horovod of size 1), under `horovodrun -np N --gloo` and in an MPIJob.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from kuberec.errors import KuberecError
+from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# What a training output directory holds besides the model (both trainers).
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+CHECKPOINT_DIR = "checkpoints"
+RESULT_FILE = "train_result.json"
 
 
 class TrainingError(KuberecError):
@@ -73,3 +85,140 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines
+
+
+# -- checkpoints and resume ---------------------------------------------------------------------------------------
+
+def prepare_out_dir(out_dir: Path, config: Mapping[str, Any], resume: bool) -> str | None:
+    """Rank 0's check of a training output directory (then it writes `config`); returns an error message instead
+    of raising so that every rank can raise it. Only `epochs` may change when resuming."""
+    checkpoints = out_dir / CHECKPOINT_DIR
+    has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
+    if has_checkpoints and not resume:
+        return (f"{out_dir} already holds checkpoints of an earlier run; pass --resume to continue it, "
+                f"or choose another --out")
+    config_path = out_dir / CONFIG_FILE
+    if resume and config_path.is_file():
+        saved = json.loads(config_path.read_text())
+        differs = sorted(k for k, v in config.items() if k != "epochs" and saved.get(k) != v)
+        if differs:
+            return (f"--resume with a config that differs from the interrupted run's ({', '.join(differs)}); "
+                    f"resume with the original config (in {config_path}) or start a new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+    return None
+
+
+class EpochCheckpoints:
+    """A checkpoint after every epoch (`tf.train.CheckpointManager` over the given trackables, e.g. model and
+    optimizers, plus the epoch) and the per-epoch history next to it, both written by rank 0 alone."""
+
+    def __init__(self, hvd, out_dir: Path, *, max_to_keep: int = 2, **trackables: Any) -> None:
+        import tensorflow as tf
+
+        self.hvd = hvd
+        self.out_dir = out_dir
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.checkpoint = tf.train.Checkpoint(epoch=self.epoch, **trackables)
+        self.manager = (tf.train.CheckpointManager(self.checkpoint, str(out_dir / CHECKPOINT_DIR),
+                                                   max_to_keep=max_to_keep) if hvd.rank() == 0 else None)
+
+    def restore(self, resume: bool, total_epochs: int) -> tuple[int, list[dict[str, Any]]]:
+        """(epochs already done, their history) on every rank: from the last checkpoint when `resume`, else (0, []).
+        The caller broadcasts the restored variables from rank 0."""
+        history: list[dict[str, Any]] = []
+        if self.manager is not None and resume:
+            if self.manager.latest_checkpoint:
+                self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+                done = int(self.epoch.numpy())
+                history_path = self.out_dir / HISTORY_FILE
+                if history_path.is_file():  # written right after each checkpoint; keep what the checkpoint covers
+                    history = json.loads(history_path.read_text())[:done]
+                log.info("resuming from %s (epoch %d of %d)", self.manager.latest_checkpoint, done, total_epochs)
+            else:
+                log.warning("--resume: no checkpoint in %s, starting from scratch", self.out_dir / CHECKPOINT_DIR)
+        return agree(self.hvd, (int(self.epoch.numpy()), history))
+
+    def save(self, epoch: int, history: list[dict[str, Any]]) -> None:
+        """Rank 0: checkpoint `epoch` (1-based, just finished) and the history up to it."""
+        if self.manager is None:
+            return
+        self.epoch.assign(epoch)
+        self.manager.save(checkpoint_number=epoch)
+        (self.out_dir / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+
+    def restore_epoch(self, epoch: int) -> bool:
+        """Rank 0: load the variables of epoch `epoch`'s checkpoint; False when it is no longer kept."""
+        path = f"{self.manager.directory}/ckpt-{epoch}" if self.manager is not None else ""
+        if not path or path not in self.manager.checkpoints:
+            return False
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        return True
+
+
+# -- resuming an interrupted step ---------------------------------------------------------------------------------
+# A pipeline step that trains records its inputs' fingerprint and its output directory as tags of the run it
+# creates. Rerun with the same inputs after a failure (a killed rank, a lost MLflow server), it finds that run and
+# continues it, in the same run and directory, from the last checkpoint; a run that finished is never reused.
+
+FINGERPRINT_TAG = "kuberec.train.fingerprint"
+TRAIN_DIR_TAG = "kuberec.train.dir"
+
+
+def fingerprint(run_name: str, params: Mapping[str, Any], lineage: Mapping[str, int]) -> str:
+    """What identifies a training step's work: its name, params (config, workers, ...) and the data versions."""
+    text = json.dumps({"run": run_name, "params": params, "lineage": lineage}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def interrupted_run(settings: Settings, experiment: str, run_name: str, key: str) -> tuple[str, Path] | None:
+    """(run id, output directory) of the latest FAILED run of this step with fingerprint `key` whose directory
+    still holds checkpoints and no finished result, or None."""
+    from kuberec import tracking
+
+    runs = tracking.client(settings).search_runs(
+        [tracking.experiment_id(experiment)],
+        filter_string=(f"tags.`{FINGERPRINT_TAG}` = '{key}' and attributes.run_name = '{run_name}' "
+                       f"and attributes.status = 'FAILED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or TRAIN_DIR_TAG not in runs[0].data.tags:
+        return None
+    out_dir = Path(runs[0].data.tags[TRAIN_DIR_TAG])
+    checkpoints = out_dir / CHECKPOINT_DIR
+    if not checkpoints.is_dir() or not any(checkpoints.iterdir()) or (out_dir / RESULT_FILE).is_file():
+        return None  # nothing to resume here (another machine's disk, or no epoch was checkpointed)
+    return runs[0].info.run_id, out_dir
+
+
+@contextlib.contextmanager
+def training_run(settings: Settings, experiment: str, *, run_name: str, params: Mapping[str, Any],
+                 lineage: Mapping[str, int], tags: Mapping[str, str] | None = None,
+                 train_dir: Callable[[str], Path] | None = None) -> Iterator[tuple[str, Path | None, bool]]:
+    """The MLflow run a training step launches its job in: (run id, output directory, resume).
+
+    With `train_dir` (run id -> output directory), the latest FAILED run of the same step with the same inputs
+    whose directory still holds checkpoints is continued (resume True, logged); otherwise a new run is created.
+    Without it (the caller chose the directory) the run is always new and the directory is None. The run ends
+    FINISHED, or FAILED when the block raises.
+    """
+    from kuberec import tracking
+
+    key = fingerprint(run_name, params, lineage)
+    found = interrupted_run(settings, experiment, run_name, key) if train_dir is not None else None
+    if found is None:
+        run_id = tracking.create_run(settings, experiment, run_name=run_name, lineage=lineage, params=params,
+                                     tags={**(tags or {}), FINGERPRINT_TAG: key})
+        out_dir = train_dir(run_id) if train_dir is not None else None
+        if out_dir is not None:
+            tracking.client(settings).set_tag(run_id, TRAIN_DIR_TAG, str(out_dir))
+    else:
+        run_id, out_dir = found
+        log.info("%s: continuing run %s, which did not finish, from its checkpoints in %s", run_name, run_id,
+                 out_dir)
+        tracking.client(settings).update_run(run_id, status="RUNNING")
+    try:
+        yield run_id, out_dir, found is not None
+    except BaseException:
+        tracking.end_run(settings, run_id, failed=True)
+        raise
+    tracking.end_run(settings, run_id)

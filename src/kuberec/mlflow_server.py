@@ -1,9 +1,12 @@
 """The embedded MLflow server kuberec runs when no tracking server is configured.
 
-SQLite backend store and proxied local artifacts under `<home>/mlflow`, on loopback, started on first use and reused
+SQLite backend store and proxied local artifacts under `<home>/mlflow`, on loopback (KUBEREC_MLFLOW_HOST moves it,
+with a warning: it has no authentication), started on first use and reused
 by every later process (KFP local components, Horovod ranks, the CLI) through a state file that records its pid and
-port; a lock serialises check-then-start across those processes. `kuberec mlflow ui` prints its URL; `kuberec mlflow
-stop` ends it. `kuberec.tracking` decides when to use it (this module knows nothing of runs or models).
+port; a lock serialises check-then-start across those processes. A server found dead (killed, crashed) is started
+again on the port it had, so the URL that running processes hold still works; nothing is lost, since runs live in
+the SQLite file. `kuberec mlflow ui` prints its URL; `kuberec mlflow stop` ends it (the next start may take another
+port). `kuberec.tracking` decides when to use it (this module knows nothing of runs or models).
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from pathlib import Path
 from typing import Iterator
 
 from kuberec.errors import KuberecError
-from kuberec.settings import Settings
+from kuberec.settings import LOOPBACK, Settings, exposure_warning
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK  # where it listens unless the mlflow_host setting (KUBEREC_MLFLOW_HOST) says otherwise
 START_TIMEOUT_S = 180.0  # cold start is 15-60 s on the 2-core machine; more when it is busy
 UNHEALTHY_GRACE_S = 30.0
 
@@ -45,10 +48,22 @@ class ServerInfo:
     backend_store_uri: str
     artifacts_destination: str
     log_file: str
+    host: str = HOST  # the address it listens on (state files written before this field: loopback)
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{_client_address(self.host)}:{self.port}"
+
+
+def bind_host(settings: Settings) -> str:
+    """The address the embedded server listens on: the mlflow_host setting, by default loopback only."""
+    return settings.mlflow_host or HOST
+
+
+def _client_address(host: str) -> str:
+    """How this machine reaches a server listening on `host` (a wildcard address: over loopback), URL-ready."""
+    host = {"0.0.0.0": HOST, "::": "::1", "": HOST}.get(host, host)
+    return f"[{host}]" if ":" in host else host
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
@@ -74,13 +89,33 @@ def _read_state(settings: Settings) -> ServerInfo | None:
         return None
 
 
-def _is_our_server(info: ServerInfo) -> bool:
-    """The recorded pid is still this home's MLflow server (not a recycled pid of something else)."""
+def _cmdline(pid: int) -> str:
     try:
-        cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return False
-    return "mlflow" in cmdline and info.backend_store_uri in cmdline
+        return ""  # gone (a zombie's is empty too)
+
+
+def recorded_server(settings: Settings) -> ServerInfo | None:
+    """What the state file says about this home's last server, whether or not it still runs."""
+    return _read_state(settings)
+
+
+def _is_our_server(info: ServerInfo) -> bool:
+    """The recorded server still runs: its pid is this home's `mlflow server` (not a recycled pid), or that process
+    was killed on its own and the web server it started (uvicorn, same process group, same port) still serves."""
+    cmdline = _cmdline(info.pid)
+    if "mlflow" in cmdline and info.backend_store_uri in cmdline:
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pgid = int(stat.read_text().rsplit(")", 1)[1].split()[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgid == info.pid and "mlflow" in (other := _cmdline(int(stat.parent.name))) and \
+                f" --port {info.port} " in other:
+            return True
+    return False
 
 
 def running_server(settings: Settings) -> ServerInfo | None:
@@ -104,15 +139,20 @@ def _locked(settings: Settings) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(_family(host)) as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((HOST, port)) == 0
+def _port_in_use(host: str, port: int) -> bool:
+    address = _client_address(host).strip("[]")
+    with socket.socket(_family(address)) as sock:
+        return sock.connect_ex((address, port)) == 0
 
 
 def ensure_server(settings: Settings, port: int | None = None, timeout: float = START_TIMEOUT_S) -> ServerInfo:
@@ -127,8 +167,23 @@ def ensure_server(settings: Settings, port: int | None = None, timeout: float = 
             if port is not None and port != info.port:
                 raise MlflowServerError(f"the MLflow server of {settings.home} already runs on port {info.port}; "
                                     f"use that, or `kuberec mlflow stop` first to move it to port {port}")
+            if bind_host(settings) != info.host:  # never leave it exposed (or hidden) against the setting
+                raise MlflowServerError(f"the MLflow server of {settings.home} listens on {info.host}, but "
+                                        f"KUBEREC_MLFLOW_HOST asks for {bind_host(settings)}; run `kuberec mlflow "
+                                        f"stop` to restart it there on next use, or change the setting back")
             return info
-        return _start(settings, port, timeout)
+        return _start(settings, _previous_port(settings) if port is None else port, timeout)
+
+
+def _previous_port(settings: Settings) -> int | None:
+    """The port of this home's last server, when it is gone and its port free: starting again there keeps the URL
+    that running processes (a training job's rank 0, a pipeline step) hold working once they retry."""
+    info = _read_state(settings)
+    if info is None or _port_in_use(bind_host(settings), info.port):
+        return None
+    log.warning("the MLflow server of %s (pid %d, %s) is gone; starting it again on port %d", settings.home,
+                info.pid, info.url, info.port)
+    return info.port
 
 
 def _wait_for_slow_server(settings: Settings) -> ServerInfo | None:
@@ -154,13 +209,17 @@ def _wait_for_slow_server(settings: Settings) -> ServerInfo | None:
 def _start(settings: Settings, port: int | None, timeout: float) -> ServerInfo:
     paths = _paths(settings)
     paths["artifacts"].mkdir(parents=True, exist_ok=True)
+    host = bind_host(settings)
+    warning = exposure_warning(host, "the embedded MLflow server (KUBEREC_MLFLOW_HOST)")
+    if warning:
+        log.warning(warning)
     if port is None:
-        port = _free_port()
-    elif _port_in_use(port):
-        raise MlflowServerError(f"port {port} is already in use on {HOST}; pick another with --port")
+        port = _free_port(host)
+    elif _port_in_use(host, port):
+        raise MlflowServerError(f"port {port} is already in use on {host}; pick another with --port")
     backend_store = f"sqlite:///{paths['db']}"
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store,
-               "--artifacts-destination", str(paths["artifacts"]), "--host", HOST, "--port", str(port),
+               "--artifacts-destination", str(paths["artifacts"]), "--host", host, "--port", str(port),
                "--workers", "1"]
     # Without this MLflow 3 forks 7 job-runner workers (~2.5 GB RSS) that kuberec never uses.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -170,7 +229,7 @@ def _start(settings: Settings, port: int | None, timeout: float) -> ServerInfo:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, cwd=paths["base"], start_new_session=True)
     info = ServerInfo(pid=process.pid, port=port, backend_store_uri=backend_store,
-                      artifacts_destination=str(paths["artifacts"]), log_file=str(paths["log"]))
+                      artifacts_destination=str(paths["artifacts"]), log_file=str(paths["log"]), host=host)
     log.info("starting MLflow server on %s (pid %d, store %s)", info.url, process.pid, paths["db"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -33,6 +33,7 @@ ENV_VARS: dict[str, str] = {
     "cache_dir": "KUBEREC_CACHE",
     "spark_master": "KUBEREC_SPARK_MASTER",
     "s3_endpoint": "KUBEREC_S3_ENDPOINT",
+    "mlflow_host": "KUBEREC_MLFLOW_HOST",
 }
 
 
@@ -52,6 +53,7 @@ class Settings:
     image_tag: str = __version__
     spark_master: str = "local[*]"
     s3_endpoint: str = ""  # MinIO/S3 endpoint for s3:// lakes
+    mlflow_host: str = ""  # where the embedded MLflow server listens; default: loopback only (LOOPBACK)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().absolute())
@@ -62,6 +64,11 @@ class Settings:
         if self.backend not in BACKENDS:
             raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r} "
                                 f"(set {ENV_VARS['backend']})")
+        for name in ("lake_uri", "s3_endpoint"):  # they travel in plain pod specs, logs and MLflow tags
+            if has_credentials(getattr(self, name)):
+                raise SettingsError(f"{ENV_VARS[name]}={redact_uri(getattr(self, name))!r} carries credentials: "
+                                    f"remove them and give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                                    f"(in a cluster, the kuberec-lake Secret)")
         scheme = self.lake_uri.split("://", 1)[0] if "://" in self.lake_uri else "file"
         if scheme not in ("file", "s3", "s3a"):
             raise SettingsError(f"lake URI {self.lake_uri!r}: only local paths and s3:// are supported")
@@ -128,3 +135,40 @@ def load_settings(**overrides: Any) -> Settings:
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["home"] = home if "home" not in overrides else overrides["home"]
     return Settings(**values)
+
+
+LOOPBACK = "127.0.0.1"  # where kuberec's own servers (MLflow, MLServer, the demo page) listen unless told otherwise
+
+
+def exposure_warning(host: str, server: str) -> str | None:
+    """The warning to give when `server` is asked to listen on `host` beyond loopback (None on loopback):
+    kuberec's local servers have no authentication, so anyone who can reach that address can use them."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return (f"{server} listens on {host}, not only on {LOOPBACK}: it has no authentication, so anyone who can "
+            f"reach this machine at that address can use it")
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with its user name and password (`scheme://user:password@host/...`) shown as `***`: the form of a
+    URI for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def has_credentials(uri: str) -> bool:
+    """True when `uri` carries a user name or password."""
+    return redact_uri(uri) != uri

@@ -1,7 +1,9 @@
 """MLflow for kuberec: where the tracking server is, runs with data lineage, and the model registry.
 
 `tracking_uri(settings)` is `MLFLOW_TRACKING_URI` (or `mlflow_tracking_uri` in the config) when set: the in-cluster
-server, a team server. Otherwise it is kuberec's own embedded server (`kuberec.mlflow_server`), started on first use.
+server, a team server. Otherwise it is kuberec's own embedded server (`kuberec.mlflow_server`), started on first use;
+with it, MLflow's client gives up on a silent server after about 15 s instead of 4 minutes, and `reconnecting`
+starts the server again for a call that found it gone (what a training job's rank 0 does after each epoch).
 
 Every run records the Delta table versions it read as tags `kuberec.lineage.<table>=<uri>@v<version>`, so a model
 version traces back to its exact data. The registry helpers wrap names, versions and the `champion` alias.
@@ -12,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from kuberec import mlflow_server
 from kuberec.errors import KuberecError
-from kuberec.settings import Settings
+from kuberec.settings import Settings, redact_uri
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
@@ -32,6 +35,12 @@ TRAIN_ARTIFACTS = "train"
 EVALUATION_ARTIFACTS = "evaluation"
 LINEAGE_PREFIX = "kuberec.lineage."
 SWEEP_RUN_TAG = "kuberec.tuned_by_sweep_run"
+# MLflow retries a failed request 7 times over about 4 minutes, for remote servers that rate-limit. The embedded
+# server is on this machine: one that has not answered for ~15 s (retries after 0, 4 and 8 s) is gone, and waiting
+# longer only delays the error or the restart. Set for the embedded server only; the user's own values win.
+EMBEDDED_SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
+
+T = TypeVar("T")
 
 
 class TrackingError(KuberecError):
@@ -47,9 +56,18 @@ class ModelNotFoundError(TrackingError):
 
 def tracking_uri(settings: Settings) -> str:
     """The tracking URI to use: the configured one, else the embedded server (started if needed)."""
-    if settings.mlflow_tracking_uri:
+    if not _embedded(settings):
         return settings.mlflow_tracking_uri
     return mlflow_server.ensure_server(settings).url
+
+
+def _embedded(settings: Settings) -> bool:
+    """Whether MLflow is this home's embedded server: none is configured, or the one configured is the embedded
+    server's own URL (MLflow exports the URI it is set to, so the jobs a kuberec process starts inherit it)."""
+    if not settings.mlflow_tracking_uri:
+        return True
+    recorded = mlflow_server.recorded_server(settings)
+    return recorded is not None and settings.mlflow_tracking_uri.rstrip("/") == recorded.url
 
 
 def configure(settings: Settings) -> str:
@@ -57,9 +75,32 @@ def configure(settings: Settings) -> str:
     import mlflow
 
     uri = tracking_uri(settings)
+    if _embedded(settings):
+        for name, value in EMBEDDED_SERVER_RETRIES.items():
+            os.environ.setdefault(name, value)  # read by MLflow at each request; inherited by the jobs it starts
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def reconnecting(settings: Settings, call: Callable[[], T], what: str) -> T:
+    """`call()`, an MLflow call that may outlive the embedded server (an epoch's metrics in a long training); when
+    it fails because that server is gone, start it again (`mlflow_server.ensure_server`: the same port when free,
+    or wait for another process that is starting it), point this process at it and call once more. Errors of a
+    configured server, or of a server that still answers, are raised as they are."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call()
+    except (MlflowException, requests.RequestException) as err:
+        if not _embedded(settings) or mlflow_server.running_server(settings) is not None:
+            raise
+        log.warning("%s: the embedded MLflow server stopped answering (%s); starting it again", what,
+                    str(err).splitlines()[0][:200])
+    uri = configure(settings)
+    log.info("%s: MLflow server back at %s; retrying", what, uri)
+    return call()
 
 
 def client(settings: Settings) -> "MlflowClient":
@@ -208,7 +249,7 @@ def get_version(settings: Settings, name: str, *, version: int | str | None = No
             known = []
         hint = (f"it has versions {known}" if known else
                 "no versions are registered; build and register one first (kuberec index build)")
-        raise ModelNotFoundError(f"registered model {name!r} has no {wanted} at {tracking_uri(settings)}: "
+        raise ModelNotFoundError(f"registered model {name!r} has no {wanted} at {redact_uri(tracking_uri(settings))}: "
                                  f"{hint}") from err
 
 
@@ -239,7 +280,8 @@ def artifact_store_uri(settings: Settings, uri: str, artifacts_destination: str)
                 name, _, version = body.rpartition("/")
                 uri = get_version(settings, name, version=version).source
         except MlflowException as err:
-            raise ModelNotFoundError(f"cannot resolve {uri} at {tracking_uri(settings)}: {err.message}") from err
+            raise ModelNotFoundError(f"cannot resolve {uri} at {redact_uri(tracking_uri(settings))}: "
+                                     f"{err.message}") from err
     if uri.startswith("mlflow-artifacts:"):
         path = uri.split(":", 1)[1].lstrip("/")
         if uri.startswith("mlflow-artifacts://"):  # mlflow-artifacts://<host>/<path>
@@ -255,6 +297,10 @@ def register_and_promote(settings: Settings, source_uri: str, name: str, *, set_
 
     `set_champion`: True moves the `champion` alias to the new version, False leaves it, None sets it only when the
     model has no champion yet, so a first registration is servable right away.
+
+    The alias moves last, to a version whose artifacts were all logged before it was created: a process killed on
+    the way leaves `champion` where it was, plus at most a complete version that is not champion (a rerun registers
+    a new one; the stray stays loadable by number, tests/test_killed_steps.py).
     """
     version = register_model(settings, source_uri, name, tags=tags, description=description)
     champion = alias_version(settings, name) is None if set_champion is None else set_champion
@@ -308,19 +354,6 @@ def continue_run(settings: Settings, run_id: str) -> Iterator["ActiveRun"]:
 
 def end_run(settings: Settings, run_id: str, *, failed: bool = False) -> None:
     client(settings).set_terminated(run_id, "FAILED" if failed else "FINISHED")
-
-
-@contextlib.contextmanager
-def step_run(settings: Settings, experiment: str, *, run_name: str, lineage: Mapping[str, int] | None = None,
-             params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-    """`create_run` for the job a step launches; the run ends FINISHED, or FAILED when the job raises."""
-    run_id = create_run(settings, experiment, run_name=run_name, lineage=lineage, params=params, tags=tags)
-    try:
-        yield run_id
-    except BaseException:
-        end_run(settings, run_id, failed=True)
-        raise
-    end_run(settings, run_id)
 
 
 def download_artifacts(settings: Settings, run_id: str, artifact_path: str, dst: str | Path | None = None) -> Path:

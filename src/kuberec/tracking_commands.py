@@ -9,11 +9,12 @@ from kuberec.cli import Command
 
 def _ui(args: argparse.Namespace) -> None:
     from kuberec import mlflow_server
-    from kuberec.settings import load_settings
+    from kuberec.settings import load_settings, redact_uri
 
     settings = load_settings()
     if settings.mlflow_tracking_uri:
-        print(f"MLflow tracking server (configured, not managed by kuberec): {settings.mlflow_tracking_uri}")
+        print(f"MLflow tracking server (configured, not managed by kuberec): "
+              f"{redact_uri(settings.mlflow_tracking_uri)}")
         return
     info = mlflow_server.ensure_server(settings, port=args.port)
     print(f"MLflow UI: {info.url}  (pid {info.pid}, store {settings.mlflow_dir}; stop it with `kuberec mlflow stop`)")
@@ -34,12 +35,13 @@ def _stop(args: argparse.Namespace) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     from kuberec import mlflow_server
-    from kuberec.settings import load_settings
+    from kuberec.settings import load_settings, redact_uri
 
     settings = load_settings()
     if settings.mlflow_tracking_uri:
         up = mlflow_server.healthy(settings.mlflow_tracking_uri)
-        print(f"{settings.mlflow_tracking_uri} (configured): {'up' if up else 'not answering /health'}")
+        print(f"{redact_uri(settings.mlflow_tracking_uri)} (configured): "
+              f"{'up' if up else 'not answering /health'}")
         return 0 if up else 1
     info = mlflow_server.running_server(settings)
     print(f"running at {info.url} (pid {info.pid})" if info else "not running (it starts on first use)")

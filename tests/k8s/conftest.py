@@ -9,12 +9,10 @@ Binaries come from scripts/setup-k8s-test.sh (make test runs it) in the project 
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import json
 import os
 import secrets
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,6 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from overlays import TARGETS
+
+from kuberec.backends.local import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute()
@@ -50,11 +51,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Child processes get SIGTERM if pytest dies, so no server outlives the test run."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _write_certs(directory: Path) -> dict[str, Path]:
@@ -133,7 +129,7 @@ class TestAPIServer:
     def _spawn(self, name: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
         log = self.workdir / f"{name}.log"
         process = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir,
-                                   preexec_fn=_die_with_parent)
+                                   preexec_fn=die_with_parent)  # no server outlives pytest
         self.processes.append(process)
         return process, log
 
@@ -293,3 +289,16 @@ def k8s_namespace() -> str:
 def k8s_tool():
     """Path of a tool scripts/setup-k8s-test.sh put in the cache (kustomize, hadolint...), or skip/fail."""
     return _tool
+
+
+@pytest.fixture(scope="session")
+def built(k8s_tool) -> dict[str, list[dict]]:
+    """Every overlay of manifests/ built with kustomize: target -> its documents."""
+    kustomize = k8s_tool("kustomize")
+    out = {}
+    for target in TARGETS:
+        result = subprocess.run([str(kustomize), "build", str(REPO / "manifests" / target)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"kustomize build {target}: {result.stderr}"
+        out[target] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return out

@@ -221,7 +221,7 @@ def test_strict_validation_rejects_unknown_fields(backend, where):
 def test_server_applies_operator_defaults(backend):
     """The stored MPIJob carries the CRD's defaults: proof the server validated it against the schema."""
     stored = backend.create(render(backend, JOBS["horovod-cpu"]))
-    assert stored["spec"]["sshAuthMountPath"] == "/root/.ssh"
+    assert stored["spec"]["sshAuthMountPath"] == "/home/kuberec/.ssh"  # kuberec's (the default is /root/.ssh)
     assert stored["spec"]["runPolicy"]["suspend"] is False
 
 
@@ -420,7 +420,7 @@ def test_cli_render_prints_an_accepted_resource(kind, options, backend, monkeypa
     backend.create(body, dry_run=True)
 
 
-def test_cli_deploy_uses_the_kubeconfig(apiserver, backend, progress_log, monkeypatch, capsys):
+def test_cli_deploy_uses_the_kubeconfig(apiserver, backend, progress_log, settings, monkeypatch, capsys):
     """`kuberec k8s deploy` end to end: credentials from KUBECONFIG, create, wait for Ready, print the URL."""
     from kuberec import cli
 

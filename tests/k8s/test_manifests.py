@@ -3,33 +3,20 @@ schemas (kubernetes-validate, strict), and every custom object is accepted by th
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
+from overlays import TARGETS
 
 from kuberec.backends import HorovodJob
 from kuberec.backends.k8s_resources import KINDS, ClusterOptions, Toleration, render
 from kuberec.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = ["base", "overlays/dev", "overlays/gpu", "overlays/local"]
 # The oldest Kubernetes the cluster guide supports, and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-
-
-@pytest.fixture(scope="module")
-def built(k8s_tool) -> dict[str, list[dict]]:
-    kustomize = k8s_tool("kustomize")
-    out = {}
-    for target in TARGETS:
-        result = subprocess.run([str(kustomize), "build", str(REPO / "manifests" / target)],
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, f"kustomize build {target}: {result.stderr}"
-        out[target] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    return out
 
 
 def crd_groups() -> set[str]:

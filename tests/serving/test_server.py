@@ -18,7 +18,7 @@ from serving_helpers import MODEL, N_ITEMS, free_port, png_b64, raw_post
 
 from kuberec import cli
 from kuberec.serving import client
-from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES
+from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES, REGISTRY_VERSION
 from kuberec.serving.server import (
     SOURCE_FILE,
     ModelSpec,
@@ -38,7 +38,8 @@ def test_repository_settings_point_at_the_cached_registry_version(mlserver, serv
     model_settings = json.loads((mlserver.repo / MODEL / "model-settings.json").read_text())
     cached = serving_settings.home / "serving" / "models" / MODEL / f"v{registered.version}"
     assert model_settings == {"name": MODEL, "implementation": IMPLEMENTATION,
-                              "parameters": {"uri": str(cached), "version": str(registered.version)}}
+                              "parameters": {"uri": str(cached),
+                                             "extra": {REGISTRY_VERSION: str(registered.version)}}}
     assert (cached / "MLmodel").exists() and registered.run_id in (cached / SOURCE_FILE).read_text()
     # A second resolve reuses the cached copy instead of downloading again.
     before = (cached / "MLmodel").stat().st_mtime_ns
@@ -178,3 +179,17 @@ def test_worker_processes_follow_the_cpus():
     assert [default_workers(cpus) for cpus in (1, 2, 3, 8)] == [0, 0, 2, 7]
     with pytest.raises(ServingError, match="workers must be 0"):
         write_repository(Path("/nonexistent"), [], http_port=1, grpc_port=2, workers=-1)
+
+
+@pytest.mark.fast
+def test_servers_listen_on_loopback_unless_told_and_say_so_when_told(tmp_path):
+    from kuberec.settings import exposure_warning
+
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert exposure_warning(loopback, "MLServer") is None
+    for elsewhere in ("0.0.0.0", "::", "10.1.2.3", "my-host"):
+        assert "no authentication" in exposure_warning(elsewhere, "MLServer")
+    assert json.loads((write_repository(tmp_path / "repo", [], http_port=1, grpc_port=2, workers=0)
+                       / "settings.json").read_text())["host"] == "127.0.0.1"
+    for verb in ("serve", "demo"):
+        assert cli.build_parser([verb]).parse_args([verb]).host == "127.0.0.1"

@@ -127,15 +127,18 @@ def test_resume_continues_an_interrupted_run(lake, tmp_path):
     assert load_embedding_model(finished.model_dir).metadata["epochs_trained"] == 3
 
 
-def test_two_horovod_workers_end_with_identical_weights(lake, tmp_path, tracked_settings):
+def test_two_horovod_workers_end_with_identical_weights(lake, tracked_settings):
     from kuberec import tracking
 
-    out = tmp_path / "hvd"
+    # No --out: the step writes under the home, in the directory its MLflow run names (what a rerun continues).
     command = [sys.executable, "-m", "kuberec.cli", "train", "similarity", "--workers", "2", "--table", lake,
-               "--out", str(out), "--config", json.dumps(TINY.replace(epochs=2).to_dict())]
+               "--config", json.dumps(TINY.replace(epochs=2).to_dict())]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
+    run_id = re.search(r"^MLflow run: (\w+)$", done.stdout, re.M)[1]
+    out = tracked_settings.home / "runs" / f"similarity-{run_id}"
+    assert re.search(r"^model: (.+)$", done.stdout, re.M)[1] == str(out / "model")
 
     checksums = dict(re.findall(r"rank (\d): weights sha256 ([0-9a-f]{64})", log))
     assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]

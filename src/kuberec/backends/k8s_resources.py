@@ -21,14 +21,28 @@ from typing import Any, Callable, Literal, Mapping
 
 from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
 from kuberec.errors import KuberecError
-from kuberec.settings import Settings
+from kuberec.settings import Settings, has_credentials, redact_uri
 
 # Where the Spark image puts kuberec/backends/run_module.py (spark-submit runs a file, not a module).
 SPARK_LAUNCHER = "local:///opt/kuberec/run_module.py"
-# Settings that only make sense on the submitting machine (its paths).
-LOCAL_ONLY_ENV = ("KUBEREC_HOME", "KUBEREC_CACHE", "KUBEREC_CONFIG")
-# Home of kuberec inside the images (a writable emptyDir would do as well).
+# The containers of Spark's pod templates, as spark-operator names them to spark-submit.
+SPARK_DRIVER_CONTAINER, SPARK_EXECUTOR_CONTAINER = "spark-kubernetes-driver", "spark-kubernetes-executor"
+# Settings that only make sense on the submitting machine (its paths, its embedded MLflow server's address).
+LOCAL_ONLY_ENV = ("KUBEREC_HOME", "KUBEREC_CACHE", "KUBEREC_CONFIG", "KUBEREC_MLFLOW_HOST")
+# Home of kuberec inside the images, an emptyDir in the pods (WRITABLE_DIRS).
 POD_HOME = "/var/lib/kuberec"
+# Pod security (docs/cluster-guide.md, "Security"): every pod kuberec renders runs as the images' non-root user
+# (images/runtime: `useradd --uid 1000 kuberec`), without privilege escalation or capabilities, under the runtime's
+# seccomp profile, on a read-only root file system; its programs write only to these emptyDirs: temporary files
+# (Python, the JVM, Spark, Ray's session directory, OpenMPI's session directory), kuberec's home (training outputs,
+# sweeps, MLServer's metrics files) and the user's home (~/.keras, ~/.cache, ~/.config).
+RUN_AS_USER = 1000
+USER_HOME = "/home/kuberec"
+WRITABLE_DIRS = {"kuberec-tmp": "/tmp", "kuberec-home": POD_HOME, "kuberec-user-home": USER_HOME}
+# Non-root sshd for mpi-operator (images/horovod-*): port 2222 (no capability to bind 22), host key and
+# authorized_keys from the keys mpi-operator mounts at <home>/.ssh (sshAuthMountPath).
+SSHD_CONFIG = "/etc/ssh/kuberec_sshd_config"
+SSH_DIR = f"{USER_HOME}/.ssh"
 # Keys the pods read from the two Secrets (optional: a MinIO without auth or an open MLflow server works too).
 LAKE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -304,14 +318,14 @@ def pod_env(settings: Settings, options: ClusterOptions) -> list[dict]:
         tracking = f"http://mlflow.{namespace}.svc.cluster.local:5000"
     elif re.match(r"^(file:|sqlite:|/|\.)", tracking) or LOOPBACK.match(tracking):
         raise ClusterConfigError(
-            f"MLFLOW_TRACKING_URI={tracking!r} is only reachable from this machine; point it at the "
+            f"MLFLOW_TRACKING_URI={redact_uri(tracking)!r} is only reachable from this machine; point it at the "
             f"cluster's tracking server (e.g. http://mlflow.{namespace}.svc.cluster.local:5000), unset "
             f"it to use that default, or, if this machine reaches it through a port-forward, tell the pods "
             f"its in-cluster address with KUBEREC_K8S_POD_MLFLOW_URI")
     s3_endpoint = options.pod_s3_endpoint or settings.s3_endpoint
     if LOOPBACK.match(s3_endpoint):
         raise ClusterConfigError(
-            f"KUBEREC_S3_ENDPOINT={s3_endpoint!r} is only reachable from this machine; point it at the "
+            f"KUBEREC_S3_ENDPOINT={redact_uri(s3_endpoint)!r} is only reachable from this machine; point it at the "
             f"cluster's object store (e.g. http://minio.{namespace}.svc.cluster.local:9000) or, if this "
             f"machine reaches it through a port-forward, tell the pods its in-cluster address with "
             f"KUBEREC_K8S_POD_S3_ENDPOINT")
@@ -320,11 +334,24 @@ def pod_env(settings: Settings, options: ClusterOptions) -> list[dict]:
     env.update({"MLFLOW_TRACKING_URI": tracking, "KUBEREC_HOME": POD_HOME,
                 # The pod runs the step itself; it must not submit it to the cluster again.
                 "KUBEREC_BACKEND": "local", "PYTHONUNBUFFERED": "1"})
+    _refuse_credentials(env, options)
     rendered = [{"name": k, "value": v} for k, v in sorted(env.items())]
     for secret, keys in ((options.lake_secret, LAKE_SECRET_KEYS), (options.mlflow_secret, MLFLOW_SECRET_KEYS)):
         rendered += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
                      for key in keys]
     return rendered
+
+
+def _refuse_credentials(values: Mapping[str, str], options: ClusterOptions) -> None:
+    """Credentials reach pods only through the Secrets: a plain value carrying one (a URI's user:password@) would
+    be readable by anyone who can read the resource, and end up in logs."""
+    for name, value in values.items():
+        if has_credentials(value):
+            raise ClusterConfigError(
+                f"{name}={redact_uri(value)!r} carries credentials, which would be written into the pods' specs "
+                f"in plain text: remove them from it; pods get credentials from the Secrets only "
+                f"({options.lake_secret}: {', '.join(LAKE_SECRET_KEYS)}; {options.mlflow_secret}: "
+                f"{', '.join(MLFLOW_SECRET_KEYS)})")
 
 
 def _metadata(settings: Settings, name: str, step: str) -> dict:
@@ -393,6 +420,37 @@ def _with_shared_memory(pod: dict) -> dict:
     return pod
 
 
+def pod_security_context() -> dict:
+    """The pod-level part of kuberec's pod security (see RUN_AS_USER); fsGroup makes mounted volumes its group's."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict:
+    """The container-level part: the same user, no privilege escalation, no capabilities, read-only root."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def writable_volumes() -> list[dict]:
+    return [{"name": name, "emptyDir": {}} for name in WRITABLE_DIRS]
+
+
+def writable_mounts() -> list[dict]:
+    return [{"name": name, "mountPath": path} for name, path in WRITABLE_DIRS.items()]
+
+
+def _secured(pod: dict) -> dict:
+    """`pod` (a pod spec) with kuberec's security contexts and, in each container, the writable emptyDirs."""
+    pod["securityContext"] = pod_security_context()
+    pod["volumes"] = [*pod.get("volumes", []), *writable_volumes()]
+    for container in pod["containers"]:
+        container["securityContext"] = container_security_context()
+        container["volumeMounts"] = [*container.get("volumeMounts", []), *writable_mounts()]
+    return pod
+
+
 def _version(dist: str) -> str:
     """The pinned version of a distribution: the images install the same pins, so CRs name the same version."""
     return importlib.metadata.version(dist)
@@ -427,6 +485,11 @@ def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> 
             return {}
         return {"coreRequest": f"{max(1, round(cores * 1000 * options.request_fraction))}m"}
 
+    def template(container: str) -> dict:
+        # spark-operator hands it to spark-submit as a pod template file, which Spark starts the pod from: no
+        # webhook needed (driver.securityContext and the like are applied only by spark-operator's webhook).
+        return {"spec": _secured({"containers": [{"name": container}]})}
+
     return {
         "apiVersion": SPARK_APPLICATION.api_version, "kind": SPARK_APPLICATION.kind,
         "metadata": _metadata(settings, run_name(job.name), job.name),
@@ -438,9 +501,11 @@ def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> 
             "sparkConf": _spark_env_conf(env, options),
             # One attempt: kuberec steps are idempotent, and the caller decides whether to rerun.
             "restartPolicy": {"type": "Never"},
-            "driver": {**common, "cores": 1, "memory": job.driver_memory, **core_request(1)},
+            "driver": {**common, "cores": 1, "memory": job.driver_memory, **core_request(1),
+                       "template": template(SPARK_DRIVER_CONTAINER)},
             "executor": {**common, "instances": job.executors, "cores": job.executor_cores,
-                         "memory": job.executor_memory, **core_request(job.executor_cores)},
+                         "memory": job.executor_memory, **core_request(job.executor_cores),
+                         "template": template(SPARK_EXECUTOR_CONTAINER)},
         },
     }
 
@@ -453,15 +518,15 @@ def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions)
     ranks = job.workers * job.slots_per_worker
     # Workers are reached over ssh, which starts processes with a clean environment: forward ours with -x.
     forwarded = [arg for var in ("PATH", "LD_LIBRARY_PATH", *(e["name"] for e in env)) for arg in ("-x", var)]
-    launcher_command = ["mpirun", "--allow-run-as-root", "-np", str(ranks), "-bind-to", "none",
+    launcher_command = ["mpirun", "-np", str(ranks), "-bind-to", "none",
                         "-map-by", "slot", *forwarded, "python", "-m", job.module, *job.args]
     labels = _labels(settings, job.name)
     worker_pod: dict[str, Any] = {
         "serviceAccountName": options.job_service_account,
         "containers": [{
             "name": "worker", "image": image, "imagePullPolicy": options.image_pull_policy,
-            # mpi-operator v2 reaches workers over ssh; the image's sshd serves it.
-            "command": ["/usr/sbin/sshd", "-De"], "env": env,
+            # mpi-operator v2 reaches workers over ssh; the image's sshd serves it as the non-root user.
+            "command": ["/usr/sbin/sshd", "-De", "-f", SSHD_CONFIG], "env": env,
             "resources": _resources(options, job.cpu_per_worker, job.memory_per_worker,
                                     job.gpus_per_worker),
         }],
@@ -469,6 +534,12 @@ def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions)
     }
     if job.gpus_per_worker > 0:
         _with_shared_memory(worker_pod)  # NCCL needs more than a container's default 64 MiB
+    _secured(worker_pod)
+    launcher_pod = _secured({"serviceAccountName": options.job_service_account, "containers": [{
+        "name": "launcher", "image": image, "imagePullPolicy": options.image_pull_policy,
+        "command": launcher_command, "env": env,
+        "resources": _resources(options, options.launcher_cpu, options.launcher_memory),
+    }]})
     return {
         "apiVersion": MPIJOB.api_version, "kind": MPIJOB.kind,
         "metadata": _metadata(settings, run_name(job.name), job.name),
@@ -477,15 +548,12 @@ def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions)
             "mpiImplementation": "OpenMPI",
             # Start mpirun only once every worker's sshd is up (else the first connection can fail).
             "launcherCreationPolicy": "WaitForWorkersReady",
+            # The keys go where the non-root user's ssh and sshd read them (the default is /root/.ssh).
+            "sshAuthMountPath": SSH_DIR,
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 0},
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "Never", "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"serviceAccountName": options.job_service_account, "containers": [{
-                        "name": "launcher", "image": image, "imagePullPolicy": options.image_pull_policy,
-                        "command": launcher_command, "env": env,
-                        "resources": _resources(options, options.launcher_cpu, options.launcher_memory),
-                    }]}}},
+                    "metadata": {"labels": labels}, "spec": launcher_pod}},
                 "Worker": {"replicas": job.workers, "restartPolicy": "Never",
                            "template": {"metadata": {"labels": labels}, "spec": worker_pod}},
             },
@@ -506,14 +574,21 @@ def render_ray(job: RayJob, settings: Settings, options: ClusterOptions) -> dict
                 "env": env, "resources": _resources(options, job.cpus_per_worker, job.memory_per_worker, gpus)}
 
     # Ray's object store lives in /dev/shm (else it falls back to slower /tmp).
-    head = _with_shared_memory({"serviceAccountName": options.job_service_account,
-                                "containers": [container("head", 0)]})
+    head = _secured(_with_shared_memory({"serviceAccountName": options.job_service_account,
+                                         "containers": [container("head", 0)]}))
     head["containers"][0]["ports"] = [{"containerPort": 6379, "name": "gcs"},
                                       {"containerPort": 8265, "name": "dashboard"},
                                       {"containerPort": 10001, "name": "client"}]
-    worker = _with_shared_memory({"serviceAccountName": options.job_service_account,
-                                  "containers": [container("worker", job.gpus_per_worker)],
-                                  **_placement(options, job.gpus_per_worker)})
+    worker = _secured(_with_shared_memory({"serviceAccountName": options.job_service_account,
+                                           "containers": [container("worker", job.gpus_per_worker)],
+                                           **_placement(options, job.gpus_per_worker)}))
+    # The pod that runs `ray job submit` (KubeRay fills in the command): secured like the others, and sized by
+    # the options rather than KubeRay's default 500m request.
+    submitter = _secured({"restartPolicy": "Never", "serviceAccountName": options.job_service_account,
+                          "containers": [{"name": "ray-job-submitter", "image": head["containers"][0]["image"],
+                                          "imagePullPolicy": options.image_pull_policy,
+                                          "resources": _resources(options, options.launcher_cpu,
+                                                                  options.launcher_memory)}]})
     return {
         "apiVersion": RAYJOB.api_version, "kind": RAYJOB.kind,
         "metadata": _metadata(settings, run_name(job.name), job.name),
@@ -522,6 +597,7 @@ def render_ray(job: RayJob, settings: Settings, options: ClusterOptions) -> dict
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 60,
             "backoffLimit": 0,
+            "submitterPodTemplate": {"metadata": {"labels": labels}, "spec": submitter},
             "rayClusterSpec": {
                 "rayVersion": _version("ray"),
                 "headGroupSpec": {
@@ -548,6 +624,9 @@ def render_inference_service(job: ServingJob, settings: Settings, options: Clust
     }
     if job.extra:  # extra model settings for the runtime (e.g. KUBEREC_TOP_K) as environment
         model["env"] = [{"name": k, "value": str(v)} for k, v in sorted(job.extra.items())]
+    _refuse_credentials({"storageUri": job.model_uri, **{k: str(v) for k, v in job.extra.items()}}, options)
+    # The runtime (manifests/base/servingruntime.yaml) adds the writable emptyDirs its server needs.
+    model["securityContext"] = container_security_context()
     metadata = _metadata(settings, dns_label(job.name, 45), job.name)
     metadata["annotations"] = {"kuberec.io/model-uri": job.model_uri}
     return {
@@ -555,6 +634,7 @@ def render_inference_service(job: ServingJob, settings: Settings, options: Clust
         "metadata": metadata,
         "spec": {"predictor": {
             "serviceAccountName": options.serving_service_account,
+            "securityContext": pod_security_context(),
             "minReplicas": job.min_replicas, "maxReplicas": job.max_replicas,
             "model": model,
         }},

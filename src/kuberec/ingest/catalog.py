@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from kuberec.datasets.fashion_mnist import IMAGE_SIDE, LABEL_NAMES
+from kuberec.errors import OutOfSpaceError, out_of_space
 from kuberec.lake.delta import retry_on_conflict, table_exists, table_version
 
 if TYPE_CHECKING:
@@ -67,15 +69,36 @@ def catalog_frame(spark: "SparkSession", rows: list[tuple]) -> "DataFrame":
     return spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), catalog_schema())
 
 
+@contextmanager
+def reporting_full_disk(table_uri: str, what: str) -> Iterator[None]:
+    """A write to `table_uri` that finds the disk full (ENOSPC, as the JVM reports it) becomes OutOfSpaceError naming
+    the table and the version it is at: a Delta commit lands whole or not at all, so that version is intact (the
+    failed write's data files stay behind unreferenced until a VACUUM)."""
+    before = table_version(table_uri) if table_exists(table_uri) else None
+    try:
+        yield
+    except Exception as err:
+        full = out_of_space(err)
+        if full is None:
+            raise
+        now = table_version(table_uri) if table_exists(table_uri) else None
+        state = ("no table was created" if now is None else f"the table is still at version {now}" if now == before
+                 else f"the table is at version {now}")
+        raise OutOfSpaceError(f"{what}: no space left on device under {table_uri} ({full}); {state}. Free space "
+                              f"there and run it again (the write is idempotent).") from None
+
+
 def upsert(spark: "SparkSession", table_uri: str, updates: "DataFrame", key: str = "item_id") -> int:
     """MERGE `updates` into the table on `key`; returns the table version afterwards (a concurrent writer may have
     committed after this write: the version holds this write's rows, and maybe others').
 
     Only rows that are new, or whose image/label differ, are written, so a re-run with the same input commits no
     new version. The whole batch is one Delta commit: it lands completely or not at all. A commit that loses a race
-    with another writer is computed again from that writer's version (`retry_on_conflict`).
+    with another writer is computed again from that writer's version (`retry_on_conflict`); one that finds the
+    disk full is OutOfSpaceError (`reporting_full_disk`).
     """
-    return retry_on_conflict(lambda: _upsert_once(spark, table_uri, updates, key), f"merging into {table_uri}")
+    with reporting_full_disk(table_uri, f"merging into {table_uri}"):
+        return retry_on_conflict(lambda: _upsert_once(spark, table_uri, updates, key), f"merging into {table_uri}")
 
 
 def _upsert_once(spark: "SparkSession", table_uri: str, updates: "DataFrame", key: str) -> int:

@@ -24,13 +24,16 @@ def _images(args: argparse.Namespace) -> None:
     from kuberec.ingest import steps
     from kuberec.ingest.images import expand_paths
 
-    table = steps.ingest_images(None, expand_paths(args.paths), args.label)
+    expand_paths(args.paths)  # a bad path fails here, before a JVM starts
+    # The directories as given, not the files in them: a job's command line cannot hold tens of thousands of names.
+    table = steps.ingest_images(None, args.paths, args.label, args.chunk_size)
     print(f"catalog table {table}")
 
 
 def _images_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="PNG/JPEG files or directories of them")
     parser.add_argument("--label", type=int, help="class 0..9 for all of them (default: unlabelled)")
+    parser.add_argument("--chunk-size", type=int, help="pictures per Delta commit (default 1,000)")
 
 
 COMMANDS = [

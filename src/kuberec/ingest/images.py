@@ -2,9 +2,13 @@
 
 Each image becomes a 28x28 grayscale item like Fashion-MNIST's: fitted into a square on its background colour,
 resized, and inverted when its background is light (Fashion-MNIST has light garments on black). Every file is
-decoded before anything is written; one unreadable file fails the whole batch with its name, and the batch is a
-single Delta commit. An image already in the catalog (same pixels) is skipped and reported, so re-running a batch
-adds nothing.
+decoded before anything is written; one unreadable file fails the whole batch with its name. An image already in
+the catalog (same pixels) is skipped and reported, so re-running a batch adds nothing.
+
+A batch of any size is read and written `--chunk-size` pictures at a time (default 1,000): memory holds one chunk's
+files, plus 28x28 pixels per picture in a temporary file, and each chunk is one Delta commit, logged as it lands
+("chunk 3/12: 1,000 images, 3,000 of 12,000 ingested"). A batch stopped after chunk k keeps chunks 1..k; running
+it again adds only the rest.
 """
 
 from __future__ import annotations
@@ -14,20 +18,27 @@ import hashlib
 import io
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
 from kuberec.datasets.fashion_mnist import IMAGE_SIDE, LABEL_NAMES
 from kuberec.errors import DataError
-from kuberec.ingest.catalog import TABLE_NAME, UNLABELLED, catalog_frame, catalog_rows
+from kuberec.ingest.catalog import TABLE_NAME, UNLABELLED, catalog_frame, catalog_rows, reporting_full_disk
 from kuberec.settings import load_settings
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CATALOG_SPLIT = "catalog"
+# Pictures per Delta commit: memory holds this many files at once (1,000 photos of 200 KB: 200 MB), and each
+# commit costs a few seconds of Spark work, so larger batches are not much faster.
+DEFAULT_CHUNK_SIZE = 1000
+PIXELS = IMAGE_SIDE * IMAGE_SIDE
+ERRORS_NAMED = 10  # unreadable files named in the error; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -79,21 +90,47 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(files))
 
 
-def read_files(spark, files: list[str]) -> dict[str, bytes]:
-    """File contents through Spark's filesystems (local paths or s3a://)."""
-    uris = [f if "://" in f else "file://" + os.path.abspath(f) for f in files]
-    by_uri = dict(spark.sparkContext.binaryFiles(",".join(uris)).collect())
+def read_files(files: list[str]) -> dict[str, bytes]:
+    """File contents, local or in the lake's object store (`kuberec.lake.raw.read_bytes`)."""
+    from kuberec.lake.raw import read_bytes
+
     contents = {}
-    for original, uri in zip(files, uris):
-        content = by_uri.get(uri) or by_uri.get(uri.replace("file://", "file:"))
-        if content is None:
-            raise DataError(f"{original}: could not be read")
-        contents[original] = bytes(content)
+    for name in files:
+        try:
+            contents[name] = read_bytes(name)
+        except OSError as err:
+            raise DataError(f"{name}: could not be read ({err})") from err
     return contents
 
 
-def ingest_images(spark, files: Sequence[str], table_uri: str, label: int | None = None) -> CatalogAddition:
-    """Append new catalog items decoded from `files`; all-or-nothing. Returns ids assigned and skipped.
+def decode_all(chunks: Sequence[list[str]], pixels: BinaryIO) -> dict[str, str]:
+    """Decode every file, a chunk at a time, appending each one's 28x28 pixels to `pixels` in order; returns each
+    file's pixel digest. One or more unreadable files: DataError naming them (nothing has been written)."""
+    errors, digests = [], {}
+    total = sum(len(chunk) for chunk in chunks)
+    for number, chunk in enumerate(chunks, 1):
+        contents = read_files(chunk)
+        for name in chunk:
+            try:
+                image = to_catalog_image(contents.pop(name), name)
+            except DataError as err:
+                errors.append(str(err))
+                image = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.uint8)  # keeps the file's place; never written
+            pixels.write(image.tobytes())
+            digests[name] = hashlib.sha256(image.tobytes()).hexdigest()
+        if len(chunks) > 1:
+            log.info("decoded chunk %d/%d (%s of %s images)", number, len(chunks), f"{len(digests):,}", f"{total:,}")
+    if errors:
+        more = f"; and {len(errors) - ERRORS_NAMED} more" if len(errors) > ERRORS_NAMED else ""
+        raise DataError(f"{len(errors)} of {total} files unreadable, nothing added: "
+                        + "; ".join(errors[:ERRORS_NAMED]) + more)
+    return digests
+
+
+def ingest_images(spark, files: Sequence[str], table_uri: str, label: int | None = None,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> CatalogAddition:
+    """Append new catalog items decoded from `files`, one Delta commit per `chunk_size` of them; every file is
+    decoded before the first commit. Returns ids assigned and skipped.
 
     Concurrent uploads to one catalog all land: each takes ids after the others' (`retry_on_conflict`), and the same
     picture uploaded twice is one item."""
@@ -101,23 +138,33 @@ def ingest_images(spark, files: Sequence[str], table_uri: str, label: int | None
 
     if label is not None and not 0 <= label < len(LABEL_NAMES):
         raise DataError(f"label {label} is outside 0..{len(LABEL_NAMES) - 1} ({', '.join(LABEL_NAMES)})")
+    if chunk_size < 1:
+        raise DataError(f"chunk size must be at least 1, not {chunk_size}")
     if not table_exists(table_uri):
         raise DataError(f"no catalog table at {table_uri}; run `kuberec ingest fashion-mnist` first")
     files = expand_paths(files)
-    contents = read_files(spark, files)
-    errors, images = [], {}
-    for name in files:
-        try:
-            images[name] = to_catalog_image(contents[name], name)
-        except DataError as err:
-            errors.append(str(err))
-    if errors:
-        raise DataError(f"{len(errors)} of {len(files)} files unreadable, nothing added: " + "; ".join(errors))
-
-    digests = {name: hashlib.sha256(img.tobytes()).hexdigest() for name, img in images.items()}
-    # Ids come from the table's current maximum, so a write that lost a race is computed again from the new version.
-    return retry_on_conflict(lambda: _add_images(spark, table_uri, files, images, digests, label),
-                             f"adding {len(files)} images to {table_uri}")
+    chunks = [files[start:start + chunk_size] for start in range(0, len(files), chunk_size)]
+    added: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    version, done = -1, 0
+    with tempfile.TemporaryFile(prefix="kuberec-images-") as pixels:  # the batch's pixels, off the heap
+        digests = decode_all(chunks, pixels)
+        pixels.seek(0)
+        for number, chunk in enumerate(chunks, 1):
+            images = np.frombuffer(pixels.read(len(chunk) * PIXELS), np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+            # Ids come from the table's current maximum, so a write that lost a race is computed again from the
+            # new version.
+            what = f"adding chunk {number}/{len(chunks)} ({len(chunk)} images) to {table_uri}"
+            with reporting_full_disk(table_uri, what):
+                result = retry_on_conflict(
+                    partial(_add_images, spark, table_uri, chunk, dict(zip(chunk, images)),
+                            {name: digests[name] for name in chunk}, label), what)
+            added.update(result.added)
+            skipped.update(result.skipped)
+            version, done = result.version, done + len(chunk)
+            log.info("chunk %d/%d: %d images, %s of %s ingested (%s at v%d)", number, len(chunks), len(chunk),
+                     f"{done:,}", f"{len(files):,}", table_uri, version)
+    return CatalogAddition(version, added, skipped)
 
 
 def _add_images(spark, table_uri: str, files: list[str], images: dict[str, np.ndarray], digests: dict[str, str],
@@ -162,13 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="PNG/JPEG files or directories (local, or s3a:// prefixes)")
     parser.add_argument("--label", type=int, default=None, help=f"class 0..9 ({', '.join(LABEL_NAMES)})")
     parser.add_argument("--table", default=settings.table_uri(TABLE_NAME))
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help=f"pictures per Delta commit (default {DEFAULT_CHUNK_SIZE:,})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     files = expand_paths(args.paths)  # fail on a bad path before paying for a JVM
     from kuberec.lake.spark import spark_session
 
     spark = spark_session(settings, app_name="kuberec-ingest-images")
-    result = ingest_images(spark, files, args.table, args.label)
+    result = ingest_images(spark, files, args.table, args.label, args.chunk_size)
     for name, item_id in result.added.items():
         print(f"added    item {item_id}: {name}")
     for name, item_id in result.skipped.items():

@@ -57,8 +57,10 @@ def ingest_fashion_mnist(settings: Settings | None = None, source: str | None = 
     return TableRef(table, table_version(table))
 
 
-def ingest_images(settings: Settings | None, paths: list[str], label: int | None = None) -> TableRef:
-    """Append catalog images (PNG/JPEG); returns the catalog table and its new version."""
+def ingest_images(settings: Settings | None, paths: list[str], label: int | None = None,
+                  chunk_size: int | None = None) -> TableRef:
+    """Append catalog images (PNG/JPEG), `chunk_size` per Delta commit (default: the job's); returns the catalog
+    table and its new version."""
     settings = settings or load_settings()
     table = settings.table_uri(CATALOG_TABLE)
     if settings.backend == "kubernetes" and not all(is_remote(path) for path in paths):
@@ -69,6 +71,7 @@ def ingest_images(settings: Settings | None, paths: list[str], label: int | None
         staged = stage(settings, [Path(path) for path in expand_paths(local)], "images")
         paths = [path for path in paths if is_remote(path)] + [staged]
     args = [*paths, "--table", table] + ([] if label is None else ["--label", str(label)])
+    args += [] if chunk_size is None else ["--chunk-size", str(chunk_size)]
     get_backend(settings).run_spark(SparkJob("ingest-images", "kuberec.ingest.images", tuple(args)))
     return TableRef(table, table_version(table))
 

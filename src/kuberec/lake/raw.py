@@ -3,7 +3,8 @@
 `stage` copies local files to `<lake>/raw/<name>/<digest>/`, where the digest is the SHA-256 of the files'
 names and contents: the same files always land in the same place (a rerun copies nothing), and different files
 never overwrite ones a running job is reading. `fetch` copies such a prefix back to a local directory, for drivers
-whose checks read files with Python (validation, hashes) before Spark reads the same objects.
+whose checks read files with Python (validation, hashes) before Spark reads the same objects; `read_bytes` reads
+one file, local or staged, for drivers that read many small files a few at a time (catalog pictures).
 """
 
 from __future__ import annotations
@@ -105,6 +106,15 @@ def list_files(uri: str, endpoint: str | None = None) -> list[str]:
     if not found:
         raise DataError(f"{uri} holds no files (was the source staged with this lake's settings?)")
     return [f"{scheme}://{path}" for path in found]
+
+
+def read_bytes(location: str, endpoint: str | None = None) -> bytes:
+    """The contents of a local file, or of an object (s3:// or s3a://) in the store of `endpoint` (default
+    KUBEREC_S3_ENDPOINT). OSError when it cannot be read."""
+    if not is_remote(location):
+        return Path(location).read_bytes()
+    with s3_filesystem(endpoint).open_input_stream(_key(location)) as stream:
+        return stream.read()
 
 
 def fetch(uri: str, directory: Path, endpoint: str | None = None) -> Path:

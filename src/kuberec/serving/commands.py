@@ -14,7 +14,7 @@ DEFAULT_MODELS = tuple(record.registered_name for record in MODELS.values())
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     from kuberec import tracking
     from kuberec.serving.demo import DEFAULT_PORT as DEMO_PORT
-    from kuberec.serving.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
+    from kuberec.serving.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, FOLLOW_S, HOST
 
     parser.add_argument("--models", default=None,
                         help="comma-separated registered models: name, name@alias or name:version "
@@ -22,11 +22,16 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--alias", default=tracking.CHAMPION, help="registry alias to serve (default: champion)")
     which.add_argument("--version", type=int, default=None, help="registry version to serve (one model only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP (V2 REST) port on 127.0.0.1")
-    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port on 127.0.0.1")
+    parser.add_argument("--host", default=HOST, help=f"address to listen on (default {HOST}: this machine only; "
+                                                     "elsewhere is reachable by others, with no authentication)")
+    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP (V2 REST) port")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port")
     parser.add_argument("--workers", type=int, default=None,
                         help="MLServer inference worker processes, each loading every model (default: 0 on up to "
                              "2 CPUs, else one per CPU but one; see docs/serving.md)")
+    parser.add_argument("--follow", type=float, default=FOLLOW_S, metavar="SECONDS",
+                        help=f"check the registry every SECONDS and serve the version the alias points at now, "
+                             f"switching without failed requests (default {FOLLOW_S:g}; 0: never)")
     parser.add_argument("--demo", nargs="?", type=int, const=DEMO_PORT, default=None, metavar="PORT",
                         help=f"also serve the demo page (default port {DEMO_PORT})")
 
@@ -42,7 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
     specs = [ModelSpec.parse(n, alias=args.alias, version=args.version) for n in names]
     # The default list serves those that are registered; models the user names must all be.
     return serve(load_settings(), specs, http_port=args.port, grpc_port=args.grpc_port, required=bool(args.models),
-                 demo_port=args.demo, workers=args.workers)
+                 demo_port=args.demo, workers=args.workers, follow_s=args.follow,
+                 host=args.host)
 
 
 def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,16 +83,17 @@ def _recommend(args: argparse.Namespace) -> int:
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     from kuberec.serving.client import DEFAULT_URL
-    from kuberec.serving.demo import DEFAULT_PORT
+    from kuberec.serving.demo import DEFAULT_PORT, HOST
 
     parser.add_argument("--url", default=DEFAULT_URL, help="the model server (kuberec serve)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port for the page on 127.0.0.1")
+    parser.add_argument("--host", default=HOST, help=f"address to listen on (default {HOST}: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port for the page")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from kuberec.serving.demo import start_demo
 
-    demo = start_demo(args.url, args.port)
+    demo = start_demo(args.url, args.port, host=args.host)
     print(f"demo page at {demo.url} (model server {args.url}); Ctrl-C stops it", flush=True)
     try:
         demo.thread.join()

@@ -20,10 +20,11 @@ from typing import Any
 
 from kuberec.models import SIMILARITY, WIDEDEEP
 from kuberec.serving import client
+from kuberec.settings import LOOPBACK, exposure_warning
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 DEFAULT_PORT = 8000
 MAX_UPLOAD_BYTES = 8 * 2**20
 
@@ -179,7 +180,8 @@ class Demo:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.httpd.server_address[1]}"
+        host, port = self.httpd.server_address[:2]
+        return f"http://{HOST if host in ('0.0.0.0', '::') else host}:{port}"
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -187,9 +189,12 @@ class Demo:
         self.thread.join(timeout=10)
 
 
-def start_demo(server: str, port: int = DEFAULT_PORT) -> Demo:
-    """Serve the page on 127.0.0.1:port (0 = any free port) in a background thread."""
-    httpd = ThreadingHTTPServer((HOST, port), make_handler(server.rstrip("/")))
+def start_demo(server: str, port: int = DEFAULT_PORT, host: str = HOST) -> Demo:
+    """Serve the page on host:port (0 = any free port; default host 127.0.0.1) in a background thread."""
+    warning = exposure_warning(host, "the demo page")
+    if warning:
+        log.warning(warning)
+    httpd = ThreadingHTTPServer((host, port), make_handler(server.rstrip("/")))
     thread = threading.Thread(target=httpd.serve_forever, name="kuberec-demo", daemon=True)
     thread.start()
     demo = Demo(httpd, thread)

@@ -13,6 +13,11 @@ one index search), and the output is split back by `query`. No request waits for
 pays nothing (docs/BENCHMARKS.md, "Serving that uses the machine"). MLServer's own adaptive batching cannot be used
 for such models: it merges the requests' parameters (one request's `k` would apply to all) and splits outputs by
 input row counts, while this output has `k` rows per query.
+
+Versions: the registry version served is `parameters.extra.registry_version` in model-settings.json, and every
+response carries it as `model_version`. It is deliberately not MLServer's own `parameters.version`: loading a new
+*version* makes MLServer route requests to it while it is still loading (they fail as not ready), whereas reloading
+an unversioned model loads the new one first and then swaps (how `kuberec serve` follows a moving alias).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -31,6 +37,7 @@ from mlserver.errors import InferenceError, MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver_mlflow import MLflowRuntime
 from mlserver_mlflow.codecs import TensorDictCodec
+from mlserver_mlflow.runtime import get_model_uri
 
 from kuberec.errors import KuberecError
 
@@ -43,6 +50,7 @@ CLIENT_ERROR_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_N
 QUERY_COLUMN = "query"  # output column naming the request row an output row answers: what makes a model batchable
 MAX_BATCH_ROWS = 64  # request rows per batched call (8 concurrent single-image queries is the case measured)
 COLLECT_TURNS = 3  # event-loop turns a batch waits for requests already being parsed (microseconds, not a timer)
+REGISTRY_VERSION = "registry_version"  # model-settings parameters.extra key: the registry version served
 
 
 class PayloadTooLarge(MLServerError):
@@ -94,7 +102,14 @@ class KuberecMLflowRuntime(MLflowRuntime):
     max_batch_rows = MAX_BATCH_ROWS
 
     async def load(self) -> bool:
-        loaded = await super().load()
+        # MLflowRuntime.load, with the pyfunc loaded in a thread: while a new champion loads (seconds of TensorFlow),
+        # the event loop keeps answering with the model being replaced.
+        self._model = await asyncio.to_thread(mlflow.pyfunc.load_model, await get_model_uri(self._settings))
+        self._input_schema = self._model.metadata.get_input_schema()
+        self._signature = self._model.metadata.signature
+        self._sync_metadata()
+        extra = self._settings.parameters.extra if self._settings.parameters else None
+        self.registry_version = str((extra or {}).get(REGISTRY_VERSION) or "") or None
         outputs = self._signature.outputs if self._signature is not None else None
         self.batching = outputs is not None and QUERY_COLUMN in (outputs.input_names() or [])
         self._pending: list[_Pending] = []
@@ -102,7 +117,7 @@ class KuberecMLflowRuntime(MLflowRuntime):
         # The model's objects live as long as the server: move them out of the collector's reach, or each full
         # collection rescans them (measured: p99 113 -> 36 ms for image queries at 8 connections).
         gc.freeze()
-        return loaded
+        return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         size = payload_size(payload)
@@ -120,7 +135,9 @@ class KuberecMLflowRuntime(MLflowRuntime):
             output = await self._batched(decoded, params)
         else:
             output = self._predict_one(decoded, params)
-        return self.encode_response(output, default_codec=TensorDictCodec)
+        response = self.encode_response(output, default_codec=TensorDictCodec)
+        response.model_version = self.registry_version or response.model_version
+        return response
 
     def _predict_one(self, decoded: Any, params: dict | None) -> Any:
         try:

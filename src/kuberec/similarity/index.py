@@ -332,17 +332,25 @@ class ItemIndex:
                 "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def save(self, path: str | Path) -> Path:
-        """Write the index directory at `path` (replacing an existing one only once the new one is complete)."""
+        """Write the index directory at `path` (replacing an existing one only once the new one is complete).
+
+        The new directory is written under a hidden staging name and renamed into place, so a process killed while
+        saving never leaves a half-written index at `path`: `load` finds the previous one, or none. Leftovers of
+        killed saves (staging and moved-aside directories of dead processes) are removed here.
+        """
         import faiss
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        _recover(path)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-{os.getpid()}-", dir=path.parent))
         try:
             faiss.write_index(self._index, str(staging / INDEX_FILE))
             self.items.to_parquet(staging / ITEMS_FILE, index=False, compression="zstd")
             (staging / MANIFEST_FILE).write_text(json.dumps(self.manifest(), indent=2))
             if path.exists():
+                # Two renames (a directory cannot replace another in one): a kill between them leaves the old
+                # index moved aside under a name with this pid, which `_recover` moves back.
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 path.rename(old)
                 staging.rename(path)
@@ -360,6 +368,7 @@ class ItemIndex:
         import faiss
 
         path = Path(path)
+        _recover(path)
         try:
             manifest = json.loads((path / MANIFEST_FILE).read_text())
         except (OSError, ValueError) as err:
@@ -393,6 +402,35 @@ class ItemIndex:
         """(labels int64, label names) of item_ids; -1 and "" for unlabelled items."""
         positions = self.positions(item_ids)
         return self._labels[positions], self._label_names[positions]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _recover(path: Path) -> None:
+    """Undo what a save killed part-way left next to `path`: put back the previous index a save had moved aside
+    (when `path` is missing), and remove the staging and moved-aside directories of processes that are gone."""
+    if not path.parent.is_dir():
+        return
+    leftovers = []
+    for entry in path.parent.glob(f".{path.name}.*-*"):
+        kind, _, rest = entry.name[len(path.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("new", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            leftovers.append((kind, entry))
+    for kind, entry in leftovers:
+        if kind == "old" and not path.exists() and (entry / MANIFEST_FILE).exists():
+            entry.rename(path)
+            log.warning("%s: put back the index an interrupted save had moved aside (%s)", path, entry.name)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 # -- building from the catalog table ----------------------------------------------------------------------------

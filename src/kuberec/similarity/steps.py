@@ -37,17 +37,23 @@ def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, work
     """Train on `table` (its train split) as a Horovod job of `workers` processes; returns the MLflow run id.
 
     The run holds the config, the table version read (lineage), per-epoch metrics and the exported model.
-    `resume` continues the interrupted training in `out_dir` from its last checkpoint (in a new run).
+    `resume` continues the interrupted training in `out_dir` from its last checkpoint (in a new run). Without
+    `out_dir` (what the pipeline does) the job writes under `<home>/runs`, and a rerun after a failure (a killed
+    worker, a lost MLflow server) continues the failed run from its last checkpoint when the inputs are the same.
     `sweep_run_id`: the tuning sweep that chose `config`, recorded as a tag.
     """
+    from kuberec.distributed import training_run
+
     params = {**config.to_dict(), "workers": workers, "max_examples": max_examples}
-    with tracking.step_run(settings, EXPERIMENT, run_name="train-similarity", lineage={table.uri: table.version},
-                           params=params, tags=tracking.sweep_tags(sweep_run_id)) as run_id:
-        out_dir = out_dir or settings.home / "runs" / f"similarity-{run_id}"
+    default_dir = None if out_dir else (lambda run_id: settings.home / "runs" / f"similarity-{run_id}")
+    with training_run(settings, EXPERIMENT, run_name="train-similarity", lineage={table.uri: table.version},
+                      params=params, tags=tracking.sweep_tags(sweep_run_id), train_dir=default_dir) \
+            as (run_id, run_dir, resumed):
+        out_dir = out_dir or run_dir
         args = ["--table", table.uri, "--version", str(table.version), "--out", str(out_dir),
                 "--mlflow-run-id", run_id, *config_to_args(config)]
         args += ["--max-examples", str(max_examples)] if max_examples else []
-        args += ["--resume"] if resume else []
+        args += ["--resume"] if resume or resumed else []
         get_backend(settings).run_horovod(HorovodJob(name="train-similarity", module=TRAIN_MODULE, args=tuple(args),
                                                      workers=workers))
     log.info("training run %s: model at %s", run_id, trained_model_uri(run_id))

@@ -35,17 +35,25 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kuberec import config as model_config
-from kuberec.distributed import TrainingError, agree, configure_logging, init_horovod, is_rank_zero, weights_checksum
+from kuberec.distributed import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    RESULT_FILE,
+    EpochCheckpoints,
+    TrainingError,
+    agree,
+    configure_logging,
+    init_horovod,
+    is_rank_zero,
+    prepare_out_dir,
+    weights_checksum,
+)
 from kuberec.similarity.config import SimilarityConfig
 from kuberec.similarity.model import augment_batch, build_loss, build_model, export_embedding_model, resolve_precision
 
 log = logging.getLogger("kuberec.similarity.train")  # a stable name also when run with `python -m`
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.json"
-RESULT_FILE = "train_result.json"
 MODEL_DIR = "model"
-CHECKPOINT_DIR = "checkpoints"
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -158,25 +166,6 @@ def steps_per_epoch(config: SimilarityConfig, total_examples: int, world_size: i
     return max(1, total_examples // (config.batch_size * world_size))
 
 
-def _prepare_out_dir(out_dir: Path, config: SimilarityConfig, resume: bool) -> str | None:
-    """Rank 0's check of the output directory; returns an error message instead of raising so every rank can."""
-    checkpoints = out_dir / CHECKPOINT_DIR
-    has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
-    if has_checkpoints and not resume:
-        return (f"{out_dir} already holds checkpoints of an earlier run; pass --resume to continue it, "
-                f"or choose another --out")
-    config_path = out_dir / CONFIG_FILE
-    if resume and config_path.is_file():
-        saved = json.loads(config_path.read_text())
-        differs = sorted(k for k, v in config.to_dict().items() if k != "epochs" and saved.get(k) != v)
-        if differs:
-            return (f"--resume with a config that differs from the interrupted run's ({', '.join(differs)}); "
-                    f"resume with the original config (in {config_path}) or start a new --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-    return None
-
-
 def train_on_arrays(config: SimilarityConfig, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
                     resume: bool = False, on_epoch_end: EpochCallback | None = None,
                     table_uri: str | None = None, table_version: int | None = None) -> TrainResult:
@@ -191,7 +180,7 @@ def train_on_arrays(config: SimilarityConfig, images: np.ndarray, labels: np.nda
 
     rank, size = hvd.rank(), hvd.size()
     out_dir = Path(out_dir).absolute()
-    error = _prepare_out_dir(out_dir, config, resume) if rank == 0 else None
+    error = prepare_out_dir(out_dir, config.to_dict(), resume) if rank == 0 else None
     error = agree(hvd, error)
     if error:
         raise TrainingError(error)
@@ -211,26 +200,11 @@ def train_on_arrays(config: SimilarityConfig, images: np.ndarray, labels: np.nda
     optimizer = tf.keras.optimizers.Adam(learning_rate=lr)
     optimizer.build(model.trainable_variables)  # slots exist now, so restore and broadcast cover them
     loss_fn = build_loss()
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-
-    manager = None
-    history: list[EpochMetrics] = []
-    if rank == 0:
-        manager = tf.train.CheckpointManager(checkpoint, str(out_dir / CHECKPOINT_DIR), max_to_keep=2)
-        if resume and manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            history_path = out_dir / HISTORY_FILE
-            if history_path.is_file():  # written right after each checkpoint; keep what the checkpoint covers
-                history = [EpochMetrics(**e) for e in json.loads(history_path.read_text())]
-            history = history[:int(epoch_var.numpy())]
-            log.info("resuming from %s (epoch %d of %d)", manager.latest_checkpoint, int(epoch_var.numpy()),
-                     config.epochs)
-        elif resume:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", out_dir / CHECKPOINT_DIR)
-    start_epoch, history = agree(hvd, (int(epoch_var.numpy()), history))
+    checkpoints = EpochCheckpoints(hvd, out_dir, model=model, optimizer=optimizer)
+    start_epoch, done = checkpoints.restore(resume, config.epochs)
+    history = [EpochMetrics(**entry) for entry in done]
     if size > 1:
-        hvd.broadcast_variables(model.variables + list(optimizer.variables) + [epoch_var], root_rank=0)
+        hvd.broadcast_variables(model.variables + list(optimizer.variables), root_rank=0)
 
     images_t = tf.constant(images)
     labels_t = tf.constant(labels)
@@ -270,10 +244,8 @@ def train_on_arrays(config: SimilarityConfig, images: np.ndarray, labels: np.nda
                                seconds=round(seconds, 3),
                                images_per_second=round(steps * sampler.batch_size * size / seconds, 1))
         history.append(metrics)
+        checkpoints.save(epoch + 1, [dataclasses.asdict(m) for m in history])
         if rank == 0:
-            epoch_var.assign(epoch + 1)
-            manager.save(checkpoint_number=epoch + 1)
-            (out_dir / HISTORY_FILE).write_text(json.dumps([dataclasses.asdict(m) for m in history], indent=2))
             log.info("epoch %d/%d: loss %.4f, %.0f images/s, %.1f s", metrics.epoch, config.epochs, metrics.loss,
                      metrics.images_per_second, metrics.seconds)
             if on_epoch_end is not None:
@@ -361,12 +333,15 @@ def train_tracked(run_id: str, config: SimilarityConfig, table_uri: str, version
     from kuberec import tracking
     from kuberec.settings import load_settings
 
-    def log_epoch(metrics: EpochMetrics, model: Any) -> None:
-        tracking.log_metrics({"loss": metrics.loss, "learning_rate": metrics.learning_rate,
-                              "images_per_second": metrics.images_per_second}, step=metrics.epoch)
+    settings = load_settings()
 
-    with tracking.continue_run(load_settings(), run_id):
-        result = train_similarity(config, table_uri, version, out_dir, on_epoch_end=log_epoch, **kwargs)
+    def log_epoch(metrics: EpochMetrics, model: Any) -> None:
+        values = {"loss": metrics.loss, "learning_rate": metrics.learning_rate,
+                  "images_per_second": metrics.images_per_second}
+        tracking.reconnecting(settings, lambda: tracking.log_metrics(values, step=metrics.epoch),
+                              f"epoch {metrics.epoch} metrics")
+
+    def log_outputs(result: TrainResult) -> None:
         tracking.log_metrics({"train_examples": result.train_examples, "world_size": result.world_size})
         for name in (MODEL_DIR, RESULT_FILE, HISTORY_FILE, CONFIG_FILE):
             path = result.out_dir / name
@@ -374,6 +349,10 @@ def train_tracked(run_id: str, config: SimilarityConfig, table_uri: str, version
                 mlflow.log_artifacts(str(path), f"{tracking.TRAIN_ARTIFACTS}/{name}")
             else:
                 mlflow.log_artifact(str(path), tracking.TRAIN_ARTIFACTS)
+
+    with tracking.continue_run(settings, run_id):
+        result = train_similarity(config, table_uri, version, out_dir, on_epoch_end=log_epoch, **kwargs)
+        tracking.reconnecting(settings, lambda: log_outputs(result), "uploading the trained model")
     return result
 
 

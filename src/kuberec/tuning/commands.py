@@ -54,7 +54,7 @@ def _tune(args: argparse.Namespace) -> None:
                             concurrent=args.concurrent, time_budget_s=args.time_budget, seed=args.seed,
                             max_examples=args.max_examples, epochs=args.epochs, space=space, metric=args.metric,
                             initial_points=points, name=args.name, cpus_per_trial=args.cpus_per_trial,
-                            max_failures=args.max_failures)
+                            memory_per_trial_mib=args.memory_per_trial, max_failures=args.max_failures)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
         return
@@ -70,6 +70,9 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=10, help="number of trials (default 10)")
     parser.add_argument("--concurrent", type=int, default=2, help="trials at a time (default 2)")
     parser.add_argument("--cpus-per-trial", type=int, default=1, help="CPU cores per trial (default 1)")
+    parser.add_argument("--memory-per-trial", type=int, metavar="MIB",
+                        help="memory a trial's process may allocate, in MiB; a trial needing more fails with an "
+                             "out-of-memory error and the sweep goes on (default: no cap)")
     parser.add_argument("--time-budget", type=float, help="stop the sweep after this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="seeds the search, the data split and the trials' "
                                                             "config seed (default 0)")

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_MODULE = "kuberec.tuning.sweep"
 # Parent-run params that are also the driver's arguments: a resumed sweep is launched from them.
-SWEEP_ARGS = ("model", "table", "version", "name", "trials", "concurrent", "cpus_per_trial", "time_budget", "seed",
-              "max_examples", "space", "metric", "max_failures")
+SWEEP_ARGS = ("model", "table", "version", "name", "trials", "concurrent", "cpus_per_trial", "memory_per_trial",
+              "time_budget", "seed", "max_examples", "space", "metric", "max_failures")
 
 
 class SweepNotFound(KuberecError):
@@ -63,12 +63,14 @@ def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, c
          time_budget_s: float | None = None, seed: int = 0, max_examples: int | None = None,
          epochs: int | None = None, space: Mapping[str, Any] | None = None, metric: str | None = None,
          initial_points: Sequence[Mapping[str, Any]] = (), name: str | None = None, cpus_per_trial: int = 1,
-         max_failures: int = 0) -> TuneResult:
+         memory_per_trial_mib: int | None = None, max_failures: int = 0) -> TuneResult:
     """Sweep `model`'s hyperparameters on `table` (similarity: Fashion-MNIST table; widedeep: gold examples).
 
     `space` is merged over the model's default space (its record in kuberec.models); `epochs` and `seed` fix those
     config fields unless `space` does. `initial_points` are evaluated first (e.g. the current production config).
-    `time_budget_s` stops the sweep after that long, finished or not. Returns the best trial's config and metric.
+    `time_budget_s` stops the sweep after that long, finished or not. `memory_per_trial_mib` caps what each trial's
+    process may allocate: a trial that needs more fails with TrialOutOfMemory and the sweep goes on. Returns the best
+    trial's config and metric.
     """
     from kuberec.tuning import runs
 
@@ -78,8 +80,9 @@ def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, c
     overrides = {"seed": seed, **({"epochs": epochs} if epochs else {}), **(space or {})}
     search_space = parse_space(model, overrides)
     points = [search_space.check_point(point) for point in initial_points]
-    for option, value in (("trials", trials), ("concurrent", concurrent), ("cpus_per_trial", cpus_per_trial)):
-        if value < 1:
+    for option, value in (("trials", trials), ("concurrent", concurrent), ("cpus_per_trial", cpus_per_trial),
+                          ("memory_per_trial_mib", memory_per_trial_mib)):
+        if value is not None and value < 1:
             raise KuberecError(f"{option} must be at least 1, not {value}")
     if max_examples is not None and record.tuning.max_examples_hint:
         raise KuberecError(f"max_examples: {record.tuning.max_examples_hint}")
@@ -88,7 +91,8 @@ def tune(settings: Settings, model: str, table: TableRef, *, trials: int = 10, c
         raise KuberecError(f"a sweep named {name!r} already exists; resume it (kuberec tune {model} --name {name} "
                            f"--resume) or choose another name")
     params = {"model": model, "table": table.uri, "version": table.version, "name": name, "trials": trials,
-              "concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "time_budget": time_budget_s,
+              "concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "memory_per_trial": memory_per_trial_mib,
+              "time_budget": time_budget_s,
               "seed": seed, "max_examples": max_examples, "space": json.dumps(search_space.to_spec(), sort_keys=True),
               "metric": metric, "max_failures": max_failures, "mode": mode,
               "initial_points": json.dumps(points) if points else None}

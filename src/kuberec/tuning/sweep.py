@@ -1,7 +1,8 @@
 """The Ray driver of a sweep: Ray Tune + Optuna TPE + ASHA, trials logged as MLflow child runs.
 
     python -m kuberec.tuning.sweep --model similarity --table URI --version V --name NAME --parent-run-id ID \\
-        [--trials N] [--concurrent C] [--cpus-per-trial K] [--time-budget S] [--seed S] [--max-examples N] \\
+        [--trials N] [--concurrent C] [--cpus-per-trial K] [--memory-per-trial MIB] [--time-budget S] [--seed S] \\
+        [--max-examples N] \\
         [--space JSON] [--metric NAME] [--initial-point JSON ...] [--storage DIR] [--resume [--retry-failed]]
 
 `kuberec.tuning.steps` creates the parent run and launches this module through the backend: a child process here
@@ -75,6 +76,7 @@ class SweepOptions:
     trials: int = 10
     concurrent: int = 2
     cpus_per_trial: int = 1
+    memory_per_trial: int | None = None  # MiB a trial's process may allocate (kuberec.tuning.trials); None: no cap
     time_budget: float | None = None
     seed: int = 0
     max_examples: int | None = None
@@ -87,8 +89,8 @@ class SweepOptions:
     retry_failed: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("trials", "concurrent", "cpus_per_trial"):
-            if getattr(self, name) < 1:
+        for name in ("trials", "concurrent", "cpus_per_trial", "memory_per_trial"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SpaceError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
 
 
@@ -127,12 +129,13 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGUSR1))
 
 
-def _trainable(model: str, data: Any, cpus: int):
+def _trainable(model: str, data: Any, cpus: int, memory_mib: int | None):
     from ray import tune
 
     from kuberec.tuning.trials import run_trial
 
-    return tune.with_resources(tune.with_parameters(run_trial, model=model, data=data, cpus=cpus), {"cpu": cpus})
+    return tune.with_resources(tune.with_parameters(run_trial, model=model, data=data, cpus=cpus,
+                                                    memory_mib=memory_mib), {"cpu": cpus})
 
 
 def _new_tuner(options: SweepOptions, space: SearchSpace, trainable, storage: Path, metric: str, mode: str,
@@ -226,7 +229,7 @@ def sweep(options: SweepOptions) -> Outcome:
     data = record.load_tuning_data(TableRef(options.table, options.version), max_examples=options.max_examples,
                                    seed=options.seed)
     init_ray(options.concurrent * options.cpus_per_trial)
-    trainable = _trainable(options.model, data, options.cpus_per_trial)
+    trainable = _trainable(options.model, data, options.cpus_per_trial, options.memory_per_trial)
     if options.resume:
         log.info("resuming sweep %s from %s", options.name, exp_dir)
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True,
@@ -267,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, default=10, help="number of trials (default 10)")
     parser.add_argument("--concurrent", type=int, default=2, help="trials at a time (default 2)")
     parser.add_argument("--cpus-per-trial", type=int, default=1, help="CPU cores per trial (default 1)")
+    parser.add_argument("--memory-per-trial", type=int, default=None,
+                        help="MiB a trial's process may allocate; a trial needing more fails (default: no cap)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many "
                                                                         "seconds; running ones are stopped too")
     parser.add_argument("--seed", type=int, default=0, help="seeds the search and the data split (default 0)")

@@ -39,16 +39,20 @@ def train(settings: Settings, examples: TableRef, config: WideDeepConfig, worker
 
     The run records the config, the worker count, the Delta versions read (examples, user and product features) and
     the tuning sweep that chose the config (`sweep_run_id`) before the job starts; it ends FAILED when the job fails.
+    A rerun with the same inputs after a failure (a killed worker, a lost MLflow server) continues that failed run
+    from its last epoch checkpoint instead (`kuberec.distributed.training_run`).
     """
     from kuberec.config import config_to_args
+    from kuberec.distributed import training_run
     from kuberec.ingest.instacart_features import gold_tables
     from kuberec.widedeep.train import run_params
 
     lineage = gold_tables(examples.uri, examples.version)
-    with tracking.step_run(settings, EXPERIMENT, run_name="train-widedeep", lineage=lineage,
-                           params=run_params(config, workers), tags=tracking.sweep_tags(sweep_run_id)) as run_id:
-        args = ("--examples", examples.uri, "--version", str(examples.version),
-                "--out", str(train_dir(settings, run_id)), *config_to_args(config), "--mlflow-run-id", run_id)
+    with training_run(settings, EXPERIMENT, run_name="train-widedeep", lineage=lineage,
+                      params=run_params(config, workers), tags=tracking.sweep_tags(sweep_run_id),
+                      train_dir=lambda run_id: train_dir(settings, run_id)) as (run_id, out_dir, resumed):
+        args = ("--examples", examples.uri, "--version", str(examples.version), "--out", str(out_dir),
+                *config_to_args(config), "--mlflow-run-id", run_id, *(["--resume"] if resumed else []))
         get_backend(settings).run_horovod(HorovodJob("train-widedeep", TRAIN_MODULE, args, workers=workers))
     log.info("trained wide & deep in MLflow run %s", run_id)
     return run_id

@@ -1,7 +1,7 @@
 """Train the wide & deep model from the gold examples table: one process or N Horovod workers, the same code.
 
     python -m kuberec.widedeep.train [--examples URI] [--version V] --out DIR [--config JSON] [--epochs N ...]
-                                     [--mlflow-run-id ID]
+                                     [--mlflow-run-id ID] [--resume]
     horovodrun -np 2 -H localhost:2 --gloo python -m kuberec.widedeep.train ...
 
 Rank 0 resolves the Delta versions of the gold tables (examples, user and product features) and broadcasts them, so
@@ -19,12 +19,18 @@ every worker from the same snapshot. With `early_stopping_patience` > 0, rank 0 
 epoch and training stops once its log loss has not improved for that many epochs; the model keeps the weights of its
 best epoch (every worker restores the same ones, so checksums still agree).
 
+Rank 0 checkpoints the model and both optimizers after every epoch (`kuberec.distributed.EpochCheckpoints`, as the
+similarity trainer does); `--resume` continues an interrupted run from its last checkpoint with the same config
+(only `epochs` may change), and the feed of a resumed run is shuffled with another seed so it does not replay the
+first epochs' order. Early stopping keeps enough checkpoints to find its best epoch's weights after a resume.
+
 With `--mlflow-run-id` (what `kuberec.widedeep.steps.train` passes) rank 0, and only rank 0, logs into that existing
 run: each epoch's loss, seconds and examples/s as the epoch ends (step = epoch, from 1, as in every kuberec run), then
 the whole output directory as artifacts under `train/`, which is how later steps get the model without a shared file
 system.
 
-Output directory: model/ (SavedModel, see kuberec.widedeep.model), train_result.json, weights-rank<r>.sha256.
+Output directory: model/ (SavedModel, see kuberec.widedeep.model), train_result.json, weights-rank<r>.sha256,
+config.json, history.json (per epoch so far) and checkpoints/ (not uploaded to MLflow).
 """
 
 from __future__ import annotations
@@ -41,7 +47,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kuberec import config as model_config
-from kuberec.distributed import TrainingError, agree, configure_logging, init_horovod, is_rank_zero, weights_checksum
+from kuberec.distributed import (
+    CHECKPOINT_DIR,
+    RESULT_FILE,
+    EpochCheckpoints,
+    TrainingError,
+    agree,
+    configure_logging,
+    init_horovod,
+    is_rank_zero,
+    prepare_out_dir,
+    weights_checksum,
+)
 from kuberec.errors import KuberecError
 from kuberec.ingest.instacart_features import (
     CATEGORICAL_FEATURES,
@@ -54,7 +71,6 @@ from kuberec.widedeep.config import WideDeepConfig
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "train_result.json"
 MODEL_DIR = "model"
 FEED_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
 
@@ -74,6 +90,7 @@ class TrainResult:
     best_epoch: int = 0  # the epoch whose weights the model has (1-based)
     vocabulary: dict[str, int] = field(default_factory=dict)  # wide part: users, products, pairs with a weight
     weights_sha256: str = ""
+    resumed_from_epoch: int = 0  # epochs already done by an earlier, interrupted run
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -112,17 +129,19 @@ EpochCallback = Callable[[dict[str, float], Any], None]
 
 
 def train_widedeep(config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *, version: int | None = None,
-                   split: str = "train", save: bool = True, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+                   split: str = "train", save: bool = True, resume: bool = False,
+                   on_epoch_end: EpochCallback | None = None) -> TrainResult:
     """Train on the `split` rows of the gold examples table (see the module docstring); the result on every rank."""
     result, _ = train_widedeep_model(config, examples_uri, out_dir, version=version, split=split, save=save,
-                                     on_epoch_end=on_epoch_end)
+                                     resume=resume, on_epoch_end=on_epoch_end)
     return result
 
 
 def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *,
-                         version: int | None = None, split: str = "train", save: bool = True,
+                         version: int | None = None, split: str = "train", save: bool = True, resume: bool = False,
                          on_epoch_end: EpochCallback | None = None):
-    """(TrainResult, trained Keras model); `save=False` keeps the model in memory only (baselines)."""
+    """(TrainResult, trained Keras model); `save=False` keeps the model in memory only and writes no checkpoints
+    (baselines, tuning trials); `resume` continues from the last checkpoint in `out_dir`."""
     hvd = init_horovod()
     import tensorflow as tf
 
@@ -135,6 +154,9 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     tables = agree(hvd, _resolve_or_error(examples_uri, version) if rank == 0 else None)
     if isinstance(tables, str):
         raise TrainingError(tables)
+    error = agree(hvd, prepare_out_dir(out_dir, config.to_dict(), resume) if rank == 0 and save else None)
+    if error:
+        raise TrainingError(error)
     version = tables[examples_uri]
 
     # Pass 1: row counts and feature statistics, summed over all shards.
@@ -165,6 +187,13 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     tf.keras.utils.set_random_seed(config.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
     model = wd.build_model(config, stats, vocabulary)
     wide_opt, deep_opt = wd.build_optimizers(config, model)
+    checkpoints, start_epoch, history = None, 0, []
+    if save:
+        # Early stopping may go back `patience` epochs for its best weights: keep their checkpoints.
+        optimizers = {name: opt for name, opt in (("wide_optimizer", wide_opt), ("deep_optimizer", deep_opt)) if opt}
+        checkpoints = EpochCheckpoints(hvd, out_dir, max_to_keep=max(2, config.early_stopping_patience + 1),
+                                       model=model, **optimizers)
+        start_epoch, history = checkpoints.restore(resume, config.epochs)
     if size > 1:
         # Slots already exist (built above), so one broadcast before the first step covers model and optimizers.
         optimizer_vars = [v for opt in (wide_opt, deep_opt) if opt is not None for v in opt.variables]
@@ -172,17 +201,22 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     train_step = wd.make_train_step(model, wide_opt, deep_opt,
                                     wrap_tape=hvd.DistributedGradientTape if size > 1 else None, world_size=size)
     if rank == 0:
-        log.info("training %s on %s v%d (%s): %d workers, %d rows (%s), %d steps/epoch of %d, %d epochs",
+        log.info("training %s on %s v%d (%s): %d workers, %d rows (%s), %d steps/epoch of %d, epochs %d..%d",
                  config.kind, examples_uri, version, split, size, stats.count, rank_examples, steps,
-                 config.batch_size, config.epochs)
-    history: list[dict[str, float]] = []
+                 config.batch_size, start_epoch + 1, config.epochs)
     best_loss, best_epoch, best_weights = float("inf"), 0, None
+    for entry in history:  # a resumed run's best epoch so far, decided as in the loop below
+        if "valid_log_loss" not in entry or entry["valid_log_loss"] < best_loss:
+            best_loss, best_epoch = entry.get("valid_log_loss", best_loss), int(entry["epoch"])
+    resumed_from = start_epoch
+    if config.early_stopping_patience and history and start_epoch - best_epoch >= config.early_stopping_patience:
+        start_epoch = config.epochs  # it had stopped early before it was interrupted
     with feed.make_table_dataset(examples_uri, FEED_COLUMNS, version=version, split=split,
                                  batch_size=config.batch_size, shard=rank, num_shards=size, num_epochs=None,
-                                 shuffle=True, seed=config.seed + rank, shuffle_buffer=config.shuffle_buffer) \
-            as dataset:
+                                 shuffle=True, seed=config.seed + rank + 1000 * start_epoch,
+                                 shuffle_buffer=config.shuffle_buffer) as dataset:
         batches = iter(dataset)
-        for epoch in range(config.epochs):
+        for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             loss_sum = tf.constant(0.0)
             for _ in range(steps):
@@ -205,6 +239,8 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
                 best_loss, best_epoch = entry.get("valid_log_loss", best_loss), epoch + 1
                 best_weights = model.get_weights() if config.early_stopping_patience else None
             history.append(entry)
+            if checkpoints is not None:
+                checkpoints.save(epoch + 1, history)
             if rank == 0:
                 log.info("epoch %d/%d: loss %.4f%s, %.0f examples/s", epoch + 1, config.epochs, entry["loss"],
                          f", valid log loss {entry['valid_log_loss']:.4f}" if "valid_log_loss" in entry else "",
@@ -217,6 +253,12 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
                 break
     if best_weights is not None and best_epoch != len(history):
         model.set_weights(best_weights)
+    elif config.early_stopping_patience and best_epoch and best_epoch != len(history):
+        # The best epoch came before a resume: its weights are in its checkpoint, on rank 0's disk.
+        if not agree(hvd, checkpoints.restore_epoch(best_epoch) if rank == 0 else None):
+            raise TrainingError(f"the checkpoint of epoch {best_epoch} (the best) is gone from {out_dir}")
+        if size > 1:
+            hvd.broadcast_variables(model.variables, root_rank=0)
 
     checksum = weights_checksum(model)
     if save:
@@ -229,7 +271,8 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     result = TrainResult(config=config, out_dir=out_dir, model_dir=out_dir / MODEL_DIR, examples_uri=examples_uri,
                          tables=tables, world_size=size, train_examples=stats.count, rank_examples=rank_examples,
                          steps_per_epoch=steps, history=history, best_epoch=best_epoch,
-                         vocabulary=vocabulary.sizes() if vocabulary else {}, weights_sha256=checksum)
+                         vocabulary=vocabulary.sizes() if vocabulary else {}, weights_sha256=checksum,
+                         resumed_from_epoch=resumed_from)
     if rank == 0 and save:
         wd.save_model(model, result.model_dir, {"config": config.to_dict(), "tables": tables, "split": split,
                                                 "stats": dataclasses.asdict(stats), "best_epoch": best_epoch,
@@ -271,27 +314,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="train", help="rows of this split are trained on (default: train)")
     parser.add_argument("--out", required=True, help="output directory (model, results)")
     parser.add_argument("--mlflow-run-id", help="existing MLflow run that rank 0 logs epochs and outputs into")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     model_config.add_config_arguments(parser, WideDeepConfig)
     return parser
 
 
 def train_tracked(run_id: str, config: WideDeepConfig, examples_uri: str, out_dir: str | Path, *,
-                  version: int | None = None, split: str = "train") -> TrainResult:
+                  version: int | None = None, split: str = "train", resume: bool = False) -> TrainResult:
     """`train_widedeep` with rank 0 logging into MLflow run `run_id`: per-epoch metrics, then the outputs as
-    artifacts under `train`. Other ranks never touch MLflow."""
+    artifacts under `train` (all but the checkpoints). Other ranks never touch MLflow."""
     if not is_rank_zero():
-        return train_widedeep(config, examples_uri, out_dir, version=version, split=split)
+        return train_widedeep(config, examples_uri, out_dir, version=version, split=split, resume=resume)
     import mlflow
 
     from kuberec import tracking
     from kuberec.settings import load_settings
 
-    def log_epoch(entry: dict[str, float], model: Any) -> None:
-        tracking.log_metrics({key: value for key, value in entry.items() if key != "epoch"}, step=int(entry["epoch"]))
+    settings = load_settings()
 
-    with tracking.continue_run(load_settings(), run_id):
-        result = train_widedeep(config, examples_uri, out_dir, version=version, split=split, on_epoch_end=log_epoch)
-        mlflow.log_artifacts(str(result.out_dir), tracking.TRAIN_ARTIFACTS)
+    def log_epoch(entry: dict[str, float], model: Any) -> None:
+        values = {key: value for key, value in entry.items() if key != "epoch"}
+        tracking.reconnecting(settings, lambda: tracking.log_metrics(values, step=int(entry["epoch"])),
+                              f"epoch {int(entry['epoch'])} metrics")
+
+    def log_outputs(result: TrainResult) -> None:
+        for path in sorted(result.out_dir.iterdir()):
+            if path.is_dir() and path.name != CHECKPOINT_DIR:
+                mlflow.log_artifacts(str(path), f"{tracking.TRAIN_ARTIFACTS}/{path.name}")
+            elif path.is_file():
+                mlflow.log_artifact(str(path), tracking.TRAIN_ARTIFACTS)
+
+    with tracking.continue_run(settings, run_id):
+        result = train_widedeep(config, examples_uri, out_dir, version=version, split=split, resume=resume,
+                                on_epoch_end=log_epoch)
+        tracking.reconnecting(settings, lambda: log_outputs(result), "uploading the trained model")
     return result
 
 
@@ -302,10 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     config = model_config.config_from_flags(vars(args), WideDeepConfig)
     examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
+    options = dict(version=args.version, split=args.split, resume=args.resume)
     if args.mlflow_run_id:
-        train_tracked(args.mlflow_run_id, config, examples, args.out, version=args.version, split=args.split)
+        train_tracked(args.mlflow_run_id, config, examples, args.out, **options)
     else:
-        train_widedeep(config, examples, args.out, version=args.version, split=args.split)
+        train_widedeep(config, examples, args.out, **options)
     return 0
 
 
