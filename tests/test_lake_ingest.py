@@ -189,6 +189,27 @@ def test_a_write_that_keeps_losing_the_race_says_so():
     assert len(calls) == 3
 
 
+def test_an_overwrite_that_loses_the_race_keeps_the_same_content_or_says_what_conflicted():
+    from delta.exceptions import ConcurrentAppendException
+
+    from kuberec.lake.delta import ConcurrentWriteError, overwrite_table
+
+    def loses():
+        raise ConcurrentAppendException("Files were added to the root of the table by a concurrent update.")
+
+    def never_called():
+        raise AssertionError("a table that already holds the content is not written again")
+
+    held = iter([False, True])  # not held before the write; held once the other writer's commit landed
+    assert overwrite_table(lambda: None, holds_it=lambda: False, what="writing t") is True
+    assert overwrite_table(never_called, holds_it=lambda: True, what="writing t") is False
+    assert overwrite_table(lambda: None, holds_it=lambda: True, what="writing t", force=True) is True
+    assert overwrite_table(loses, holds_it=lambda: next(held), what="writing t") is False
+    with pytest.raises(ConcurrentWriteError, match="writing /lake/t from x.csv: another writer replaced the table "
+                                                   "with different content.*ConcurrentAppendException.*Run it again"):
+        overwrite_table(loses, holds_it=lambda: False, what="writing /lake/t from x.csv")
+
+
 def test_catalog_image_normalisation_keeps_dark_backgrounds():
     dark = np.zeros((40, 20), np.uint8)
     dark[10:30, 5:15] = 200

@@ -121,6 +121,16 @@ def test_serving_runtime_sizes_workers_as_kuberec_serve_does(built, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_predictors_are_ready_only_once_their_model_is_loaded(built, target):
+    """MLServer opens its port before the model is loaded; the probe must ask MLServer, on the port it serves."""
+    container = find(built[target], "ClusterServingRuntime", "kuberec-mlflow")["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/v2/health/ready"  # false while any model is loading (mlserver DataPlane.ready)
+    assert str(probe["port"]) == env["MLSERVER_HTTP_PORT"] == str(container["ports"][0]["containerPort"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_no_credentials_in_the_manifests(built, target):
     assert not [o for o in built[target] if o["kind"] == "Secret"], "Secrets are created by hand, not from git"
     text = yaml.safe_dump_all(built[target]).lower()

@@ -128,3 +128,34 @@ def test_register_step_sets_champion_as_both_pipelines_document(registry, lake, 
     assert tracking.alias_version(registry, name).version == "1"
     third = register(set_champion=True)
     assert third.champion and tracking.alias_version(registry, name).version == "3"
+
+
+def test_images_ingested_during_a_refresh_wait_for_the_next_one(spark, registry, new_images, embedding_model_dir,
+                                                                 tmp_path, monkeypatch):
+    """An upload that commits while a refresh is reading the catalog (made certain by committing it from inside
+    the refresh, between its reading the table's version and reading the rows): the refresh indexes exactly the
+    rows up to the version it read and records that version; the next refresh adds the upload, once."""
+    name = "test-similarity-refresh-race"
+    uri = str(tmp_path / "catalog")
+    assert ingest_fashion_mnist(spark, str(fm.DEBIAN_DIR), uri, 20) == 0
+    build_and_register(registry, str(embedding_model_dir), table_uri=uri, name=name, training_run_id="train-race")
+    _, paths = new_images
+    first = ingest_images(spark, paths[:2], uri)  # v1: what the refresh will index
+    uploaded_during = []
+    real_rows = refresh_step.catalog_rows_added_since
+
+    def rows_while_another_upload_commits(*args, **kwargs):
+        if not uploaded_during:
+            uploaded_during.append(ingest_images(spark, paths[2:], uri))  # v2, after the refresh read v1
+        return real_rows(*args, **kwargs)
+
+    monkeypatch.setattr(refresh_step, "catalog_rows_added_since", rows_while_another_upload_commits)
+    during = refresh_step.refresh(registry, name=name)
+    monkeypatch.undo()
+    late = sorted(uploaded_during[0].added.values())
+    assert uploaded_during[0].version == 2 and len(late) == 1
+    assert during.table_version == 1 and during.added_item_ids == sorted(first.added.values())
+
+    after = refresh_step.refresh(registry, name=name, version=during.new_version)
+    assert after.indexed_table_version == 1 and after.table_version == 2
+    assert after.added_item_ids == late and after.items == during.items + 1 == 2 * 20 + 3

@@ -10,8 +10,14 @@ and counts, DOUBLE days_since_prior_order (NULL for a first order), STRING eval_
 - Idempotent: each commit's userMetadata records the SHA-256 of the file it was built from. A file whose hash equals
   the one in its table's latest commit is skipped, so re-running with the same files commits nothing.
 - Atomic per table: a changed file replaces its table's content in a single overwrite commit, so readers see the old
-  or the new content, never a mix, and older versions stay readable (time travel). The six tables are not one
-  transaction; the gold step (`kuberec features instacart`) records the bronze versions it read.
+  or the new content, never a mix, and older versions stay readable (time travel).
+- Complete ingestions: the six tables are not one transaction, so a run ends by appending one row to
+  `instacart_bronze_ingestions` with the version of each of the six tables and the files' hashes. The gold step
+  (`kuberec features instacart`) reads the bronze tables at the versions of the latest such row, so it never
+  mixes the tables of an ingestion that is still running (or died half-way) with older ones.
+- Concurrent runs: when two runs write one table at once, the loser of Delta's commit race keeps the winner's commit
+  if it came from the same file (same hash); from a different file, the loser stops with ConcurrentWriteError naming
+  the table and records no ingestion (the last complete ingestion stays the one the gold step reads).
 
 Runs the same locally (`kuberec ingest instacart`) and as a SparkApplication driver
 (`python -m kuberec.ingest.instacart --source s3a://...`). The source is a local directory, or a prefix in object
@@ -37,7 +43,7 @@ from kuberec.datasets.instacart import (
     read_header,
     validate_instacart,
 )
-from kuberec.lake.delta import history, table_exists, table_version
+from kuberec.lake.delta import append_rows, history, overwrite_table, table_exists, table_version
 from kuberec.lake.raw import fetch, file_sha256, is_remote
 from kuberec.settings import Settings, load_settings
 
@@ -56,6 +62,7 @@ def bronze_table(spec: CsvFile) -> str:
 
 
 BRONZE_TABLES: dict[str, str] = {spec.name: bronze_table(spec) for spec in FILES}
+INGESTIONS_TABLE = "instacart_bronze_ingestions"  # one row per complete ingestion (see the module docstring)
 
 
 def last_commit_metadata(table_uri: str) -> dict[str, Any] | None:
@@ -151,18 +158,46 @@ def write_bronze(spark: "SparkSession", settings: Settings, plan: IngestPlan) ->
         metadata = {"step": STEP, "schema": BRONZE_SCHEMA_VERSION, "source_file": spec.name,
                     "source": plan.location, "sha256": plan.hashes[spec.name],
                     "bytes": (plan.source / spec.name).stat().st_size, "rows": rows}
-        (read_csv(spark, plan, spec).write.format("delta").mode("overwrite")
-         .option("overwriteSchema", "true").option("userMetadata", json.dumps(metadata, sort_keys=True))
-         .save(uri))
+        wrote = _overwrite_bronze(read_csv(spark, plan, spec), uri, metadata)
         result.versions[name] = table_version(uri)
-        result.written.append(name)
-        log.info("%s <- %s (%s rows): v%d", name, spec.name, f"{rows:,}", result.versions[name])
+        (result.written if wrote else result.unchanged).append(name)
+        log.info("%s <- %s (%s rows): v%d%s", name, spec.name, f"{rows:,}", result.versions[name],
+                 "" if wrote else ", written by another run of the same file")
     result.seconds["write"] = round(time.monotonic() - began, 2)
     return result
 
 
+def _overwrite_bronze(frame: "DataFrame", uri: str, metadata: dict[str, Any]) -> bool:
+    """Replace the table with `frame` unless a concurrent run of the same file already did; True when written."""
+    return overwrite_table(lambda: frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+                           .option("userMetadata", json.dumps(metadata, sort_keys=True)).save(uri),
+                           holds_it=lambda: (last_commit_metadata(uri) or {}).get("sha256") == metadata["sha256"],
+                           what=f"writing {uri} from {metadata['source_file']}")
+
+
+def latest_ingestion(settings: Settings) -> dict[str, Any] | None:
+    """{"bronze": {table: version}, "sha256": {file: hash}, ...} of the latest complete ingestion, or None."""
+    return last_commit_metadata(settings.table_uri(INGESTIONS_TABLE))
+
+
+def record_ingestion(settings: Settings, plan: IngestPlan, versions: dict[str, int]) -> bool:
+    """Append the row saying the six tables at `versions` are one complete ingestion of `plan`'s files, unless the
+    latest row already says so (a re-run of the same files commits nothing). True when a row was appended."""
+    entry = {"step": STEP, "bronze": dict(sorted(versions.items())), "sha256": dict(sorted(plan.hashes.items()))}
+    if {k: v for k, v in (latest_ingestion(settings) or {}).items() if k in entry} == entry:
+        return False
+    from datetime import datetime, timezone
+
+    append_rows(settings.table_uri(INGESTIONS_TABLE),
+                [{"ingested_at": datetime.now(timezone.utc), "source": plan.location,
+                  "bronze_versions": json.dumps(entry["bronze"]), "sha256": json.dumps(entry["sha256"])}],
+                json.dumps({**entry, "source": plan.location}, sort_keys=True))
+    return True
+
+
 def ingest_instacart(settings: Settings, source: str | Path, spark: "SparkSession | None" = None) -> IngestResult:
-    """Validate the six files under `source` and (re)write the bronze tables whose file changed.
+    """Validate the six files under `source`, (re)write the bronze tables whose file changed and record the
+    complete ingestion.
 
     Spark (`spark`, else a session for `settings`) is only started when a table has to be written.
     """
@@ -170,13 +205,16 @@ def ingest_instacart(settings: Settings, source: str | Path, spark: "SparkSessio
 
     with tempfile.TemporaryDirectory(prefix="kuberec-instacart-") as scratch:
         plan = plan_ingest(settings, source, Path(scratch))
-        if not plan.todo:
-            return plan.result
-        if spark is None:
-            from kuberec.lake.spark import spark_session
+        result = plan.result
+        if plan.todo:
+            if spark is None:
+                from kuberec.lake.spark import spark_session
 
-            spark = spark_session(settings, app_name="kuberec-ingest-instacart")
-        return write_bronze(spark, settings, plan)
+                spark = spark_session(settings, app_name="kuberec-ingest-instacart")
+            result = write_bronze(spark, settings, plan)
+        if record_ingestion(settings, plan, result.versions):
+            log.info("%s: recorded the complete ingestion %s", INGESTIONS_TABLE, result.versions)
+        return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,9 +54,13 @@ UP_FEATURES, per (user, product):
     up_orders_since_last_purchase   history orders after the latest one containing it
 
 Lineage and idempotence: each gold commit's userMetadata holds {"step", "features_version", "bronze": {table:
-version}, "params"}; the job reads the bronze tables at exactly those versions. When all gold tables' latest
-commits already carry the metadata the current bronze versions would produce, nothing is written. Each table is
-replaced by one overwrite commit; a run that fails half-way is redone completely by the next run.
+version}, "params"}; the job reads the bronze tables at exactly those versions, the ones of the latest complete
+ingestion (`instacart_bronze_ingestions`), so an ingestion running at the same time is not half seen. When all gold
+tables' latest commits already carry the metadata the current bronze versions would produce, nothing is written.
+Each table is replaced by one overwrite commit; after a run that failed half-way, the next run writes the tables
+whose metadata does not match yet. Two runs at once on the same bronze versions both finish with the same build in
+every table: a run keeps a table that already holds its build, also when it lost the commit race to it; a run that
+loses to a build from other bronze versions stops with ConcurrentWriteError.
 """
 
 from __future__ import annotations
@@ -68,10 +72,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from kuberec.datasets.instacart import FILES
 from kuberec.errors import DataError
-from kuberec.ingest.instacart import BRONZE_TABLES, last_commit_metadata
-from kuberec.lake.delta import history, table_exists, table_version
+from kuberec.ingest.instacart import BRONZE_TABLES, INGESTIONS_TABLE, last_commit_metadata, latest_ingestion
+from kuberec.lake.delta import history, overwrite_table, table_exists, table_version
 from kuberec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -146,13 +149,18 @@ class FeaturesResult:
 
 
 def bronze_versions(settings: Settings) -> dict[str, int]:
-    versions = {}
-    for spec in FILES:
-        name = BRONZE_TABLES[spec.name]
-        uri = settings.table_uri(name)
-        if not table_exists(uri):
-            raise DataError(f"bronze table {name} does not exist at {uri}; run `kuberec ingest instacart` first")
-        versions[name] = table_version(uri)
+    """{bronze table: version} of the latest complete ingestion (never the tables of one still running)."""
+    ingestion = latest_ingestion(settings)
+    if ingestion is None:
+        missing = [name for name in BRONZE_TABLES.values() if not table_exists(settings.table_uri(name))]
+        raise DataError(f"bronze tables {', '.join(missing)} do not exist; run `kuberec ingest instacart` first"
+                        if missing else f"no complete ingestion is recorded in {INGESTIONS_TABLE} (the bronze "
+                        "tables were written by an older kuberec); run `kuberec ingest instacart` again: it records "
+                        "the tables without rewriting them")
+    versions = {name: int(version) for name, version in ingestion["bronze"].items()}
+    if set(versions) != set(BRONZE_TABLES.values()):
+        raise DataError(f"the latest row of {INGESTIONS_TABLE} lists {sorted(versions)}, not the six bronze tables "
+                        f"{sorted(BRONZE_TABLES.values())}; run `kuberec ingest instacart` again")
     return versions
 
 
@@ -375,7 +383,10 @@ def build_features(settings: Settings, spark: "SparkSession | None" = None, forc
                 # File statistics only for the id columns (lookups by user/product); the other feature columns
                 # are never filtered on, and collecting their min/max cost a third of the write.
                 writer = writer.partitionBy("split").option("delta.dataSkippingNumIndexedCols", "4")
-            writer.save(uris[name])
+            # A table that already holds this build (a concurrent run of this step, or a run that stopped between
+            # tables) is kept, unless forced.
+            overwrite_table(lambda: writer.save(uris[name]), what=f"writing {name}", force=force,  # called at once
+                            holds_it=lambda: last_commit_metadata(uris[name]) == wanted)
             result.versions[name] = table_version(uris[name])
             result.rows[name] = _rows_written(uris[name])
             log.info("%s: v%d, %s rows", name, result.versions[name], f"{result.rows[name]:,}")

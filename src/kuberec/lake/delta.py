@@ -3,7 +3,8 @@
 All reads here (a version number, the files of a snapshot, the rows added since a version) use delta-rs, which needs
 no JVM; diffs read the change data feed, which kuberec's tables record from their first version.
 `retry_on_conflict` reruns a write whose commit lost a race with another writer (Delta's optimistic concurrency);
-the catalog's writers use it (the Instacart writers overwrite whole tables).
+the catalog's writers use it. Whole-table overwrites (the Instacart tables) go through `overwrite_table`: a lost race
+is fine when the winner wrote the same thing, and an error otherwise (rewriting would make the last writer win).
 """
 
 from __future__ import annotations
@@ -46,11 +47,7 @@ def retry_on_conflict(write: Callable[[], T], what: str, *, attempts: int = CONF
     from the other writer's commit, so both writes land. Waits grow exponentially with jitter, so writers that
     collided do not collide again in step. After `attempts` lost races: ConcurrentWriteError naming the conflict.
     """
-    import delta.exceptions
-    import delta.exceptions.captured  # noqa: F401  (from then on PySpark raises Delta's conflicts as these classes)
-
-    # Every commit conflict Delta reports (its Python classes are siblings, not subclasses of one base).
-    conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
+    conflicts = _conflict_types()
     for attempt in range(1, attempts + 1):
         try:
             return write()
@@ -66,6 +63,42 @@ def retry_on_conflict(write: Callable[[], T], what: str, *, attempts: int = CONF
                         "(attempt %d of %d)", what, conflict, delay, attempt + 1, attempts)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def overwrite_table(write: Callable[[], None], *, holds_it: Callable[[], bool], what: str,
+                    force: bool = False) -> bool:
+    """Run `write()`, a whole-table overwrite, unless the table already holds what it would write; True when it
+    committed.
+
+    `holds_it()` says whether the table's latest commit already holds this write's content (the same step on the
+    same inputs: run twice, run at once, or stopped between tables). It is asked first (skipped when `force`), and
+    again when another writer committed first (a Delta conflict): then nothing more is needed and this returns
+    False. A lost race to different content is ConcurrentWriteError: overwriting again would silently replace the
+    other writer's data, so the caller has to decide.
+    """
+    if not force and holds_it():
+        return False
+    conflicts = _conflict_types()  # before the write: importing them is what makes PySpark raise them
+    try:
+        write()
+        return True
+    except conflicts as err:
+        if holds_it():
+            log.info("%s: another writer committed the same content first (%s); keeping its commit", what,
+                     type(err).__name__)
+            return False
+        raise ConcurrentWriteError(
+            f"{what}: another writer replaced the table with different content while this one was writing "
+            f"({type(err).__name__}); nothing of this write was committed. Run it again once the other write is "
+            "done (each kuberec write is idempotent).") from None
+
+
+def _conflict_types() -> tuple[type[Exception], ...]:
+    import delta.exceptions
+    import delta.exceptions.captured  # noqa: F401  (from then on PySpark raises Delta's conflicts as these classes)
+
+    # Every commit conflict Delta reports (its Python classes are siblings, not subclasses of one base).
+    return tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
 
 
 class TableNotFoundError(KuberecError):
@@ -125,6 +158,19 @@ def table_exists(table_uri: str) -> bool:
 
     uri = _delta_rs_uri(table_uri)
     return DeltaTable.is_deltatable(uri, storage_options=_storage_options(uri))
+
+
+def append_rows(table_uri: str, rows: Sequence[dict[str, Any]], user_metadata: str) -> int:
+    """Append `rows` (one dict per row, same keys) in one commit whose userMetadata is `user_metadata`, with
+    delta-rs (no JVM; the table is created on the first call); returns the new version. For small bookkeeping
+    tables only: delta-rs retries an append that races another append."""
+    import pyarrow as pa
+    from deltalake import CommitProperties, write_deltalake
+
+    uri = _delta_rs_uri(table_uri)
+    write_deltalake(uri, pa.Table.from_pylist(list(rows)), mode="append", storage_options=_storage_options(uri),
+                    commit_properties=CommitProperties(custom_metadata={"userMetadata": user_metadata}))
+    return table_version(table_uri)
 
 
 def snapshot_files(table_uri: str, version: int | None = None) -> tuple[int, list[str]]:
