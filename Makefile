@@ -5,7 +5,7 @@ PIPELINE ?= all
 PYTEST_ARGS ?=
 
 .PHONY: setup k8s-test-tools lint test test-fast test-faults pipeline-run pipeline-compile pipeline-upload serve images lock clean \
-	cluster-up cluster-down cluster-status cluster-smoke cluster-images
+	cluster-up cluster-down cluster-status cluster-smoke cluster-images e2e
 
 setup:
 	@scripts/setup.sh
@@ -73,6 +73,12 @@ cluster-status:
 # One resource per operator with kuberec's own commands and images; prints each one's final state and time.
 cluster-smoke: setup
 	$(VENV)/bin/python -m pytest tests/cluster -v -s -p no:cacheprovider $(PYTEST_ARGS)
+
+# Both pipelines on the cluster (KUBEREC_BACKEND=kubernetes), both champions served by KServe and asked through
+# kubectl port-forward; one summary, non-zero exit when a step failed (pipelines/e2e.py). E2E_ARGS, e.g.
+# E2E_ARGS="--similarity max_per_split=2000 --widedeep users=1000" for a quicker run. Never part of `make test`.
+e2e: setup
+	$(VENV)/bin/python -m pipelines.e2e $(E2E_ARGS)
 
 # Builds kuberec's images on the cluster's dockerd (started if it is not running) and loads them onto the node
 # (IMAGES="spark serving" for some).

@@ -5,10 +5,8 @@ marked `cluster` and skips, saying why, when no cluster is up; `make cluster-smo
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -57,67 +55,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def access():
+    from kuberec.backends.cluster_access import ClusterAccess
+    from kuberec.settings import Settings
+
+    return ClusterAccess.from_settings(Settings(home=CLUSTER_STATE.parent, cache_dir=KUBECTL.parents[2],
+                                                namespace=NAMESPACE))
 
 
-class PortForward:
-    """`kubectl port-forward` of a Service to a free port on 127.0.0.1, stopped by its own process handle."""
-
-    def __init__(self, target: str, remote_port: int):
-        self.port = free_port()
-        # Its messages go to a file: a pipe nobody reads would fill up and stall every forwarded connection.
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [str(KUBECTL), "--kubeconfig", str(KUBECONFIG), "-n", NAMESPACE, "port-forward", "--address", "127.0.0.1",
-             target, f"{self.port}:{remote_port}"], stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise AssertionError(f"port-forward {target}: {self.log.read()}")
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"port-forward {target} did not open 127.0.0.1:{self.port}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.log.close()
-
-
-def credentials() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (CLUSTER_STATE / "credentials.env").read_text().splitlines() if "=" in line)
-    return {key: value for key, value in pairs if key.startswith("AWS_")}
+def PortForward(target: str, remote_port: int):  # noqa: N802  (reads like the class it makes)
+    """A port-forward on 127.0.0.1 to `target` in kuberec's namespace of the cluster of make cluster-up."""
+    return access().forward(target, remote_port)
 
 
 @pytest.fixture(scope="session")
 def cluster_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """Environment for `kuberec` on this machine driving the cluster: MinIO and MLflow through port-forwards, the
-    pods told the in-cluster addresses, a lake prefix of its own, requests fitted to the node."""
+    """Environment for `kuberec` on this machine driving the cluster (ClusterAccess.client_env), with a home and a
+    lake prefix of its own; a timed-out MPIJob is kept (one test asks for that)."""
     minio, mlflow = PortForward("svc/minio", 9000), PortForward("svc/mlflow", 5000)
-    env = {
-        **os.environ, **credentials(),
-        "KUBECONFIG": str(KUBECONFIG), "KUBEREC_HOME": str(tmp_path_factory.mktemp("cluster-home")),
-        "KUBEREC_BACKEND": "kubernetes", "KUBEREC_NAMESPACE": NAMESPACE, "KUBEREC_IMAGE_TAG": "dev",
-        "KUBEREC_LAKE": "s3://kuberec/smoke", "KUBEREC_S3_ENDPOINT": minio.url, "MLFLOW_TRACKING_URI": mlflow.url,
-        "KUBEREC_K8S_POD_S3_ENDPOINT": f"http://minio.{NAMESPACE}.svc.cluster.local:9000",
-        "KUBEREC_K8S_POD_MLFLOW_URI": f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000",
-        "KUBEREC_K8S_REQUEST_FRACTION": "0.1", "KUBEREC_K8S_ON_CANCEL": "keep", "AWS_REGION": "us-east-1",
-        "KUBEREC_K8S_IMAGE_PULL_POLICY": "IfNotPresent",
-        # The server would hand out presigned URLs of MinIO's in-cluster address, which this machine cannot reach:
-        # move artifacts through the server (the port-forward) instead.
-        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
-    }
+    env = {**access().client_env(minio.url, mlflow.url, "s3://kuberec/smoke"),
+           "KUBEREC_HOME": str(tmp_path_factory.mktemp("cluster-home")), "KUBEREC_K8S_ON_CANCEL": "keep"}
     yield env
     minio.stop()
     mlflow.stop()

@@ -138,7 +138,7 @@ def test_inference_service_answers_v2_through_port_forward(cluster_env, state):
     assert len(neighbours) == 5 and [n["rank"] for n in neighbours] == [1, 2, 3, 4, 5]
 
 
-def test_instacart_ingest_and_features_run_as_spark_applications(cluster_env, tmp_path):
+def test_instacart_ingest_and_features_run_as_spark_applications(cluster_env, tmp_path, monkeypatch):
     """The wide & deep data steps on the cluster: generated Instacart files staged in MinIO, bronze tables written by
     one SparkApplication, the gold tables by another; both read back from MinIO on this machine."""
     from kuberec.lake.delta import table_version
@@ -158,9 +158,10 @@ def test_instacart_ingest_and_features_run_as_spark_applications(cluster_env, tm
     record("SparkApplication (Instacart features)", features["status"]["applicationState"]["state"],
            time.monotonic() - start)
     assert features["status"]["applicationState"]["state"] == "COMPLETED"
-    env = {name: cluster_env[name] for name in ("KUBEREC_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                 "AWS_REGION")}
-    os.environ.update(env)  # delta-rs reads MinIO through the port-forward with these
+    # delta-rs reads MinIO through the port-forward with these; for this test only (a `make test` with a cluster
+    # up had them leak into the later tests' environment).
+    for name in ("KUBEREC_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(name, cluster_env[name])
     examples = re.search(r"gold examples: (\S+)@v(\d+)", out)
     assert examples, out
     assert table_version(examples[1]) == int(examples[2])

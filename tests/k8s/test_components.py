@@ -241,6 +241,9 @@ def test_train_component_runs_an_mpijob(cluster, tracked_settings, k8s_config):
     assert arg(command, "--table") == table_uri and arg(command, "--version") == "3"
     assert arg(command, "-np") == "2" and mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
     assert env_of(launcher)["MLFLOW_TRACKING_URI"] == cluster["KUBEREC_K8S_POD_MLFLOW_URI"]
+    # The job writes in the pod's home, not under this machine's (found on the real cluster: a pod cannot
+    # create /work/... and the wide & deep MPIJob failed at once).
+    assert arg(command, "--out") == f"/var/lib/kuberec/runs/similarity-{task.output}"
 
 
 def test_train_component_fails_and_marks_the_run_failed(cluster, tracked_settings, k8s_config, capfd):

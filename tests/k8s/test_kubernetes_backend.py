@@ -182,6 +182,16 @@ def isvc_ready(generation: int, url: str) -> dict:
                             "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}}
 
 
+class PredictorPods:
+    """The predictor's pods as KServe's Deployment and the kubelet would make them: {pod: (model URI, ready)}.
+    A stand-in for the pods API, which the test API server (apiextensions only) does not have; the real pods are
+    followed on the real cluster (make e2e)."""
+
+    def __init__(self, backend: KubernetesBackend):
+        self.pods: dict[str, tuple[str, bool]] = {}
+        backend.predictor_pods = lambda name: list(self.pods.values())
+
+
 # -- every rendered resource is accepted -------------------------------------------------------------------
 @pytest.mark.parametrize("job_id", sorted(JOBS))
 def test_rendered_resource_is_accepted(backend, job_id):
@@ -334,6 +344,7 @@ def test_resource_deleted_while_waiting(backend, progress_log):
 
 # -- InferenceService rollout --------------------------------------------------------------------------------------
 def test_deploy_then_roll_out_new_version(backend, progress_log):
+    pods = PredictorPods(backend)
     job = JOBS["serving"]
     name = render(backend, job)["metadata"]["name"]
     url = f"http://{name}.{backend.namespace}.example.com"
@@ -346,6 +357,7 @@ def test_deploy_then_roll_out_new_version(backend, progress_log):
     wait_for_log(progress_log, f"InferenceService {name}: NotReady (PredictorNotReady)")
     assert first.thread.is_alive()
     write_status(backend, INFERENCE_SERVICE, name, isvc_ready(1, url))
+    pods.pods["old"] = (job.model_uri, True)
     first.join()
     assert first.error is None and first.result == url
 
@@ -359,9 +371,19 @@ def test_deploy_then_roll_out_new_version(backend, progress_log):
     assert current["spec"]["predictor"]["model"]["storageUri"] == second_job.model_uri
     assert current["metadata"]["annotations"]["kuberec.io/model-uri"] == second_job.model_uri
     assert second.thread.is_alive()
+    # KServe keeps the service Ready during the rollout while the old pod serves: not done yet (make e2e found
+    # deploy returning here, and the next requests answered by the old model).
     write_status(backend, INFERENCE_SERVICE, name, isvc_ready(2, url))
+    pods.pods["new"] = (second_job.model_uri, False)  # loading the model
+    time.sleep(2)
+    assert second.thread.is_alive()
+    pods.pods["new"] = (second_job.model_uri, True)  # loaded...
+    time.sleep(2)
+    assert second.thread.is_alive()
+    del pods.pods["old"]  # ...and the old pod is gone
     second.join()
     assert second.error is None and second.result == url
+    wait_for_log(progress_log, f"InferenceService {name}: 1 pod(s) serve {second_job.model_uri}")
 
 
 def test_deploy_failed_model_load(backend, progress_log):
@@ -383,12 +405,14 @@ def test_deploy_failed_model_load(backend, progress_log):
 
 def test_deploy_timeout_keeps_existing_service(backend_for, progress_log):
     backend = backend_for(serving_timeout_s=2)
+    pods = PredictorPods(backend)
     job = JOBS["serving"]
     name = render(backend, job)["metadata"]["name"]
     url = f"http://{name}.example.com"
     first = InThread(backend.deploy, job)
     wait_for_log(progress_log, f"InferenceService {name}: ")
     write_status(backend, INFERENCE_SERVICE, name, isvc_ready(1, url))
+    pods.pods["first"] = (job.model_uri, True)
     first.join()
     # A rollout that never gets ready: the service that was serving stays.
     with pytest.raises(JobTimeout, match="left the existing service"):
@@ -428,6 +452,8 @@ def test_cli_deploy_uses_the_kubeconfig(apiserver, backend, progress_log, settin
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBEREC_LAKE", "s3://kuberec/lake")
     monkeypatch.setenv("KUBEREC_NAMESPACE", backend.namespace)
+    # The predictor's pod, loaded (the test API server has no pods API: PredictorPods says more).
+    monkeypatch.setattr(KubernetesBackend, "predictor_pods", lambda self, name: [("s3://kuberec/m/7", True)])
     run = InThread(cli.main, ["k8s", "deploy", "widedeep", "--model-uri", "s3://kuberec/m/7"])
     wait_for_log(progress_log, "InferenceService widedeep: ")
     write_status(backend, INFERENCE_SERVICE, "widedeep", isvc_ready(1, "http://widedeep.example.com"))

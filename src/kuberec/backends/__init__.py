@@ -8,6 +8,7 @@ runs is the same everywhere, and a job that fails raises the same JobFailed on e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from kuberec.errors import KuberecError
@@ -78,6 +79,16 @@ class Backend(Protocol):
     def run_horovod(self, job: HorovodJob) -> None: ...
 
     def run_ray(self, job: RayJob) -> None: ...
+
+
+def job_home(settings: Settings) -> Path:
+    """The home directory of the settings' jobs where they run: `settings.home` here, the pod's own home on a
+    cluster (a path on this machine means nothing in a pod, and its files go when the pod does)."""
+    if settings.backend == "kubernetes":
+        from kuberec.backends.k8s_resources import POD_HOME
+
+        return Path(POD_HOME)
+    return settings.home
 
 
 def get_backend(settings: Settings) -> Backend:

@@ -31,6 +31,9 @@ SPARK_DRIVER_CONTAINER, SPARK_EXECUTOR_CONTAINER = "spark-kubernetes-driver", "s
 LOCAL_ONLY_ENV = ("KUBEREC_HOME", "KUBEREC_CACHE", "KUBEREC_CONFIG", "KUBEREC_MLFLOW_HOST")
 # Home of kuberec inside the images, an emptyDir in the pods (WRITABLE_DIRS).
 POD_HOME = "/var/lib/kuberec"
+# On an InferenceService, and (KServe copies it) on its predictor's pods: the model URI each pod serves.
+MODEL_URI_ANNOTATION = "kuberec.io/model-uri"
+PREDICTOR_LABEL = "serving.kserve.io/inferenceservice"  # KServe's label on the pods of a service's predictor
 # Pod security (docs/cluster-guide.md, "Security"): every pod kuberec renders runs as the images' non-root user
 # (images/runtime: `useradd --uid 1000 kuberec`), without privilege escalation or capabilities, under the runtime's
 # seccomp profile, on a read-only root file system; its programs write only to these emptyDirs: temporary files
@@ -628,7 +631,7 @@ def render_inference_service(job: ServingJob, settings: Settings, options: Clust
     # The runtime (manifests/base/servingruntime.yaml) adds the writable emptyDirs its server needs.
     model["securityContext"] = container_security_context()
     metadata = _metadata(settings, dns_label(job.name, 45), job.name)
-    metadata["annotations"] = {"kuberec.io/model-uri": job.model_uri}
+    metadata["annotations"] = {MODEL_URI_ANNOTATION: job.model_uri}
     return {
         "apiVersion": INFERENCE_SERVICE.api_version, "kind": INFERENCE_SERVICE.kind,
         "metadata": metadata,

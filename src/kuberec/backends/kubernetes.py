@@ -22,6 +22,8 @@ from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
 from kuberec.backends.k8s_resources import (
     INFERENCE_SERVICE,
     KINDS,
+    MODEL_URI_ANNOTATION,
+    PREDICTOR_LABEL,
     ClusterOptions,
     Kind,
     Progress,
@@ -224,7 +226,9 @@ class KubernetesBackend:
                 self.replace(body)
                 log.info("updated InferenceService %s/%s to %s", self.namespace, name, job.model_uri)
             try:
+                deadline = time.monotonic() + self.options.serving_timeout_s
                 final = self.wait_ready(name)
+                self.wait_serving(name, job.model_uri, deadline)
             except (KeyboardInterrupt, JobTimeout) as err:
                 if created:
                     outcome = self._abandon(kind, name)
@@ -237,6 +241,34 @@ class KubernetesBackend:
 
     def wait_ready(self, name: str, timeout: float | None = None) -> dict:
         return self.wait(INFERENCE_SERVICE, name, timeout=timeout or self.options.serving_timeout_s)
+
+    def wait_serving(self, name: str, model_uri: str, deadline: float, poll_s: float = 1.0) -> None:
+        """Wait until every pod of the InferenceService's predictor serves `model_uri` and is ready. KServe keeps
+        the service Ready during a rollout (the previous pods serve), so Ready alone returned while the old model
+        still answered every request (found with make e2e); pods on their way out are not counted."""
+        while True:
+            pods = self.predictor_pods(name)
+            behind = [uri for uri, ready in pods if uri != model_uri or not ready]
+            if pods and not behind:
+                log.info("InferenceService %s: %d pod(s) serve %s", name, len(pods), model_uri)
+                return
+            if time.monotonic() >= deadline:
+                raise JobTimeout(f"InferenceService {self.namespace}/{name} is Ready but {len(behind)} of its "
+                                 f"{len(pods)} pod(s) do not serve {model_uri} yet; look at `kubectl get pods -l "
+                                 f"{PREDICTOR_LABEL}={name} -n {self.namespace}`, or allow longer with "
+                                 "KUBEREC_K8S_SERVING_TIMEOUT")
+            time.sleep(poll_s)
+
+    def predictor_pods(self, name: str) -> list[tuple[str, bool]]:
+        """(model URI it serves, ready) of each pod of the InferenceService's predictor not on its way out."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api.api_client)
+        with _api_errors(f"list the pods of InferenceService {self.namespace}/{name}"):
+            pods = core.list_namespaced_pod(self.namespace, label_selector=f"{PREDICTOR_LABEL}={name}").items
+        return [((pod.metadata.annotations or {}).get(MODEL_URI_ANNOTATION, ""),
+                 any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])))
+                for pod in pods if pod.metadata.deletion_timestamp is None]
 
     # -- waiting ---------------------------------------------------------------------------------------------
     def wait(self, kind: Kind, name: str, *, timeout: float) -> dict:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from kuberec import tracking
-from kuberec.backends import HorovodJob, get_backend
+from kuberec.backends import HorovodJob, get_backend, job_home
 from kuberec.config import config_to_args
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
@@ -38,14 +38,15 @@ def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, work
 
     The run holds the config, the table version read (lineage), per-epoch metrics and the exported model.
     `resume` continues the interrupted training in `out_dir` from its last checkpoint (in a new run). Without
-    `out_dir` (what the pipeline does) the job writes under `<home>/runs`, and a rerun after a failure (a killed
-    worker, a lost MLflow server) continues the failed run from its last checkpoint when the inputs are the same.
+    `out_dir` (what the pipeline does) the job writes under `runs/` of its home (`backends.job_home`: the pod's on a
+    cluster), and a rerun after a failure (a killed worker, a lost MLflow server) continues the failed run from its
+    last checkpoint when the inputs are the same.
     `sweep_run_id`: the tuning sweep that chose `config`, recorded as a tag.
     """
     from kuberec.distributed import training_run
 
     params = {**config.to_dict(), "workers": workers, "max_examples": max_examples}
-    default_dir = None if out_dir else (lambda run_id: settings.home / "runs" / f"similarity-{run_id}")
+    default_dir = None if out_dir else (lambda run_id: job_home(settings) / "runs" / f"similarity-{run_id}")
     with training_run(settings, EXPERIMENT, run_name="train-similarity", lineage={table.uri: table.version},
                       params=params, tags=tracking.sweep_tags(sweep_run_id), train_dir=default_dir) \
             as (run_id, run_dir, resumed):

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from kuberec import tracking
-from kuberec.backends import HorovodJob, get_backend
+from kuberec.backends import HorovodJob, get_backend, job_home
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
 from kuberec.widedeep.config import EXPERIMENT, REGISTERED_NAME, WideDeepConfig
@@ -30,7 +30,7 @@ TRAIN_MODULE = "kuberec.widedeep.train"
 
 def train_dir(settings: Settings, run_id: str) -> Path:
     """Where the training job of run `run_id` writes (on the machine or pod of its rank 0)."""
-    return settings.home / "runs" / f"widedeep-{run_id}"
+    return job_home(settings) / "runs" / f"widedeep-{run_id}"
 
 
 def train(settings: Settings, examples: TableRef, config: WideDeepConfig, workers: int = 1,

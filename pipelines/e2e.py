@@ -1,0 +1,237 @@
+"""`make e2e`: both pipelines end to end on a real cluster, then both models served by KServe and asked.
+
+    python -m pipelines.e2e [--similarity name=value ...] [--widedeep name=value ...] [--lake s3://kuberec/e2e]
+
+On the cluster of `make cluster-up` (or the one KUBECONFIG names, with kuberec installed): MinIO and MLflow are
+reached through `kubectl port-forward` on 127.0.0.1, and each pipeline runs with the KFP local runner and
+KUBEREC_BACKEND=kubernetes, so every Spark, Horovod and Ray step is a SparkApplication, MPIJob or RayJob run by its
+operator. Then each registered champion is rolled out as an InferenceService (`kuberec k8s deploy`) and asked
+through a port-forward to its predictor with `kuberec recommend --url`: by item id and by image (similarity), for
+a user (wide & deep).
+
+Prints one summary (each pipeline's state, wall time and metrics; each custom resource the run created with its
+final state, wall time and the operator's message when it failed; each endpoint and its answer), writes it as JSON
+to <home>/e2e/summary.json, and exits non-zero when anything failed, naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kuberec.backends.cluster_access import ClusterAccess
+from kuberec.backends.k8s_resources import INFERENCE_SERVICE, KINDS
+from kuberec.models import MODELS
+from kuberec.settings import load_settings
+
+log = logging.getLogger("e2e")
+
+PIPELINES = ("similarity", "widedeep")
+SUMMARY_MARK = "== kuberec pipeline summary =="
+PIPELINE_TIMEOUT_S = 4 * 3600
+TAIL_LINES = 12  # of a failed command's stderr, in the summary
+
+
+@dataclass
+class Outcome:
+    """One thing the run did (a pipeline, a deployment, a query): ok, how long, what it said."""
+
+    what: str
+    ok: bool
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def run_command(what: str, args: list[str], env: dict[str, str], timeout: float) -> tuple[Outcome, str]:
+    """Run `args`, passing its output (the steps' logs) on to ours as it comes; (outcome, its stdout). A failure's
+    error is the last lines of its output that are not traceback frames (the step's and the operator's words)."""
+    started = time.monotonic()
+    log.info("%s: %s", what, " ".join(args))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    stdout: list[str] = []
+
+    def relay(stream, to, keep: list[str] | None) -> None:
+        for line in stream:
+            to.write(line)
+            if keep is not None:
+                keep.append(line)
+            if line.strip() and not line[0].isspace():  # frames and code lines of a traceback are indented
+                tail.append(line.rstrip())
+
+    relays = [threading.Thread(target=relay, args=(proc.stdout, sys.stdout, stdout), daemon=True),
+              threading.Thread(target=relay, args=(proc.stderr, sys.stderr, None), daemon=True)]
+    for thread in relays:
+        thread.start()
+    # SIGTERM when over time: the Kubernetes backend then deletes (or keeps, as configured) the running resource.
+    expired = threading.Timer(timeout, proc.terminate)
+    expired.start()
+    proc.wait()
+    expired.cancel()
+    for thread in relays:
+        thread.join(timeout=10)
+    seconds = round(time.monotonic() - started, 1)
+    if seconds >= timeout:
+        tail.append(f"timed out after {timeout:.0f} s")
+    if proc.returncode != 0:
+        return Outcome(what, False, seconds, error="\n".join(tail)), "".join(stdout)
+    return Outcome(what, True, seconds), "".join(stdout)
+
+
+def run_pipeline(name: str, params: list[str], env: dict[str, str]) -> Outcome:
+    args = [sys.executable, "-m", "pipelines.run", name, *(f"--param={p}" for p in params)]
+    outcome, stdout = run_command(f"pipeline {name}", args, env, PIPELINE_TIMEOUT_S)
+    if SUMMARY_MARK in stdout:
+        text = stdout.split(SUMMARY_MARK, 1)[1]
+        outcome.detail = json.loads(text[:text.rindex("}") + 1]).get(name, {})
+    return outcome
+
+
+def created_resources(api, namespace: str, since: datetime) -> list[dict[str, Any]]:
+    """Every kuberec custom resource in `namespace` created at or after `since` (through `api`, a kubernetes
+    CustomObjectsApi): kind, name, step, state (the operator's, read as the backend reads it), seconds from creation
+    to the last time in its status, and the operator's message when it failed."""
+    found = []
+    for kind in KINDS.values():
+        items = api.list_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural,
+                                                  label_selector="app.kubernetes.io/part-of=kuberec")["items"]
+        for obj in items:
+            created = _timestamp(obj["metadata"]["creationTimestamp"])
+            last = max((_timestamp(t) for t in _timestamps(obj.get("status") or {})), default=created)
+            # An InferenceService that existed is rolled to the new model: listed, its time is the deploy step's.
+            rolled = kind is INFERENCE_SERVICE and created < since <= last
+            if created < since and not rolled:
+                continue
+            progress = kind.progress(obj)
+            found.append({"kind": kind.kind, "name": obj["metadata"]["name"],
+                          "step": obj["metadata"]["labels"].get("kuberec.io/step", ""), "state": progress.state,
+                          "succeeded": progress.succeeded, "failed": progress.failed,
+                          "seconds": None if rolled else round((last - created).total_seconds()),
+                          "message": progress.message, "created": obj["metadata"]["creationTimestamp"]})
+    return sorted(found, key=lambda r: r["created"])
+
+
+def _timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _timestamps(value: Any):
+    """Every RFC 3339 time in a resource's status (conditions, start/end/termination times)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _timestamps(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _timestamps(item)
+    elif isinstance(value, str) and len(value) >= 20 and value[4] == "-" and value[10] == "T" and value[-1] == "Z":
+        yield value
+
+
+def serve_and_ask(access: ClusterAccess, pipeline: str, env: dict[str, str], scratch: Path) -> list[Outcome]:
+    """Roll the pipeline's champion out as an InferenceService named after the registered model, then ask it."""
+    name = MODELS[pipeline].registered_name
+    kuberec = [str(Path(sys.executable).parent / "kuberec")]  # the console script of this venv
+    deployed, _ = run_command(f"deploy {name}", [*kuberec, "k8s", "deploy", name, "--model-uri",
+                                                 f"models:/{name}@champion"], env, 1800)
+    outcomes = [deployed]
+    if not deployed.ok:
+        return outcomes
+    if pipeline == "similarity":
+        queries = {"by item id": ["--item-id", "0"], "by image": ["--image", str(_query_image(scratch))]}
+    else:
+        queries = {"for a user": ["--user-id", "1"]}
+    with access.forward(f"svc/{name}-predictor", 80) as predictor:
+        deployed.detail = {"endpoint": f"{predictor.url} (kubectl port-forward svc/{name}-predictor)"}
+        for label, args in queries.items():
+            asked, answer = run_command(f"ask {name} {label}", [*kuberec, "recommend", "--url", predictor.url,
+                                                                *args], env, 300)
+            asked.detail = {"answer": answer.strip().splitlines()[:6]}
+            outcomes.append(asked)
+    return outcomes
+
+
+def _query_image(scratch: Path) -> Path:
+    """A Fashion-MNIST test image as a PNG file, as a user would upload one."""
+    from PIL import Image
+
+    from kuberec.datasets import fashion_mnist as fm
+
+    spec = fm.idx_file("test", "images")
+    path = fm.find_file(fm.DEBIAN_DIR, spec)
+    images = fm.parse_idx(spec, fm.decompress(str(path), path.read_bytes()), check_sha256=False)
+    target = scratch / "query.png"
+    Image.fromarray(images[0]).save(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.e2e", description=__doc__.splitlines()[0])
+    for name in PIPELINES:
+        parser.add_argument(f"--{name}", action="append", default=[], metavar="NAME=VALUE",
+                            help=f"a parameter of the {name} pipeline (as pipelines.run --param)")
+    parser.add_argument("--lake", default="s3://kuberec/e2e", help="the lake the run's tables go to")
+    parser.add_argument("--only", choices=PIPELINES, help="run one pipeline")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    access = ClusterAccess.from_settings(settings)
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    outcomes: list[Outcome] = []
+    with access.forward("svc/minio", 9000) as minio, access.forward("svc/mlflow", 5000) as mlflow, \
+            tempfile.TemporaryDirectory(prefix="kuberec-e2e-") as scratch:
+        env = access.client_env(minio.url, mlflow.url, args.lake)
+        for name in [args.only] if args.only else PIPELINES:
+            outcome = run_pipeline(name, getattr(args, name), env)
+            outcomes.append(outcome)
+            if outcome.ok:
+                outcomes.extend(serve_and_ask(access, name, env, Path(scratch)))
+        from kubernetes import client, config
+
+        api = client.CustomObjectsApi(config.new_client_from_config(str(access.kubeconfig)))
+        resources = created_resources(api, access.namespace, started)
+    summary = {"started": started.isoformat(), "cluster": str(access.kubeconfig), "lake": args.lake,
+               "steps": [asdict(o) for o in outcomes], "resources": resources}
+    out = settings.home / "e2e" / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(format_summary(summary))
+    print(f"(as JSON: {out})")
+    return 0 if all(o.ok for o in outcomes) and not any(r["failed"] for r in resources) else 1
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = ["", "== kuberec e2e summary ==", f"cluster {summary['cluster']}, lake {summary['lake']}, "
+             f"started {summary['started']}", "",
+             "custom resources (kind, name, step, final state, seconds; '-': an existing service rolled out):"]
+    for r in summary["resources"]:
+        seconds = "-" if r["seconds"] is None else r["seconds"]
+        lines.append(f"  {r['kind']:<17} {r['name']:<44} {r['step']:<22} {r['state']:<10} {seconds:>6}"
+                     + (f"  {r['message']}" if r["failed"] else ""))
+    lines += ["", "steps:"]
+    for step in summary["steps"]:
+        lines.append(f"  {'ok    ' if step['ok'] else 'FAILED'} {step['what']} ({step['seconds']:.0f} s)")
+        for key, value in step["detail"].items():
+            shown = value if isinstance(value, str) else json.dumps(value, default=str)
+            lines.append(f"         {key}: {shown}")
+        if step["error"]:
+            lines += [f"         | {line}" for line in step["error"].splitlines()]
+    failed = [s["what"] for s in summary["steps"] if not s["ok"]] + [
+        f"{r['kind']} {r['name']} ({r['state']}: {r['message']})" for r in summary["resources"] if r["failed"]]
+    lines += ["", f"FAILED: {'; '.join(failed)}" if failed else "all steps succeeded"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
