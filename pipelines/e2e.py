@@ -103,10 +103,17 @@ def created_resources(api, namespace: str, since: datetime) -> list[dict[str, An
     """Every kuberec custom resource in `namespace` created at or after `since` (through `api`, a kubernetes
     CustomObjectsApi): kind, name, step, state (the operator's, read as the backend reads it), seconds from creation
     to the last time in its status, and the operator's message when it failed."""
+    from kubernetes.client.rest import ApiException
+
     found = []
     for kind in KINDS.values():
-        items = api.list_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural,
-                                                  label_selector="app.kubernetes.io/part-of=kuberec")["items"]
+        try:
+            items = api.list_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural,
+                                                      label_selector="app.kubernetes.io/part-of=kuberec")["items"]
+        except ApiException as err:
+            if err.status != 404:  # 404: the cluster has no such kind (e.g. no KubeRay), so the run made none
+                raise
+            continue
         for obj in items:
             created = _timestamp(obj["metadata"]["creationTimestamp"])
             last = max((_timestamp(t) for t in _timestamps(obj.get("status") or {})), default=created)
