@@ -14,6 +14,9 @@ inside each bucket, averaged with weights positives x negatives; 0.5 = no inform
   the features say), scored by the generator's pair_affinity. Generated data only (the seed comes from
   instacart-synth.json): about 0.5 when the generator ignores affinity (v1), above it when pairs with equal
   histories differ by affinity;
+- "cycle AUC | count, recency": the same buckets, scored by how soon the product is due again (minus its
+  replenishment cycle, the generator's catalogue). Above 0.5 when products differ in how long they last beyond what
+  count and recency say; only a per-product weight (or a product x recency cross) can learn it;
 - "count AUC": one bucket, scored by the prior purchase count: how much a pair's history predicts. Computable on
   real data too; affinity raises it, because favourites pile up purchases;
 - "n-1 label AUC | count": pairs bucketed by count, scored by whether order n-1 contained the product. This is
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from kuberec.datasets import instacart as ic
-from kuberec.datasets.instacart_synth import MANIFEST, generate, pair_affinity
+from kuberec.datasets.instacart_synth import MANIFEST, catalogue_for, generate, pair_affinity
 
 # Measured from 64 complete real Instacart histories (users with all their orders, the final one included).
 REAL = {
@@ -89,18 +92,21 @@ def pooled_auc(table: pd.DataFrame, score: np.ndarray | pd.Series, buckets: list
     return float(wins.sum() / (per.positives * (per["size"] - per.positives)).sum())
 
 
-def affinity_measures(table: pd.DataFrame, seed: int | None) -> dict[str, float]:
+def affinity_measures(table: pd.DataFrame, manifest: dict | None) -> dict[str, float]:
     count, recency = table.count_n.clip(upper=COUNT_CAP), table.recency_n.clip(upper=RECENCY_CAP)
     measures = {}
-    if seed is not None:
+    if manifest is not None:
+        seed = manifest["seed"]
         affinity = pair_affinity(seed, table.user_id.to_numpy(), table.product_id.to_numpy())
         measures["affinity AUC | count, recency"] = pooled_auc(table, affinity, [count, recency])
+        cycle = catalogue_for(seed, manifest["products"]).cycle[table.product_id.to_numpy() - 1]
+        measures["cycle AUC | count, recency"] = pooled_auc(table, -cycle, [count, recency])
     measures["count AUC"] = pooled_auc(table, table.count_n, [])
     measures["n-1 label AUC | count"] = pooled_auc(table, table.y_n1, [count])
     return measures
 
 
-def statistics(orders: pd.DataFrame, lines: pd.DataFrame, seed: int | None) -> dict[str, float]:
+def statistics(orders: pd.DataFrame, lines: pd.DataFrame, manifest: dict | None) -> dict[str, float]:
     final = lines.back == 0
     size = lines.groupby("order_id").size()
     final_orders = orders.loc[orders.order_number == orders.n, "order_id"]
@@ -122,7 +128,7 @@ def statistics(orders: pd.DataFrame, lines: pd.DataFrame, seed: int | None) -> d
         "share of candidates in the final order": table.y_n.mean(),
         "share of final-order lines bought for the first time": 1.0 - bought_before.mean(),
         "share of gaps at the 30-day cap": (days == 30).mean(),
-        **affinity_measures(table, seed),
+        **affinity_measures(table, manifest),
     }
 
 
@@ -146,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             source = f"read from {directory}"
         began = time.monotonic()
         manifest = directory / MANIFEST
-        seed = json.loads(manifest.read_text())["seed"] if manifest.exists() else None  # generated data only
-        stats = statistics(*load(directory), seed)
+        generated = json.loads(manifest.read_text()) if manifest.exists() else None  # generated data only
+        stats = statistics(*load(directory), generated)
         measured = time.monotonic() - began
 
     rows = pd.DataFrame({"measured": pd.Series(stats), "real Instacart": pd.Series(REAL)}).reindex(list(stats))

@@ -39,13 +39,18 @@ from kuberec.widedeep.train import FEED_COLUMNS
 log = logging.getLogger("widedeep_quality")
 
 
+def lake_settings(root: Path) -> Settings:
+    """Settings of the lake `build_lake` keeps under `root` (the other wide & deep benchmarks read it)."""
+    return Settings(home=root / "home", cache_dir=Path(".kuberec/cache").absolute(), spark_master="local[2]")
+
+
 def build_lake(root: Path, users: int, seed: int) -> Settings:
     from kuberec.datasets.instacart_synth import generate
     from kuberec.ingest.instacart import ingest_instacart
     from kuberec.lake.delta import table_exists
     from kuberec.lake.spark import spark_session
 
-    settings = Settings(home=root / "home", cache_dir=Path(".kuberec/cache").absolute(), spark_master="local[2]")
+    settings = lake_settings(root)
     if table_exists(settings.table_uri(gold.EXAMPLES_TABLE)):
         return settings
     started = time.perf_counter()
@@ -65,7 +70,7 @@ def throughput(examples_uri: str, config: WideDeepConfig, steps: int, warmup: in
 
     arrays = feed.load_table_arrays(examples_uri, FEED_COLUMNS, split="train")
     stats = wd.FeatureStats.from_sums(*wd.feature_sums(arrays.columns))
-    vocabulary = wd.Vocabulary.from_ids(arrays.columns["user_id"], arrays.columns["product_id"])
+    vocabulary = wd.Vocabulary.from_columns(arrays.columns)
 
     def run(dataset) -> float:
         tf.keras.utils.set_random_seed(config.seed)

@@ -17,9 +17,10 @@ import logging
 import time
 from pathlib import Path
 
+from widedeep_quality import lake_settings  # a sibling script: run as python benchmarks/<script>.py
+
 from kuberec import feed
 from kuberec.ingest import instacart_features as gold
-from kuberec.settings import Settings
 from kuberec.widedeep import model as wd
 from kuberec.widedeep.config import WideDeepConfig
 from kuberec.widedeep.evaluate import EVAL_COLUMNS, metrics
@@ -35,8 +36,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    settings = Settings(home=args.root / "home", cache_dir=Path(".kuberec/cache").absolute())
-    examples_uri = settings.table_uri(gold.EXAMPLES_TABLE)
+    examples_uri = lake_settings(args.root).table_uri(gold.EXAMPLES_TABLE)
     valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, split="valid").columns
     grid = json.loads(args.grid)
     base = json.loads(args.config)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from kuberec.datasets import instacart as ic
-from kuberec.datasets.instacart_synth import MANIFEST, generate, pair_affinity
+from kuberec.datasets.instacart_synth import MANIFEST, catalogue_for, generate, pair_affinity
 
 pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
 
@@ -105,6 +105,21 @@ def test_equal_histories_differ_by_personal_affinity(frames):
     # Bought once, twice or three times: the favourite half comes back at least 1.5x as often (measured: 2-3x;
     # a generator that ignores affinity gives equal rates up to noise).
     assert (rate[True] > 1.5 * rate[False]).all(), rate
+
+
+def test_products_come_back_once_they_are_due(frames):
+    """Of the products in the order before the final one, those with a short replenishment cycle (a per-product
+    value the generator never writes) are far more often in the final order than those that last long."""
+    lines = _orders_with_lines(frames)
+    last_order = lines.groupby("user_id").order_number.transform("max")
+    before = lines.loc[lines.order_number == last_order - 1, ["user_id", "product_id"]]
+    final = lines.loc[lines.eval_set == "train", ["user_id", "product_id"]].assign(label=1)
+    pairs = before.merge(final, on=["user_id", "product_id"], how="left").fillna({"label": 0})
+    cycle = catalogue_for(SEED, len(frames["products.csv"])).cycle[pairs.product_id.to_numpy() - 1]
+    short = cycle < np.median(cycle)
+    # Measured (1,000 users, seed 7): 0.36 against 0.11; a generator without cycles gives equal rates up to noise.
+    assert pairs.label[short].mean() > 1.4 * pairs.label[~short].mean(), (pairs.label[short].mean(),
+                                                                          pairs.label[~short].mean())
 
 
 def test_baskets_popularity_and_tastes(frames):

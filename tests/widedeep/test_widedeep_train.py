@@ -55,8 +55,8 @@ def test_single_process_training(trained, examples_uri, test_config):
     assert result.history[-1]["loss"] < result.history[0]["loss"] + 0.05
     assert (trained / "weights-rank0.sha256").read_text().strip() == result.weights_sha256
     # The wide part's vocabularies are the train split's ids, exactly.
-    ids = feed.load_table_arrays(examples_uri, ("user_id", "product_id"), split="train").columns
-    assert result.vocabulary == wd.Vocabulary.from_ids(ids["user_id"], ids["product_id"]).sizes()
+    ids = feed.load_table_arrays(examples_uri, wd.VOCABULARY_COLUMNS, split="train").columns
+    assert result.vocabulary == wd.Vocabulary.from_columns(ids).sizes()
     model = wd.load_model(result.model_dir)
     # Early stopping kept the epoch with the best valid-split log loss, and the saved model is that epoch's.
     valid_losses = [entry["valid_log_loss"] for entry in result.history]

@@ -4,14 +4,15 @@ Writes the six Instacart files (kuberec.datasets.instacart) from a generative mo
 its parameters and how its output compares with the public dataset are in docs/instacart-synth.md. In short:
 
 - a catalogue of 21 departments, 134 aisles and P products (default: Instacart's 49,688) with Zipf-like popularity
-  (a few staples, a long tail);
+  (a few staples, a long tail) and a replenishment cycle per product (how many orders it lasts);
 - users with persistent tastes over departments and aisles (Gamma-weighted, so each user favours a few), an
   activity level (4..100 orders, heavy-tailed), a basket size, a gap between orders and a repeat propensity;
 - a persistent personal affinity per (user, product) pair (pair_affinity: a hash of seed, user and product, so it
   needs no memory), which decides how readily a product the user has bought comes back: a quarter are personal
   favourites that come back whenever drawn, most others rarely, whatever their purchase counts so far;
 - orders drawn one order_number at a time for all users at once: each basket slot either repeats a product from
-  one of the user's earlier orders (recent ones favoured, accepted with the pair's affinity) or explores a new one
+  one of the user's earlier orders (recent ones favoured, accepted with the pair's affinity once the product is
+  due again) or explores a new one
   (aisle from the user's taste, product by popularity within the aisle); `reordered` is then derived exactly from
   each user's history;
 - every user's last order is their `train` order (the public data also has `test` users, whose final order's
@@ -47,7 +48,7 @@ from kuberec.errors import KuberecError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # 2: personal (user, product) affinity, full catalogue by default, refitted constants
+GENERATOR_VERSION = 3  # 2: personal (user, product) affinity, full catalogue by default; 3: replenishment cycles
 MANIFEST = "instacart-synth.json"
 CHUNK_USERS = 10_000  # fixed: the random streams are per chunk, so changing it changes the output
 
@@ -63,7 +64,10 @@ BASKET_MEDIAN, BASKET_SIGMA, BASKET_SHAPE, MAX_BASKET = 9.3, 0.55, 3.0, 100
 FINAL_BASKET = 1.38  # final (train) orders are bigger than prior ones in Instacart (11.8 vs 9.1 lines)
 REPEAT_A, REPEAT_B = 3.85, 2.0  # per-user repeat propensity ~ Beta(a, b)
 AFFINITY_MU, AFFINITY_SIGMA = -1.0, 1.5  # pair affinity = min(1, LogNormal(mu, sigma)): staples at 1, long tail
-REPEAT_TRIES = 3  # a repeat draws a past line up to this often, kept with the pair's affinity; else it explores
+REPEAT_TRIES = 6  # a repeat draws a past line up to this often, kept with the pair's affinity; else it explores
+# Replenishment: a product lasts `cycle` orders (per product: an aisle effect times the product's own), and a past
+# product is kept with min(1, orders since its last purchase / cycle) ** CYCLE_POWER times the pair's affinity.
+CYCLE_MEDIAN, CYCLE_AISLE_SIGMA, CYCLE_PRODUCT_SIGMA, CYCLE_POWER = 2.0, 0.4, 0.6, 2.0
 REPEAT_RAMP, REPEAT_RAMP_ORDERS = 0.5, 3.0  # repeats are rarer while a history is short
 RECENCY_SHARE, RECENCY_P = 0.5, 0.35  # half the repeats come from the last few orders (geometric)
 GAP_MEDIAN, GAP_SIGMA, GAP_ACTIVITY, GAP_SHAPE = 11.8, 0.7, 0.35, 1.6
@@ -149,6 +153,7 @@ class Catalogue:
     by_aisle_keys: np.ndarray  # [P] aisle + cumulative popularity within the aisle, in (aisle, aisle + 1]
     aisle_names: list[str]
     product_names: list[str]
+    cycle: np.ndarray  # [P] orders product index p lasts before it is due again (>= 1: some are due every order)
 
 
 def make_catalogue(rng: np.random.Generator, n_products: int) -> Catalogue:
@@ -183,8 +188,15 @@ def make_catalogue(rng: np.random.Generator, n_products: int) -> Catalogue:
     brands = rng.integers(0, len(BRANDS), n_products)
     product_names = [f"{BRANDS[b]} {aisle_names[a].title()} {p + 1}"
                      for p, (b, a) in enumerate(zip(brands.tolist(), product_aisle.tolist()))]
+    cycle = np.maximum(1.0, CYCLE_MEDIAN * rng.lognormal(0.0, CYCLE_AISLE_SIGMA, N_AISLES)[product_aisle]
+                       * rng.lognormal(0.0, CYCLE_PRODUCT_SIGMA, n_products))
     return Catalogue(product_aisle, aisle_department, aisle_weight, by_aisle, aisle_of_sorted + within,
-                     aisle_names, product_names)
+                     aisle_names, product_names, cycle)
+
+
+def catalogue_for(seed: int, n_products: int) -> Catalogue:
+    """The catalogue `generate(..., seed, products=n_products)` writes (and shops from): anyone can rebuild it."""
+    return make_catalogue(np.random.default_rng([seed, 0]), n_products)
 
 
 @dataclass
@@ -244,6 +256,8 @@ def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.
     start = np.zeros((users, top + 1), np.int64)  # where order k of user u starts in the line buffer
     size = np.zeros((users, top + 1), np.int32)
     lines = _Buffer.with_capacity(int(n_orders.sum() * BASKET_MEDIAN * 1.5))
+    # Every (user, product) bought so far, as sorted keys user * n_products + product, and its last order number.
+    bought_keys, bought_last = np.empty(0, np.int64), np.empty(0, np.int16)
     for k in range(1, top + 1):
         active = np.flatnonzero(n_orders >= k)
         intensity = rng.gamma(BASKET_SHAPE, basket[active] / BASKET_SHAPE)
@@ -257,7 +271,8 @@ def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.
         else:
             is_repeat = np.zeros(len(slot_user), bool)
         # Repeats: a line of one of the user's earlier orders (the last few favoured), kept with the pair's
-        # affinity, so of two products bought as often and as recently the user's favourite comes back more.
+        # affinity, so of two products bought as often and as recently the user's favourite comes back more, and
+        # only once it is due (a product bought 1 order ago with a 4-order cycle is kept 1/16 as often).
         pending = np.flatnonzero(is_repeat)
         for _ in range(REPEAT_TRIES):
             who = slot_user[pending]
@@ -266,7 +281,9 @@ def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.
             past = np.where(rng.random(len(who)) < RECENCY_SHARE, recent, anywhere)
             line = start[who, past] + (rng.random(len(who)) * size[who, past]).astype(np.int64)
             candidate = lines.product[line]
-            kept = rng.random(len(who)) < pair_affinity(seed, who + first_user + 1, candidate + 1)
+            last = bought_last[np.searchsorted(bought_keys, who.astype(np.int64) * n_products + candidate)]
+            due = np.minimum(1.0, (k - last) / catalogue.cycle[candidate]) ** CYCLE_POWER
+            kept = rng.random(len(who)) < pair_affinity(seed, who + first_user + 1, candidate + 1) * due
             products[pending[kept]] = candidate[kept]
             pending = pending[~kept]
         is_repeat[pending] = False  # no favourite came up: the slot explores instead
@@ -281,6 +298,12 @@ def simulate_chunk(rng: np.random.Generator, catalogue: Catalogue, n_orders: np.
         start[active, k] = lines.size + np.concatenate([[0], np.cumsum(per_user[active])[:-1]])
         size[active, k] = per_user[active]
         lines.append(order_user, k, unique % n_products)
+        at = np.searchsorted(bought_keys, unique)
+        known = at < len(bought_keys)
+        known[known] = bought_keys[at[known]] == unique[known]
+        bought_last[at[known]] = k
+        bought_keys = np.insert(bought_keys, at[~known], unique[~known])
+        bought_last = np.insert(bought_last, at[~known], k)
 
     user, number, product = lines.user[:lines.size], lines.number[:lines.size], lines.product[:lines.size]
     # reordered: the user bought this product in an earlier order.
@@ -374,7 +397,7 @@ def _replace_dir(staging: Path, out: Path) -> None:
 def _write_all(directory: Path, users: int, seed: int, n_products: int) -> SynthResult:
     from tqdm import tqdm
 
-    catalogue = make_catalogue(np.random.default_rng([seed, 0]), n_products)
+    catalogue = catalogue_for(seed, n_products)
     _write_catalogue(directory, catalogue)
     activity = np.random.default_rng([seed, 1])
     n_orders = np.minimum(MIN_ORDERS + activity.poisson(

@@ -3,11 +3,13 @@
 `tf.estimator.DNNLinearCombinedClassifier` (the seed's model) is gone since TF 2.16, and tf_keras's
 `experimental.WideDeepModel` cannot be saved with two optimizers nor averaged by Horovod (STACK.md), so:
 
-- wide (memorisation): exact user id, product id and user x product pair, each looked up in a vocabulary of the
-  training data (`Vocabulary`; index 0 = not seen in training) and given one weight, i.e. a linear model over
-  one-hot columns; wide logit = the three weights + a bias. Every wide variable starts at 0 and is owned by FTRL,
-  which sees the gradient summed over the global batch (per-example FTRL-Proximal, McMahan et al. 2013), so its
-  learning rate and l1/l2 strengths mean what they mean there whatever the batch size or worker count.
+- wide (memorisation): exact user id, product id, user x product pair and product x recency (orders since the pair's
+  last purchase, capped at RECENCY_BUCKETS - 1: how soon each product is bought again, product by product), each
+  looked up in a vocabulary of the training data (`Vocabulary`; index 0 = not seen in training) and given one
+  weight, i.e. a linear model over one-hot columns; wide logit = the four weights + a bias. Every wide variable
+  starts at 0 and is owned by FTRL, which sees the gradient summed over the global batch (per-example
+  FTRL-Proximal, McMahan et al. 2013), so its learning rate and l1/l2 strengths mean what they mean there whatever
+  the batch size or worker count.
 - deep (generalisation): aisle and department embeddings + the numeric gold features (log1p, then standardised with
   statistics of the training data) -> `hidden_layers` Dense+ReLU+Dropout layers, the first `hidden_units` wide and
   each next one `width_decline` times the previous -> deep logit. Optimised with Adagrad or Adam.
@@ -64,28 +66,42 @@ class FeatureStats:
 
 
 PAIR_SHIFT = 2 ** 31  # pair key = user_id * PAIR_SHIFT + product_id: unique for the non-negative INT ids
+RECENCY_FEATURE = "up_orders_since_last_purchase"
+RECENCY_BUCKETS = 10  # product x recency key = product_id * RECENCY_BUCKETS + min(recency, RECENCY_BUCKETS - 1)
+VOCABULARY_COLUMNS = ("user_id", "product_id", RECENCY_FEATURE)  # what `Vocabulary.from_columns` reads
 
 
 def pair_keys(user_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
     return np.asarray(user_ids, np.int64) * PAIR_SHIFT + np.asarray(product_ids, np.int64)
 
 
+def product_recency_keys(product_ids: np.ndarray, recency: np.ndarray) -> np.ndarray:
+    bucket = np.clip(np.round(np.asarray(recency, np.float64)), 0, RECENCY_BUCKETS - 1).astype(np.int64)
+    return np.asarray(product_ids, np.int64) * RECENCY_BUCKETS + bucket
+
+
 @dataclass(frozen=True)
 class Vocabulary:
-    """The ids the wide part gives a weight of its own: every user, product and (user, product) pair of the training
-    rows, sorted int64 (pairs as `pair_keys`). Anything else shares index 0, whose weight training never moves."""
+    """The ids the wide part gives a weight of its own: every user, product, (user, product) pair and (product,
+    recency bucket) of the training rows, sorted int64 (crosses as `pair_keys`, `product_recency_keys`). Anything
+    else shares index 0, whose weight training never moves."""
 
     users: np.ndarray
     products: np.ndarray
     pairs: np.ndarray
+    product_recency: np.ndarray
 
     @classmethod
-    def from_ids(cls, user_ids: np.ndarray, product_ids: np.ndarray) -> "Vocabulary":
-        return cls(np.unique(np.asarray(user_ids, np.int64)), np.unique(np.asarray(product_ids, np.int64)),
-                   np.unique(pair_keys(user_ids, product_ids)))
+    def from_columns(cls, columns: Mapping[str, np.ndarray]) -> "Vocabulary":
+        """From the training rows' VOCABULARY_COLUMNS."""
+        users, products = columns["user_id"], columns["product_id"]
+        return cls(np.unique(np.asarray(users, np.int64)), np.unique(np.asarray(products, np.int64)),
+                   np.unique(pair_keys(users, products)),
+                   np.unique(product_recency_keys(products, columns[RECENCY_FEATURE])))
 
     def sizes(self) -> dict[str, int]:
-        return {"users": len(self.users), "products": len(self.products), "pairs": len(self.pairs)}
+        return {"users": len(self.users), "products": len(self.products), "pairs": len(self.pairs),
+                "product_recency": len(self.product_recency)}
 
 
 @tf.keras.utils.register_keras_serializable(package="kuberec")
@@ -122,6 +138,17 @@ class PairKey(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="kuberec")
+class ProductRecencyKey(tf.keras.layers.Layer):
+    """(product_id, numeric features) -> int64 key, as `product_recency_keys` of the RECENCY_FEATURE column."""
+
+    def call(self, inputs):
+        product, numeric = inputs
+        recency = numeric[:, NUMERIC_FEATURES.index(RECENCY_FEATURE)]
+        bucket = tf.cast(tf.clip_by_value(tf.round(recency), 0.0, RECENCY_BUCKETS - 1.0), tf.int64)
+        return tf.cast(product, tf.int64) * RECENCY_BUCKETS + bucket
+
+
+@tf.keras.utils.register_keras_serializable(package="kuberec")
 class Bias(tf.keras.layers.Layer):
     """x + b with one scalar b, starting at 0 (the wide part's bias, owned by FTRL like its other weights)."""
 
@@ -145,10 +172,12 @@ def build_model(config: WideDeepConfig, stats: FeatureStats, vocabulary: Vocabul
         if vocabulary is None:
             raise ConfigError("the wide part needs the vocabulary of the training ids")
         ids = {"user": inputs["user_id"], "product": inputs["product_id"],
-               "pair": PairKey(name="wide_pair_key")((inputs["user_id"], inputs["product_id"]))}
+               "pair": PairKey(name="wide_pair_key")((inputs["user_id"], inputs["product_id"])),
+               "product_recency": ProductRecencyKey(name="wide_product_recency_key")(
+                   (inputs["product_id"], inputs[NUMERIC_INPUT]))}
         terms = []
         for what, known in (("user", vocabulary.users), ("product", vocabulary.products),
-                            ("pair", vocabulary.pairs)):
+                            ("pair", vocabulary.pairs), ("product_recency", vocabulary.product_recency)):
             known = known if len(known) else np.array([-1], np.int64)  # ids are >= 0: -1 matches nothing
             lookup = IdLookup(len(known), name=f"wide_lookup_{what}")
             lookup.set_vocabulary(known)
@@ -274,7 +303,7 @@ def load_model(path: str | Path):
                            "(kuberec train widedeep)")
     return tf.keras.models.load_model(str(path), compile=False,
                                       custom_objects={"Log1p": Log1p, "IdLookup": IdLookup, "PairKey": PairKey,
-                                                      "Bias": Bias})
+                                                      "ProductRecencyKey": ProductRecencyKey, "Bias": Bias})
 
 
 def load_metadata(path: str | Path) -> dict[str, Any]:

@@ -180,8 +180,8 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
 
     vocabulary = None
     if config.kind != "deep":
-        ids = feed.load_table_arrays(examples_uri, ID_COLUMNS, version=version, split=split).columns
-        vocabulary = wd.Vocabulary.from_ids(ids["user_id"], ids["product_id"])
+        vocabulary = wd.Vocabulary.from_columns(feed.load_table_arrays(
+            examples_uri, wd.VOCABULARY_COLUMNS, version=version, split=split).columns)
     valid = _validation_rows(examples_uri, version) if rank == 0 and config.early_stopping_patience else None
 
     tf.keras.utils.set_random_seed(config.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
