@@ -16,7 +16,8 @@ inside each bucket, averaged with weights positives x negatives; 0.5 = no inform
   histories differ by affinity;
 - "cycle AUC | count, recency": the same buckets, scored by how soon the product is due again (minus its
   replenishment cycle, the generator's catalogue). Above 0.5 when products differ in how long they last beyond what
-  count and recency say; only a per-product weight (or a product x recency cross) can learn it;
+  count and recency say; a product x recency cross learns it directly, product features' reorder shares
+  hint at it;
 - "count AUC": one bucket, scored by the prior purchase count: how much a pair's history predicts. Computable on
   real data too; affinity raises it, because favourites pile up purchases;
 - "n-1 label AUC | count": pairs bucketed by count, scored by whether order n-1 contained the product. This is
