@@ -1,7 +1,8 @@
-"""Serving benchmark: the similarity model on MLServer (`kuberec serve`) vs `mlflow models serve`, same model.
+"""Serving benchmark: a registered model on MLServer (`kuberec serve`) vs `mlflow models serve`, same model.
 
-For each server and each query kind (a base64 PNG of a Fashion-MNIST test image, not in the catalog; a catalog
-item id), k=5, the load comes from `wrk` (Debian's C load generator, one thread: `apt-get install wrk`), a separate
+For each server and each query kind, k=5 (the similarity model: a base64 PNG of a Fashion-MNIST test image, not in
+the catalog, and a catalog item id; the wide & deep ranker, `--model kuberec-widedeep@champion`: a known user's top
+products), the load comes from `wrk` (Debian's C load generator, one thread: `apt-get install wrk`), a separate
 process that costs the server little CPU, cycling through the request bodies with a Lua script:
   - one connection for --single-seconds, then --clients connections for --concurrent-seconds (each after a 2 s
     warm-up): requests/s, p50/p90/p99, errors (non-2xx and socket errors; any error fails the run);
@@ -10,10 +11,10 @@ Also times the pyfunc's predict in-process for the same requests (what the model
 how much the HTTP server layer adds. Everything runs on loopback. `--mlserver-workers 0,2` runs MLServer once per
 inference worker count (default: what `kuberec serve` picks for this machine).
 
-`--servers ...,forwarded --forwarded-url http://127.0.0.1:PORT` adds a V2 server that already runs, e.g. a KServe
-InferenceService reached through `kubectl port-forward svc/<name>-predictor PORT:80` (loopback addresses only);
-`--model` must then name the registered model it serves, from MLFLOW_TRACKING_URI (the cluster's MLflow through a
-port-forward), so that the same queries go to it and to the local servers.
+`--servers ...,inferenceservice` adds the model's KServe InferenceService on the cluster of `make cluster-up` (or
+the one KUBECONFIG names), reached through `kubectl port-forward svc/<model>-predictor` on 127.0.0.1; `--model`
+must then name the registered model it serves (e.g. kuberec-widedeep@champion), which the local servers fetch from
+the cluster's MLflow through a port-forward too, so that the same queries go to the same model everywhere.
 
 The model: `--model NAME[@alias|:version]` from the configured registry, or by default a model built here and
 registered under a temporary home: the default architecture (untrained weights: serving cost depends on the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -169,12 +171,30 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: flo
     raise SystemExit(f"{url} not ready in {timeout} s")
 
 
-def free_port() -> int:
-    import socket
+def model_queries(served, catalog_size: int) -> dict[str, tuple[str, list]]:
+    """{query kind: (input column, values cycled through)} for the served model."""
+    from kuberec.models import SIMILARITY, WIDEDEEP
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    rng = np.random.default_rng(0)
+    if served.name == WIDEDEEP.registered_name:
+        import pandas as pd
+
+        users = pd.read_parquet(next(served.path.rglob("users.parquet")), columns=["user_id"])["user_id"]
+        return {"user": ("user_id", [int(u) for u in rng.choice(users.to_numpy(), min(500, len(users)),
+                                                                 replace=False)])}
+    if served.name != SIMILARITY.registered_name:
+        raise SystemExit(f"no queries for model {served.name!r}: this benchmark knows "
+                         f"{SIMILARITY.registered_name} and {WIDEDEEP.registered_name}")
+    from PIL import Image
+
+    test_images, _ = fashion_mnist("test")
+    pngs = []
+    for image in test_images[:200]:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        pngs.append(base64.b64encode(buffer.getvalue()).decode())
+    item_ids = [int(i) for i in rng.integers(0, min(catalog_size, 60_000), 500)]
+    return {"image": ("image_b64", pngs), "item_id": ("item_id", item_ids)}
 
 
 def in_process(model_dir: Path, queries: dict[str, list], repeats: int) -> dict:
@@ -243,24 +263,17 @@ def main() -> int:
     parser.add_argument("--single-seconds", type=float, default=20)
     parser.add_argument("--concurrent-seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=8, help="wrk connections of the concurrent run")
-    parser.add_argument("--servers", default="mlserver,mlflow", help="of mlserver, mlflow, forwarded")
+    parser.add_argument("--servers", default="mlserver,mlflow", help="of mlserver, mlflow, inferenceservice")
     parser.add_argument("--mlserver-workers", default=None,
                         help="comma-separated MLServer parallel_workers to compare, e.g. 0,2 (default: kuberec "
                              "serve's choice for this machine)")
-    parser.add_argument("--forwarded-url", default=None,
-                        help="http://127.0.0.1:PORT of a running V2 server (the `forwarded` server)")
     parser.add_argument("--profile", action="store_true", help="also cProfile the runtime in-process")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    forwarded_port = None
-    if "forwarded" in args.servers.split(","):
-        from urllib.parse import urlparse
-
-        url = urlparse(args.forwarded_url or "")
-        if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost") or not url.port or not args.model:
-            parser.error("the forwarded server needs --forwarded-url http://127.0.0.1:PORT (loopback only: a "
-                         "port-forward) and --model, the registered model it serves")
-        forwarded_port = url.port
+    on_cluster = "inferenceservice" in args.servers.split(",")
+    if on_cluster and not args.model:
+        parser.error("the inferenceservice server needs --model, the registered model it serves "
+                     "(e.g. kuberec-widedeep@champion)")
     if shutil.which("wrk") is None:
         parser.error("the load generator is wrk (Debian package: apt-get install wrk); it is not on PATH")
     worker_counts = [int(w) for w in args.mlserver_workers.split(",")] if args.mlserver_workers else [None]
@@ -268,13 +281,21 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from PIL import Image
-
     from kuberec import mlflow_server
+    from kuberec.ports import free_port
     from kuberec.serving.server import ModelSpec, default_workers, fetch_model, running, usable_cpus
     from kuberec.settings import load_settings
 
     tmp = None
+    cluster = contextlib.ExitStack()
+    if on_cluster:  # the cluster's MLflow (and the lake, for its artifacts) through port-forwards, as make e2e does
+        from kuberec.backends.cluster_access import ClusterAccess
+
+        access = ClusterAccess.from_settings(load_settings())
+        minio, mlflow_forward = (cluster.enter_context(access.forward("svc/minio", 9000)),
+                                 cluster.enter_context(access.forward("svc/mlflow", 5000)))
+        env = access.client_env(minio.url, mlflow_forward.url, "s3://kuberec/e2e")
+        os.environ.update({key: env[key] for key in env if key.startswith(("MLFLOW_", "AWS_"))})
     if args.model is None:
         tmp = tempfile.TemporaryDirectory(prefix="kuberec-serving-bench-")
         os.environ["KUBEREC_HOME"] = tmp.name
@@ -284,15 +305,7 @@ def main() -> int:
         spec_text = args.model or build_and_register(settings, args.catalog_size)
         spec = ModelSpec.parse(spec_text)
         served = fetch_model(settings, spec)
-        test_images, _ = fashion_mnist("test")
-        pngs = []
-        for image in test_images[:200]:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="PNG")
-            pngs.append(base64.b64encode(buffer.getvalue()).decode())
-        rng = np.random.default_rng(0)
-        item_ids = [int(i) for i in rng.integers(0, min(args.catalog_size, 60_000), 500)]
-        queries = {"image": ("image_b64", pngs), "item_id": ("item_id", item_ids)}
+        queries = model_queries(served, args.catalog_size)
         report = {"model": f"{served.name} v{served.version}", "catalog_size": args.catalog_size, "k": K,
                   "machine": platform.platform(), "cpus": usable_cpus(), "load_generator": "wrk -t1",
                   "results": {}}
@@ -346,8 +359,10 @@ def main() -> int:
                 if process.poll() is None:
                     os.killpg(process.pid, 15)
                     process.wait(timeout=60)
-        if forwarded_port:
-            measure("forwarded", forwarded_port, f"/v2/models/{served.name}/infer", v2_body, None)
+        if on_cluster:
+            with access.forward(f"svc/{served.name}-predictor", 80) as predictor:
+                report["inferenceservice"] = f"kubectl port-forward svc/{served.name}-predictor (-n {access.namespace})"
+                measure("inferenceservice", predictor.port, f"/v2/models/{served.name}/infer", v2_body, None)
         shutil.rmtree(work, ignore_errors=True)
         results = report["results"]
         if "mlflow" in results:
@@ -367,6 +382,7 @@ def main() -> int:
             print(f"errors in: {', '.join(failed)}", file=sys.stderr)
             return 1
     finally:
+        cluster.close()
         if tmp is not None:
             mlflow_server.stop_server(settings)
             tmp.cleanup()

@@ -25,6 +25,10 @@ from kuberec.backends.k8s_resources import (
 from kuberec.settings import ENV_VARS, load_settings
 
 RUNTIME_IMAGE = load_settings().image("runtime")
+# For a component that trains in its own process (the wide & deep evaluation trains its wide-only and deep-only
+# baselines as a Horovod job of size 1): the runtime plus Horovod, the image the MPIJobs run.
+TRAINING_IMAGE = load_settings().image("horovod-cpu")
+IMAGES = (RUNTIME_IMAGE, TRAINING_IMAGE)
 
 SETTINGS_CONFIG_MAP = "kuberec-settings"
 # Keys every cluster's ConfigMap has (manifests/base): a pod without them would not start, rather than silently
@@ -43,6 +47,11 @@ POD_LABELS = {"app.kubernetes.io/part-of": "kuberec"}
 def component(func):
     """A lightweight component in kuberec's runtime image (which already has kfp and kuberec installed)."""
     return dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)(func)
+
+
+def training_component(func):
+    """A lightweight component that trains in its own process, in the image with Horovod."""
+    return dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)(func)
 
 
 def configure_for_cluster(task: dsl.PipelineTask) -> dsl.PipelineTask:

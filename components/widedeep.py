@@ -7,7 +7,7 @@ itself moves between them as that run's artifacts, so the components share no fi
 
 from typing import NamedTuple
 
-from components import component
+from components import component, training_component
 
 
 @component
@@ -66,7 +66,7 @@ def train_widedeep(table_uri: str, table_version: int, config_json: str, workers
                        sweep_run_id=sweep_run_id or None)
 
 
-@component
+@training_component
 def evaluate_widedeep(run_id: str, table_uri: str, table_version: int) -> dict:
     """Score the run's model, wide-only and deep-only (both trained here with the same config and budget, so this
     takes about twice the training time), popularity and gradient-boosted-trees baselines on the test split; logs

@@ -1,17 +1,21 @@
-"""`make e2e`: both pipelines end to end on a real cluster, then both models served by KServe and asked.
+"""`make e2e`: both pipelines end to end on a real cluster, then both models served by KServe, asked and rolled out.
 
     python -m pipelines.e2e [--similarity name=value ...] [--widedeep name=value ...] [--lake s3://kuberec/e2e]
+                            [--only similarity|widedeep] [--serve-only] [--runner docker|subprocess]
 
 On the cluster of `make cluster-up` (or the one KUBECONFIG names, with kuberec installed): MinIO and MLflow are
-reached through `kubectl port-forward` on 127.0.0.1, and each pipeline runs with the KFP local runner and
-KUBEREC_BACKEND=kubernetes, so every Spark, Horovod and Ray step is a SparkApplication, MPIJob or RayJob run by its
-operator. Then each registered champion is rolled out as an InferenceService (`kuberec k8s deploy`) and asked
-through a port-forward to its predictor with `kuberec recommend --url`: by item id and by image (similarity), for
-a user (wide & deep).
+reached through `kubectl port-forward` on 127.0.0.1, and each pipeline runs with KFP's local DockerRunner (each
+component in kuberec's runtime image, on the Docker daemon that holds kuberec's images: the cluster's own for make
+cluster-up, else DOCKER_HOST) and KUBEREC_BACKEND=kubernetes, so every Spark, Horovod and Ray step is a
+SparkApplication, MPIJob or RayJob run by its operator. Then each registered champion is rolled out as an
+InferenceService (`kuberec k8s deploy`) and asked through a port-forward to its predictor with `kuberec recommend
+--url` (by item id and by image; for a user), sent the bad requests the local server refuses (the same 4xx), and
+rolled back to the previous version and forward again under a load of 8 clients through the Service (`kubectl
+proxy`), with no failed request.
 
 Prints one summary (each pipeline's state, wall time and metrics; each custom resource the run created with its
-final state, wall time and the operator's message when it failed; each endpoint and its answer), writes it as JSON
-to <home>/e2e/summary.json, and exits non-zero when anything failed, naming it.
+final state, wall time and the operator's message when it failed; each endpoint and its answer; the load during
+the rollouts), writes it as JSON to <home>/e2e/summary.json, and exits non-zero when anything failed, naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,14 +38,23 @@ from typing import Any
 from kuberec.backends.cluster_access import ClusterAccess
 from kuberec.backends.k8s_resources import INFERENCE_SERVICE, KINDS
 from kuberec.models import MODELS
+from kuberec.serving.refusals import bad_requests
 from kuberec.settings import load_settings
+from pipelines.run import RUNNERS
 
 log = logging.getLogger("e2e")
 
 PIPELINES = ("similarity", "widedeep")
 SUMMARY_MARK = "== kuberec pipeline summary =="
 PIPELINE_TIMEOUT_S = 4 * 3600
-TAIL_LINES = 12  # of a failed command's stderr, in the summary
+ROLLOUT_CLIENTS = 8
+ROLLOUT_PAUSE_S = 5  # of load before, between and after the two rollouts
+TAIL_LINES = 8  # of a failed command's error lines, in the summary
+# The lines of a command's output that say what failed, at any indentation (a component's log comes indented by
+# KFP's local runner): an exception's last line, a program's `<prog>: error:` line, KFP's failed-task line.
+FAILURE_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): |[\w.]+: error: |.*Task .* finished "
+                          r"with status FAILURE)")
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -56,11 +70,13 @@ class Outcome:
 
 def run_command(what: str, args: list[str], env: dict[str, str], timeout: float) -> tuple[Outcome, str]:
     """Run `args`, passing its output (the steps' logs) on to ours as it comes; (outcome, its stdout). A failure's
-    error is the last lines of its output that are not traceback frames (the step's and the operator's words)."""
+    error is the last lines of its output that say what failed (FAILURE_LINE: the step's and the operator's
+    words), or its last lines when none does."""
     started = time.monotonic()
     log.info("%s: %s", what, " ".join(args))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    failures: deque[str] = deque(maxlen=TAIL_LINES)
+    last: deque[str] = deque(maxlen=3)
     stdout: list[str] = []
 
     def relay(stream, to, keep: list[str] | None) -> None:
@@ -68,8 +84,11 @@ def run_command(what: str, args: list[str], env: dict[str, str], timeout: float)
             to.write(line)
             if keep is not None:
                 keep.append(line)
-            if line.strip() and not line[0].isspace():  # frames and code lines of a traceback are indented
-                tail.append(line.rstrip())
+            plain = ANSI_CODE.sub("", line).strip()
+            if plain:
+                last.append(plain)
+                if FAILURE_LINE.match(plain) and plain not in failures:
+                    failures.append(plain)
 
     relays = [threading.Thread(target=relay, args=(proc.stdout, sys.stdout, stdout), daemon=True),
               threading.Thread(target=relay, args=(proc.stderr, sys.stderr, None), daemon=True)]
@@ -83,6 +102,7 @@ def run_command(what: str, args: list[str], env: dict[str, str], timeout: float)
     for thread in relays:
         thread.join(timeout=10)
     seconds = round(time.monotonic() - started, 1)
+    tail = list(failures or last)
     if seconds >= timeout:
         tail.append(f"timed out after {timeout:.0f} s")
     if proc.returncode != 0:
@@ -90,8 +110,8 @@ def run_command(what: str, args: list[str], env: dict[str, str], timeout: float)
     return Outcome(what, True, seconds), "".join(stdout)
 
 
-def run_pipeline(name: str, params: list[str], env: dict[str, str]) -> Outcome:
-    args = [sys.executable, "-m", "pipelines.run", name, *(f"--param={p}" for p in params)]
+def run_pipeline(name: str, params: list[str], env: dict[str, str], runner: str) -> Outcome:
+    args = [sys.executable, "-m", "pipelines.run", name, f"--runner={runner}", *(f"--param={p}" for p in params)]
     outcome, stdout = run_command(f"pipeline {name}", args, env, PIPELINE_TIMEOUT_S)
     if SUMMARY_MARK in stdout:
         text = stdout.split(SUMMARY_MARK, 1)[1]
@@ -166,7 +186,115 @@ def serve_and_ask(access: ClusterAccess, pipeline: str, env: dict[str, str], scr
                                                                 *args], env, 300)
             asked.detail = {"answer": answer.strip().splitlines()[:6]}
             outcomes.append(asked)
+        outcomes.append(check_refusals(name, predictor.url))
     return outcomes
+
+
+def check_refusals(name: str, url: str) -> Outcome:
+    """The bad requests the local server's tests send (kuberec.serving.refusals), sent to the InferenceService:
+    each must get the same 4xx with the same words."""
+    started = time.monotonic()
+    requests = bad_requests(name)
+    failures = [problem for problem in (request.check(url) for request in requests) if problem]
+    return Outcome(f"refusals {name}", not failures, round(time.monotonic() - started, 1),
+                   {"refused as locally": f"{len(requests) - len(failures)} of {len(requests)} bad requests"},
+                   "\n".join(failures))
+
+
+class ContinuousLoad:
+    """`clients` threads asking `url` + `path` the same question, one request after another, until the block ends;
+    every status, latency and answer (outputs only: they show which model version answered)."""
+
+    def __init__(self, url: str, path: str, body: str, clients: int):
+        self.url, self.path, self.body = url, path, body
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.answers: dict[str, int] = {}  # answer -> requests that got it, in the order first seen
+        self.last_answer = ""
+        self.threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(clients)]
+
+    def _ask(self) -> None:
+        from kuberec.serving import client
+
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                status, data = client.post(self.url, self.path, self.body, timeout=30)
+                answer = json.dumps(json.loads(data)["outputs"], sort_keys=True) if status == 200 else ""
+                error = "" if status == 200 else f"{status}: {client.error_message(data)[:200]}"
+            except Exception as err:  # noqa: BLE001  (any failure of a request is what this counts)
+                answer, error = "", f"{type(err).__name__}: {err}"[:200]
+            with self.lock:
+                self.latencies.append(time.monotonic() - started)
+                if error:
+                    self.errors.append(error)
+                else:
+                    self.answers[answer] = self.answers.get(answer, 0) + 1
+                    self.last_answer = answer
+
+    def __enter__(self) -> "ContinuousLoad":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def summary(self) -> dict[str, Any]:
+        import numpy as np
+
+        ms = np.asarray(self.latencies) * 1000
+        return {"clients": len(self.threads), "requests": len(self.latencies), "errors": len(self.errors),
+                "first errors": self.errors[:3], "p50 ms": round(float(np.percentile(ms, 50)), 1),
+                "p99 ms": round(float(np.percentile(ms, 99)), 1),
+                "answers (distinct, requests each, in order)": list(self.answers.values()),
+                "the last answer was the first": bool(self.answers) and self.last_answer == next(iter(self.answers))}
+
+
+def rollout_under_load(access: ClusterAccess, pipeline: str, env: dict[str, str], proxy_url: str) -> list[Outcome]:
+    """Under a continuous load of ROLLOUT_CLIENTS clients through the Service (`kubectl proxy`), roll the model's
+    InferenceService back to the previous registered version, then forward to the champion again: no request may
+    fail. Skipped (and said) when the model has one version only."""
+    from mlflow import MlflowClient
+
+    name = MODELS[pipeline].registered_name
+    registry = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    champion = int(registry.get_model_version_by_alias(name, "champion").version)
+    others = [int(v.version) for v in registry.search_model_versions(f"name='{name}'") if int(v.version) != champion]
+    what = f"rollout {name} under load"
+    if not others:
+        return [Outcome(what, True, 0, {"skipped": "one registered version; a rollout needs two (run make e2e "
+                                                    "again)"})]
+    previous = max((v for v in others if v < champion), default=max(others))
+    kuberec = str(Path(sys.executable).parent / "kuberec")
+    query = {"user_id": [1]} if pipeline == "widedeep" else {"item_id": [0]}
+    from kuberec.serving import client
+
+    started = time.monotonic()
+    with ContinuousLoad(proxy_url + access.service_path(f"{name}-predictor", 80), f"/v2/models/{name}/infer",
+                        json.dumps(client.request_body(query, {"k": 5})), ROLLOUT_CLIENTS) as load:
+        time.sleep(ROLLOUT_PAUSE_S)
+        back, _ = run_command(f"roll {name} back to version {previous}", [
+            kuberec, "k8s", "deploy", name, "--model-uri", f"models:/{name}/{previous}"], env, 1800)
+        time.sleep(ROLLOUT_PAUSE_S)
+        forward, _ = run_command(f"roll {name} forward to version {champion} (champion)", [
+            kuberec, "k8s", "deploy", name, "--model-uri", f"models:/{name}@champion"], env, 1800)
+        time.sleep(ROLLOUT_PAUSE_S)
+    summary = load.summary()
+    # The same model before and after (the champion): the last answer must be the first one seen.
+    ok = back.ok and forward.ok and not summary["errors"] and summary["the last answer was the first"]
+    error = "" if ok else f"{summary['errors']} of {summary['requests']} requests failed: {summary['first errors']}"
+    return [back, forward, Outcome(what, ok, round(time.monotonic() - started, 1), summary, error)]
+
+
+def env_image(env: dict[str, str]) -> str:
+    """The runtime image the components run in, as pipelines.run names it from these settings."""
+    return load_settings(image_registry=env.get("KUBEREC_IMAGE_REGISTRY"),
+                         image_tag=env.get("KUBEREC_IMAGE_TAG")).image("runtime")
 
 
 def _query_image(scratch: Path) -> Path:
@@ -190,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
                             help=f"a parameter of the {name} pipeline (as pipelines.run --param)")
     parser.add_argument("--lake", default="s3://kuberec/e2e", help="the lake the run's tables go to")
     parser.add_argument("--only", choices=PIPELINES, help="run one pipeline")
+    parser.add_argument("--serve-only", action="store_true",
+                        help="run no pipeline: serve, ask and roll out the champions already registered")
+    parser.add_argument("--runner", choices=RUNNERS, default="docker",
+                        help="how the KFP local runner runs the components: in kuberec's runtime image on the Docker "
+                             "daemon with kuberec's images (default), or as subprocesses of this venv")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
@@ -200,15 +333,24 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="kuberec-e2e-") as scratch:
         env = access.client_env(minio.url, mlflow.url, args.lake)
         for name in [args.only] if args.only else PIPELINES:
-            outcome = run_pipeline(name, getattr(args, name), env)
-            outcomes.append(outcome)
-            if outcome.ok:
-                outcomes.extend(serve_and_ask(access, name, env, Path(scratch)))
+            if not args.serve_only:
+                outcome = run_pipeline(name, getattr(args, name), env, args.runner)
+                outcomes.append(outcome)
+                if not outcome.ok:
+                    continue
+            served = serve_and_ask(access, name, env, Path(scratch))
+            outcomes.extend(served)
+            if served[0].ok:
+                with access.proxy() as proxy:
+                    outcomes.extend(rollout_under_load(access, name, env, proxy.url))
         from kubernetes import client, config
 
         api = client.CustomObjectsApi(config.new_client_from_config(str(access.kubeconfig)))
         resources = created_resources(api, access.namespace, started)
+    components = ("as subprocesses of this venv" if args.runner == "subprocess"
+                  else f"in {env_image(env)} (KFP DockerRunner, Docker daemon {env.get('DOCKER_HOST', 'default')})")
     summary = {"started": started.isoformat(), "cluster": str(access.kubeconfig), "lake": args.lake,
+               "components": "none (--serve-only)" if args.serve_only else components,
                "steps": [asdict(o) for o in outcomes], "resources": resources}
     out = settings.home / "e2e" / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", "== kuberec e2e summary ==", f"cluster {summary['cluster']}, lake {summary['lake']}, "
-             f"started {summary['started']}", "",
+             f"started {summary['started']}", f"components: {summary['components']}", "",
              "custom resources (kind, name, step, final state, seconds; '-': an existing service rolled out):"]
     for r in summary["resources"]:
         seconds = "-" if r["seconds"] is None else r["seconds"]

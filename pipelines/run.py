@@ -1,10 +1,16 @@
 """Run, compile, submit or upload kuberec's pipelines.
 
     python -m pipelines.run [all|catalog|...] [--param name=value ...] [--compile-only DIR | --upload]
+                            [--runner subprocess|docker]
 
-Without KFP_HOST the pipeline runs here with the KFP local runner (each component a subprocess of this venv,
-steps on the local backend). With KFP_HOST it is compiled and submitted to Kubeflow Pipelines as a run in the
-`kuberec` experiment (service account kuberec-runner), and the run's URL is printed. `--compile-only DIR` writes
+Without KFP_HOST the pipeline runs here with the KFP local runner: each component a subprocess of this venv
+(`--runner subprocess`, the default; steps on the configured backend), or each component in its container
+(kuberec's runtime image, or the one with Horovod) on the Docker daemon DOCKER_HOST names (`--runner docker`: the
+same compiled components Kubeflow runs; it needs KUBEREC_BACKEND=kubernetes and an s3:// lake, since the images
+launch no Spark or Horovod job of their own and their containers keep no files).
+
+With KFP_HOST it is compiled and submitted to Kubeflow Pipelines as a run in the `kuberec` experiment (service
+account kuberec-runner), and the run's URL is printed. `--compile-only DIR` writes
 the pipeline YAML and stops. `--upload` compiles each pipeline and uploads it to KFP_HOST: a new pipeline the first
 time, else a new version of it named `<image tag>-<UTC time>`; it prints the pipeline's dashboard URL.
 """
@@ -17,10 +23,12 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from kuberec.backends.k8s_resources import LOCAL_ONLY_ENV
 from kuberec.errors import KuberecError
 from kuberec.models import MODELS
 from kuberec.settings import load_settings
@@ -42,6 +50,13 @@ EXPERIMENT = "kuberec"
 # The service account pipeline pods run as: manifests/base/rbac.yaml lets it create kuberec's custom resources.
 # kfp-kubernetes has no per-task service account, so it is a setting of each run.
 SERVICE_ACCOUNT = "kuberec-runner"
+RUNNERS = ("subprocess", "docker")
+# What a component's container gets from this environment (as a Kubeflow pod gets them from the kuberec-settings
+# ConfigMap and the Secrets): kuberec's settings and backend options, MLflow's and the lake's, not this machine's
+# paths.
+CONTAINER_ENV_PREFIXES = ("KUBEREC_", "MLFLOW_", "AWS_")
+CONTAINER_KUBECONFIG = "/var/run/kuberec/kubeconfig"  # the kubeconfig, mounted read-only
+CONTAINER_HOME = "/tmp"  # writable by whichever user the container runs as
 
 
 def load_pipeline(name: str) -> Callable:
@@ -86,11 +101,61 @@ def compile_pipeline(name: str, out_dir: Path) -> Path:
     return path
 
 
-def run_local(name: str, params: dict[str, object]) -> dict[str, object]:
+def container_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a component's container under `--runner docker`, from this process's `environ`."""
+    env = {key: value for key, value in environ.items()
+           if key.startswith(CONTAINER_ENV_PREFIXES) and key not in LOCAL_ONLY_ENV}
+    env.update(HOME=CONTAINER_HOME, KUBEREC_HOME=f"{CONTAINER_HOME}/kuberec", KUBECONFIG=CONTAINER_KUBECONFIG)
+    return env
+
+
+def docker_runner(environ: Mapping[str, str]):
+    """KFP's DockerRunner for kuberec's components: each task a container of its component's image (kuberec's
+    runtime image; the one with Horovod for a component that trains in-process) on the host's network (the
+    port-forwards to MLflow, MinIO and the API server listen on its 127.0.0.1), as this user (the pipeline root is
+    bind-mounted and the outputs must be ours), with the kubeconfig mounted read-only."""
+    import docker
+    from docker.types import Mount
+    from kfp import local
+
+    from components import IMAGES, RUNTIME_IMAGE
+
+    settings = load_settings()
+    if settings.backend != "kubernetes" or settings.lake_is_local:
+        raise PipelineError(f"--runner docker runs each component in its image ({RUNTIME_IMAGE}), which starts "
+                            f"its Spark, Horovod and Ray steps on a cluster and keeps no files: set "
+                            f"KUBEREC_BACKEND=kubernetes and an s3:// KUBEREC_LAKE (make e2e does); the backend is "
+                            f"{settings.backend!r}, the lake {settings.lake_uri!r}")
+    kubeconfig = Path(environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
+    if not kubeconfig.is_file():
+        raise PipelineError(f"--runner docker: no kubeconfig file at {kubeconfig} for the components' containers "
+                            f"(set KUBECONFIG to one file)")
+    try:
+        client = docker.from_env()
+        try:
+            for image in IMAGES:
+                client.images.get(image)
+        finally:
+            client.close()
+    except docker.errors.ImageNotFound as err:
+        raise PipelineError(f"--runner docker: the Docker daemon lacks an image of the components ({err.explanation}); "
+                            f"build them (make images, or make cluster-images for the cluster of make "
+                            f"cluster-up)") from None
+    except docker.errors.DockerException as err:
+        raise PipelineError(f"--runner docker: cannot reach the Docker daemon (DOCKER_HOST="
+                            f"{environ.get('DOCKER_HOST', 'unset')}): {err}") from None
+    return local.DockerRunner(
+        network_mode="host", user=f"{os.getuid()}:{os.getgid()}", environment=container_environment(environ),
+        mounts=[Mount(CONTAINER_KUBECONFIG, str(kubeconfig.resolve()), type="bind", read_only=True)])
+
+
+def run_local(name: str, params: dict[str, object], runner: str = "subprocess") -> dict[str, object]:
     from kfp import local
 
     settings = load_settings()
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(settings.home / "kfp"))
+    chosen = docker_runner(os.environ) if runner == "docker" else local.SubprocessRunner(use_venv=False)
+    # Absolute: the Docker runner mounts the pipeline root into each container at the same path.
+    local.init(runner=chosen, pipeline_root=str((settings.home / "kfp").absolute()))
     task = load_pipeline(name)(**params)
     return dict(task.outputs) if task.outputs else {"output": task.output}
 
@@ -149,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--compile-only", type=Path, metavar="DIR", help="write pipeline YAML to DIR and stop")
     mode.add_argument("--upload", action="store_true",
                       help="compile and upload to Kubeflow Pipelines at KFP_HOST as a new pipeline version")
+    parser.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                        help="without KFP_HOST: run each component as a subprocess of this venv (default) or in its "
+                             "container on the Docker daemon of DOCKER_HOST (needs KUBEREC_BACKEND=kubernetes)")
     parser.add_argument("--service-account", default=SERVICE_ACCOUNT,
                         help=f"service account of the pipeline's pods for runs submitted to KFP_HOST "
                              f"(default {SERVICE_ACCOUNT}; empty: the KFP default)")
@@ -166,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no pipeline of {', '.join(names)} takes --param {', '.join(sorted(unknown))}; see "
                      f"{', '.join(f'{n}: {sorted(pipeline_inputs(n))}' for n in names)}")
     kfp_host = os.environ.get(KFP_HOST_ENV, "")
+    if args.runner != "subprocess" and (args.compile_only or args.upload or kfp_host):
+        parser.error("--runner chooses how a run here executes its components; Kubeflow Pipelines (KFP_HOST, "
+                     "--upload) always runs them in their containers, and --compile-only runs nothing")
     if args.upload and not kfp_host:
         raise PipelineError("--upload needs KFP_HOST, the Kubeflow Pipelines API endpoint (e.g. "
                          "KFP_HOST=https://kubeflow.example.com/pipeline make pipeline-upload); nothing was uploaded")
@@ -181,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = submit(name, params, kfp_host, Path(packages), args.service_account)
                 summary[name] = {"run_url": url}
             else:
-                summary[name] = run_local(name, params)
+                summary[name] = run_local(name, params, args.runner)
     print("\n== kuberec pipeline summary ==")
     print(json.dumps(_rounded(summary), indent=2, sort_keys=True, default=str))
     if not (args.compile_only or kfp_host):

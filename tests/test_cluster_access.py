@@ -4,6 +4,8 @@ the real cluster (tests/cluster, make e2e)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kuberec.backends.cluster_access import ClusterAccess
@@ -39,6 +41,8 @@ def test_the_cluster_of_make_cluster_up_comes_with_its_credentials(local_cluster
     assert env["KUBEREC_K8S_POD_S3_ENDPOINT"] == "http://minio.kuberec.svc.cluster.local:9000"
     assert env["KUBEREC_K8S_REQUEST_FRACTION"] == "0.5"  # the user's setting beats the local node's default
     assert env["KUBEREC_IMAGE_TAG"] == "dev"
+    # The components' containers (make e2e's DockerRunner) run on the cluster's own dockerd, which has its images.
+    assert env["DOCKER_HOST"] == f"unix://{local_cluster.home.absolute() / 'cluster' / 'docker' / 'docker.sock'}"
 
 
 def test_another_cluster_uses_this_environments_credentials(local_cluster, tmp_path, monkeypatch):
@@ -48,6 +52,7 @@ def test_another_cluster_uses_this_environments_credentials(local_cluster, tmp_p
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "mine")
     env = ClusterAccess.from_settings(local_cluster).client_env("http://127.0.0.1:1", "http://127.0.0.1:2", "s3://b/p")
     assert env["KUBECONFIG"] == str(other) and env["AWS_ACCESS_KEY_ID"] == "mine"
+    assert "DOCKER_HOST" not in env or env["DOCKER_HOST"] == os.environ.get("DOCKER_HOST")
 
 
 def test_no_cluster_says_what_to_run(tmp_path, monkeypatch):

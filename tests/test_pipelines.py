@@ -32,8 +32,11 @@ def test_compiles_deterministically_to_its_tasks_in_the_runtime_image(name, tmp_
     spec, platform = yaml.safe_load_all(first)  # the pipeline, then its Kubernetes settings (kfp-kubernetes)
     assert spec["pipelineInfo"]["name"] == f"kuberec-{name}"
     assert set(spec["root"]["dag"]["tasks"]) == TASKS[name]
-    assert {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()} == \
-        {load_settings().image("runtime")}
+    images = {name.removeprefix("exec-"): executor["container"]["image"]
+              for name, executor in spec["deploymentSpec"]["executors"].items()}
+    # In the runtime image, but for the wide & deep evaluation: it trains its baselines in-process, with Horovod.
+    assert images == {task: load_settings().image("horovod-cpu" if task == "evaluate-widedeep" else "runtime")
+                      for task in TASKS[name]}
     # Every parameter of the pipeline function is a run input a user can set (`--param`, the KFP dashboard).
     function = run.load_pipeline(name).pipeline_func
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == set(inspect.signature(function).parameters)
@@ -53,6 +56,28 @@ def test_params_are_typed_and_a_config_that_lost_its_quotes_is_refused_before_an
         run.parse_params("similarity", ["config_json={epochs:1}"])
     with pytest.raises(run.PipelineError, match="workers: 'two' is not valid JSON"):
         run.parse_params("similarity", ["workers=two"])
+
+
+@pytest.mark.fast
+def test_the_docker_runners_containers_get_kuberecs_settings_but_none_of_this_machines_paths():
+    environ = {"KUBEREC_LAKE": "s3://kuberec/e2e", "KUBEREC_HOME": "/work/.kuberec", "KUBEREC_CACHE": "/work/cache",
+               "MLFLOW_TRACKING_URI": "http://127.0.0.1:5001", "AWS_SECRET_ACCESS_KEY": "s", "KUBECONFIG": "/root/k",
+               "PATH": "/work/.venv/bin", "HOME": "/root", "KUBEREC_K8S_POD_S3_ENDPOINT": "http://minio:9000"}
+    assert run.container_environment(environ) == {
+        "KUBEREC_LAKE": "s3://kuberec/e2e", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5001",
+        "AWS_SECRET_ACCESS_KEY": "s", "KUBEREC_K8S_POD_S3_ENDPOINT": "http://minio:9000",
+        "HOME": "/tmp", "KUBEREC_HOME": "/tmp/kuberec", "KUBECONFIG": run.CONTAINER_KUBECONFIG}
+
+
+@pytest.mark.fast
+def test_the_docker_runner_is_refused_where_its_containers_could_not_run_the_steps(settings, monkeypatch, capsys):
+    # The runtime image has no Spark or Horovod, and a container's files are gone when it ends.
+    with pytest.raises(run.PipelineError, match="set KUBEREC_BACKEND=kubernetes and an s3:// KUBEREC_LAKE"):
+        run.run_local("catalog", {"max_per_split": 30}, runner="docker")
+    monkeypatch.setenv("KFP_HOST", "http://127.0.0.1:9")
+    with pytest.raises(SystemExit):
+        run.main(["catalog", "--runner", "docker"])
+    assert "Kubeflow Pipelines (KFP_HOST, --upload) always runs them in their containers" in capsys.readouterr().err
 
 
 def test_catalog_pipeline_runs_locally(settings):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kuberec.errors import KuberecError
+from kuberec.ports import free_port
 from kuberec.settings import LOOPBACK, Settings, exposure_warning
 
 log = logging.getLogger(__name__)
@@ -143,12 +144,6 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(_family(host)) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def _port_in_use(host: str, port: int) -> bool:
     address = _client_address(host).strip("[]")
     with socket.socket(_family(address)) as sock:
@@ -214,7 +209,7 @@ def _start(settings: Settings, port: int | None, timeout: float) -> ServerInfo:
     if warning:
         log.warning(warning)
     if port is None:
-        port = _free_port(host)
+        port = free_port(host)
     elif _port_in_use(host, port):
         raise MlflowServerError(f"port {port} is already in use on {host}; pick another with --port")
     backend_store = f"sqlite:///{paths['db']}"

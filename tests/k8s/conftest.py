@@ -13,7 +13,6 @@ import datetime
 import json
 import os
 import secrets
-import socket
 import ssl
 import subprocess
 import time
@@ -25,6 +24,7 @@ import yaml
 from overlays import TARGETS
 
 from kuberec.backends.local import die_with_parent
+from kuberec.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute()
@@ -45,12 +45,6 @@ def _tool(name: str) -> Path:
             pytest.fail(reason)  # in CI the setup must have built it: never skip silently there
         pytest.skip(reason)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write_certs(directory: Path) -> dict[str, Path]:
@@ -140,7 +134,7 @@ class TestAPIServer:
         as its ephemeral port: CI lost a whole session to that once), so a bind failure means pick again.
         """
         for _ in range(5):
-            chosen = [_free_port() for _ in range(ports)]
+            chosen = [free_port() for _ in range(ports)]
             process, log = self._spawn(name, argv(*chosen))
             try:
                 _wait_for(ready, name, timeout, process, log)

@@ -131,6 +131,13 @@ def test_predictors_are_ready_only_once_their_model_is_loaded(built, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_a_replaced_predictor_serves_on_while_its_endpoint_is_withdrawn(built, target):
+    """A rollout (kuberec k8s deploy) must not fail requests that were routed to the old pod as it stopped."""
+    container = find(built[target], "ClusterServingRuntime", "kuberec-mlflow")["spec"]["containers"][0]
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] >= 5
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_no_credentials_in_the_manifests(built, target):
     assert not [o for o in built[target] if o["kind"] == "Secret"], "Secrets are created by hand, not from git"
     text = yaml.safe_dump_all(built[target]).lower()

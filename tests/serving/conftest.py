@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serving_helpers import MODEL, N_ITEMS, fixture_module, free_port
+from serving_helpers import MODEL, N_ITEMS, fixture_module
+
+from kuberec.ports import free_port
 
 # The similarity tests' tiny real embedding model and Fashion-MNIST slice, shared rather than copied.
 _similarity = fixture_module("similarity")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 
 import numpy as np
 from PIL import Image
@@ -13,24 +12,12 @@ N_ITEMS = 200
 MODEL = "kuberec-similarity"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def raw_post(url: str, path: str, body: bytes | str) -> tuple[int, str]:
     """POST exactly these bytes as JSON; (status, body text) whatever the status."""
-    import urllib.error
-    import urllib.request
+    from kuberec.serving import client
 
-    request = urllib.request.Request(url + path, data=body.encode() if isinstance(body, str) else body,
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+    status, data = client.post(url, path, body)
+    return status, data.decode()
 
 
 def png_b64(image: np.ndarray, size: int = 28) -> str:

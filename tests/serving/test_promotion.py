@@ -17,9 +17,10 @@ import time
 import mlflow
 import numpy as np
 import pytest
-from serving_helpers import N_ITEMS, free_port, raw_post
+from serving_helpers import N_ITEMS, raw_post
 
 from kuberec import tracking
+from kuberec.ports import free_port
 
 MOVING = "kuberec-similarity-moving"  # its own name: the session's `kuberec-similarity` champion stays put
 CLIENTS = 8

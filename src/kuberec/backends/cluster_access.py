@@ -1,6 +1,6 @@
-"""How this machine reaches a cluster: `kubectl port-forward` to 127.0.0.1 for its services (MinIO, MLflow, an
-InferenceService's predictor; nothing exposed beyond loopback) and the environment `kuberec` drives it with. Used
-by `make e2e` and the cluster tests."""
+"""How this machine reaches a cluster: `kubectl port-forward` (or `kubectl proxy`) on 127.0.0.1 for its
+services (MinIO, MLflow, an InferenceService's predictor; nothing exposed beyond loopback) and the environment
+`kuberec` drives it with. Used by `make e2e` and the cluster tests."""
 
 from __future__ import annotations
 
@@ -14,29 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kuberec.errors import KuberecError
+from kuberec.ports import free_port
 from kuberec.settings import Settings
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class KubectlListener:
+    """A kubectl command that serves on 127.0.0.1:PORT (a free PORT), started now and stopped by its own process
+    handle (`stop`, or leaving a `with` block): `kubectl port-forward` or `kubectl proxy`."""
 
-
-class PortForward:
-    """`kubectl port-forward <target> PORT:<remote_port>` on 127.0.0.1 with a free PORT, started now and stopped by
-    its own process handle (`stop`, or leaving a `with` block). `target` is e.g. svc/minio or svc/<isvc>-predictor."""
-
-    def __init__(self, kubectl: str | Path, kubeconfig: str | Path, namespace: str, target: str, remote_port: int,
+    def __init__(self, kubectl: str | Path, kubeconfig: str | Path, args: list[str], what: str,
                  timeout_s: float = 30):
-        self.target = target
+        self.what = what
         self.port = free_port()
         # Its messages go to a file: a pipe nobody reads would fill up and stall every forwarded connection.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [str(kubectl), "--kubeconfig", str(kubeconfig), "-n", namespace, "port-forward", "--address", "127.0.0.1",
-             target, f"{self.port}:{remote_port}"], stdout=self.log, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+            [str(kubectl), "--kubeconfig", str(kubeconfig), *[a.replace("{port}", str(self.port)) for a in args]],
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with socket.socket() as sock:
@@ -44,10 +38,10 @@ class PortForward:
                     return
             if self.process.poll() is not None:
                 self.log.seek(0)
-                raise KuberecError(f"kubectl port-forward {target} stopped: {self.log.read().strip()}")
+                raise KuberecError(f"{what} stopped: {self.log.read().strip()}")
             time.sleep(0.3)
         self.stop()
-        raise KuberecError(f"kubectl port-forward {target} did not open 127.0.0.1:{self.port} in {timeout_s:.0f} s")
+        raise KuberecError(f"{what} did not open 127.0.0.1:{self.port} in {timeout_s:.0f} s")
 
     @property
     def url(self) -> str:
@@ -59,7 +53,7 @@ class PortForward:
             self.process.wait(timeout=10)
         self.log.close()
 
-    def __enter__(self) -> "PortForward":
+    def __enter__(self) -> "KubectlListener":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -75,6 +69,7 @@ class ClusterAccess:
     kubeconfig: Path
     namespace: str
     credentials_file: Path | None
+    docker_host: str | None = None  # the Docker daemon that holds kuberec's images (make cluster-up's own dockerd)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ClusterAccess":
@@ -94,10 +89,26 @@ class ClusterAccess:
             kubectl = Path(found)
         credentials = state / "credentials.env"
         own = kubeconfig.resolve() == local.resolve() and credentials.is_file()
-        return cls(kubectl, kubeconfig, settings.namespace, credentials if own else None)
+        if not own:
+            return cls(kubectl, kubeconfig, settings.namespace, None)
+        return cls(kubectl, kubeconfig, settings.namespace, credentials,
+                   f"unix://{state / 'docker' / 'docker.sock'}")  # as scripts/cluster/common.sh starts it
 
-    def forward(self, target: str, remote_port: int) -> PortForward:
-        return PortForward(self.kubectl, self.kubeconfig, self.namespace, target, remote_port)
+    def forward(self, target: str, remote_port: int) -> KubectlListener:
+        """`kubectl port-forward <target>` (e.g. svc/minio): to one pod, chosen when it starts."""
+        return KubectlListener(self.kubectl, self.kubeconfig, [
+            "-n", self.namespace, "port-forward", "--address", "127.0.0.1", target, f"{{port}}:{remote_port}"],
+            f"kubectl port-forward {target}")
+
+    def proxy(self) -> KubectlListener:
+        """`kubectl proxy`: the API server's proxy to Services (`service_path`), which sends each request to a ready
+        endpoint of the Service, as an ingress would; a port-forward stays on one pod, which a rollout replaces."""
+        return KubectlListener(self.kubectl, self.kubeconfig,
+                               ["proxy", "--address", "127.0.0.1", "--port", "{port}"], "kubectl proxy")
+
+    def service_path(self, service: str, port: int) -> str:
+        """The path of `service`'s port under `kubectl proxy`'s URL."""
+        return f"/api/v1/namespaces/{self.namespace}/services/{service}:{port}/proxy"
 
     def credentials(self) -> dict[str, str]:
         if self.credentials_file is None:
@@ -108,9 +119,12 @@ class ClusterAccess:
     def client_env(self, minio_url: str, mlflow_url: str, lake: str) -> dict[str, str]:
         """The environment `kuberec` runs its steps with on this machine against the cluster: lake and MLflow
         through port-forwards, the pods told the in-cluster addresses. The defaults fitted to make cluster-up's
-        node (image tag dev, a tenth of the usual requests) give way to the same variables in the environment."""
+        node (image tag dev, a tenth of the usual requests, its dockerd) give way to the same variables in the
+        environment."""
         fitted = {"KUBEREC_IMAGE_TAG": "dev", "KUBEREC_K8S_REQUEST_FRACTION": "0.1", "AWS_REGION": "us-east-1",
                   "KUBEREC_K8S_IMAGE_PULL_POLICY": "IfNotPresent"}
+        if self.docker_host:
+            fitted["DOCKER_HOST"] = self.docker_host
         return {
             **fitted, **os.environ, **self.credentials(),
             "KUBECONFIG": str(self.kubeconfig), "KUBEREC_BACKEND": "kubernetes", "KUBEREC_NAMESPACE": self.namespace,

@@ -29,6 +29,9 @@ TABLE_NAME = "fashion_mnist"
 UNLABELLED = -1
 # Files per split when a table is created: enough row groups for Petastorm to shard across Horovod ranks.
 FILES_PER_WRITE = 8
+# And never more rows in one file (one row group): Petastorm gives each rank whole row groups, and a MERGE writes
+# one file per partition value, so a catalog grown by 57,000 images gave one of two ranks 59,000 of 60,000 images.
+MAX_ROWS_PER_FILE = 2048
 
 
 def catalog_schema():
@@ -108,7 +111,7 @@ def _upsert_once(spark: "SparkSession", table_uri: str, updates: "DataFrame", ke
         count = updates.count()
         (updates.repartition(FILES_PER_WRITE).write.format("delta").partitionBy("split")
          .option("delta.enableChangeDataFeed", "true").option("delta.enableDeletionVectors", "false")
-         .mode("errorifexists").save(table_uri))
+         .option("maxRecordsPerFile", MAX_ROWS_PER_FILE).mode("errorifexists").save(table_uri))
         version = table_version(table_uri)
         log.info("created %s with %d rows (v%d)", table_uri, count, version)
         return version
@@ -124,9 +127,16 @@ def _upsert_once(spark: "SparkSession", table_uri: str, updates: "DataFrame", ke
             version = table_version(table_uri)
             log.info("%s unchanged: every row is already there (v%d)", table_uri, version)
             return version
-        (DeltaTable.forPath(spark, table_uri).alias("t")
-         .merge(changed.alias("s"), f"t.{key} = s.{key}")
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+        # MERGE takes no write options: the session's limit applies to it, for this write only.
+        limit = "spark.sql.files.maxRecordsPerFile"
+        before = spark.conf.get(limit)
+        spark.conf.set(limit, str(MAX_ROWS_PER_FILE))
+        try:
+            (DeltaTable.forPath(spark, table_uri).alias("t")
+             .merge(changed.alias("s"), f"t.{key} = s.{key}")
+             .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+        finally:
+            spark.conf.set(limit, before)
     finally:
         changed.unpersist()
     version = table_version(table_uri)

@@ -55,24 +55,28 @@ def request_body(columns: Mapping[str, Sequence[Any]], params: Mapping[str, Any]
     return body
 
 
-def post_json(url: str, path: str, body: Any, timeout: float = TIMEOUT_S) -> Any:
-    """POST JSON, return the decoded answer; non-2xx -> ServingRequestError with the server's message."""
+def post(url: str, path: str, payload: bytes | str, timeout: float = TIMEOUT_S) -> tuple[int, bytes]:
+    """POST `payload` as JSON to `url` + `path` (the URL may have a path of its own, e.g. a proxy's); returns
+    (status, body) whatever the status. An unreachable server raises ServingRequestError."""
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
     try:
-        payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        try:
-            connection.request("POST", parts.path.rstrip("/") + path, body=payload,
-                               headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            data = response.read()
-        except OSError as err:
-            raise ServingRequestError(f"cannot reach the model server at {url}: {err}; is `kuberec serve` "
-                                      "running (and --url right)?") from err
+        connection.request("POST", parts.path.rstrip("/") + path, body=payload,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError as err:
+        raise ServingRequestError(f"cannot reach the model server at {url}: {err}; is `kuberec serve` "
+                                  "running (and --url right)?") from err
     finally:
         connection.close()
-    if response.status >= 300:
-        raise ServingRequestError(f"{response.status}: {error_message(data)}", response.status)
+
+
+def post_json(url: str, path: str, body: Any, timeout: float = TIMEOUT_S) -> Any:
+    """POST JSON, return the decoded answer; non-2xx -> ServingRequestError with the server's message."""
+    status, data = post(url, path, body if isinstance(body, (bytes, str)) else json.dumps(body), timeout)
+    if status >= 300:
+        raise ServingRequestError(f"{status}: {error_message(data)}", status)
     return json.loads(data)
 
 
