@@ -138,6 +138,14 @@ def test_a_replaced_predictor_serves_on_while_its_endpoint_is_withdrawn(built, t
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_a_busy_predictor_stays_ready(built, target):
+    """The readiness probe queues behind inference requests; a 1 s timeout took the only pod out of the Service
+    under load during a rollout."""
+    probe = find(built[target], "ClusterServingRuntime", "kuberec-mlflow")["spec"]["containers"][0]["readinessProbe"]
+    assert probe["timeoutSeconds"] >= 5
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_no_credentials_in_the_manifests(built, target):
     assert not [o for o in built[target] if o["kind"] == "Secret"], "Secrets are created by hand, not from git"
     text = yaml.safe_dump_all(built[target]).lower()
