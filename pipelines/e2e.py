@@ -287,7 +287,12 @@ def rollout_under_load(access: ClusterAccess, pipeline: str, env: dict[str, str]
     summary = load.summary()
     # The same model before and after (the champion): the last answer must be the first one seen.
     ok = back.ok and forward.ok and not summary["errors"] and summary["the last answer was the first"]
-    error = "" if ok else f"{summary['errors']} of {summary['requests']} requests failed: {summary['first errors']}"
+    error = ""
+    if summary["errors"]:
+        error = f"{summary['errors']} of {summary['requests']} requests failed: {summary['first errors']}"
+    elif not ok:
+        error = ("the last answer was not the champion's" if not summary["the last answer was the first"]
+                 else "a rollout command failed (above)")
     return [back, forward, Outcome(what, ok, round(time.monotonic() - started, 1), summary, error)]
 
 
