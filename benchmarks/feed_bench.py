@@ -14,7 +14,7 @@ import json
 import statistics
 import time
 
-from kuberec import feed
+from kuberec.lake import feed
 from kuberec.settings import load_settings
 
 TRAINING_RATE = 7_900  # images/s of the seed CNN in one CPU process (STACK.md)

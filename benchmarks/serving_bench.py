@@ -281,10 +281,10 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from kuberec import mlflow_server
     from kuberec.ports import free_port
     from kuberec.serving.server import ModelSpec, default_workers, fetch_model, running, usable_cpus
     from kuberec.settings import load_settings
+    from kuberec.tracking import server as mlflow_server
 
     tmp = None
     cluster = contextlib.ExitStack()

@@ -1,7 +1,7 @@
 """Similarity model quality and training throughput on the full Fashion-MNIST protocol.
 
 quality (default): for each config, train in one process on the train split of the lake table (read through
-`kuberec.feed`), then measure retrieval on the full protocol (10,000 test queries vs 60,000 train items, exact
+`kuberec.lake.feed`), then measure retrieval on the full protocol (10,000 test queries vs 60,000 train items, exact
 cosine search; definitions in kuberec.similarity.evaluate) next to the raw-pixel baseline. With --curve-queries N
 it also prints precision@5 after every epoch on a seeded N-query sample (against the full index), to see where a
 config stops improving. Examples:
@@ -35,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kuberec import feed
+from kuberec.lake import feed
 from kuberec.settings import load_settings
 from kuberec.similarity.config import SimilarityConfig
-from kuberec.similarity.evaluate import pixel_embeddings, retrieval_metrics
+from kuberec.similarity.evaluate import pixel_embeddings
+from kuberec.similarity.metrics import retrieval_metrics
 from kuberec.similarity.model import build_loss, build_model, embed
 from kuberec.similarity.train import ClassBalancedSampler, train_on_arrays
 

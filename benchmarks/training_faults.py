@@ -236,8 +236,9 @@ class MlflowScenario:
 
 def run_mlflow_scenario(model: str, table_uri: str, version: int, config: dict, env: dict[str, str], home: Path,
                         work: Path, fault: str, workers: int = 2) -> MlflowScenario:
-    from kuberec import mlflow_server, tracking
+    from kuberec import tracking
     from kuberec.settings import load_settings
+    from kuberec.tracking import server as mlflow_server
 
     old = dict(os.environ)
     os.environ.update(env)
@@ -331,8 +332,8 @@ def main() -> int:
                 print(json.dumps(outcome, indent=2), flush=True)
                 results.append(outcome)
         finally:
-            from kuberec import mlflow_server
             from kuberec.settings import Settings
+            from kuberec.tracking import server as mlflow_server
 
             mlflow_server.stop_server(Settings(home=home))
     report = {"machine": platform.node(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),

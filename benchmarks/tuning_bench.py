@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kuberec import mlflow_server
 from kuberec.lake.delta import TableRef, table_version
 from kuberec.models import model_record
 from kuberec.settings import load_settings
 from kuberec.similarity import trial as similarity_trial
+from kuberec.tracking import server as mlflow_server
 from kuberec.tuning import steps
 
 log = logging.getLogger("tuning_bench")
@@ -43,8 +43,8 @@ def similarity_test_metrics(config, table: TableRef, max_examples: int | None, s
                             test_queries: int) -> dict[str, float]:
     import numpy as np
 
-    from kuberec import feed
-    from kuberec.similarity.evaluate import retrieval_metrics
+    from kuberec.lake import feed
+    from kuberec.similarity.metrics import retrieval_metrics
     from kuberec.similarity.model import embed, load_embedding_model
     from kuberec.similarity.train import train_on_arrays
 
@@ -64,12 +64,13 @@ def similarity_test_metrics(config, table: TableRef, max_examples: int | None, s
 
 
 def widedeep_test_metrics(config, table: TableRef) -> dict[str, float]:
-    from kuberec import feed
-    from kuberec.widedeep.evaluate import EVAL_COLUMNS, metrics
+    from kuberec.lake import feed
+    from kuberec.widedeep.config import FEED_COLUMNS
+    from kuberec.widedeep.metrics import metrics
     from kuberec.widedeep.model import predict
     from kuberec.widedeep.train import train_widedeep_model
 
-    test = feed.load_table_arrays(table.uri, EVAL_COLUMNS, version=table.version, split="test")
+    test = feed.load_table_arrays(table.uri, FEED_COLUMNS, version=table.version, split="test")
     with tempfile.TemporaryDirectory(prefix="tuning-bench-") as out:
         started = time.perf_counter()
         result, model = train_widedeep_model(config, table.uri, out, version=table.version, save=False)

@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 from widedeep_quality import lake_settings  # a sibling script: run as python benchmarks/<script>.py
 
-from kuberec import feed
 from kuberec.datasets import instacart as ic
 from kuberec.datasets.instacart_synth import MANIFEST, catalogue_for, pair_affinity
 from kuberec.ingest import instacart_features as gold
+from kuberec.lake import feed
 from kuberec.widedeep import model as wd
-from kuberec.widedeep.config import WideDeepConfig
-from kuberec.widedeep.evaluate import EVAL_COLUMNS, user_auc
+from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
+from kuberec.widedeep.metrics import user_auc
 from kuberec.widedeep.train import train_widedeep_model
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     manifest = json.loads((args.root / "instacart" / MANIFEST).read_text())
     config = WideDeepConfig(kind="deep", batch_size=2048, epochs=3)  # the budget of 2 workers x 1,024
     _, model = train_widedeep_model(config, examples_uri, args.root / "headroom", save=False)
-    columns = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, split="test").columns
+    columns = feed.load_table_arrays(examples_uri, FEED_COLUMNS, split="test").columns
     probability = np.clip(wd.predict(model, columns), 1e-7, 1 - 1e-7)
     deep_logit = np.log(probability / (1 - probability))
     users, products, labels = columns["user_id"], columns["product_id"], columns["label"]

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kuberec import feed
 from kuberec.ingest import instacart_features as gold
+from kuberec.lake import feed
 from kuberec.settings import Settings
 from kuberec.widedeep import model as wd
-from kuberec.widedeep.config import WideDeepConfig
-from kuberec.widedeep.evaluate import METRICS, SCORED_MODELS, evaluate_widedeep
-from kuberec.widedeep.train import FEED_COLUMNS
+from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
+from kuberec.widedeep.evaluate import SCORED_MODELS, evaluate_widedeep
+from kuberec.widedeep.metrics import METRICS
 
 log = logging.getLogger("widedeep_quality")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from widedeep_quality import lake_settings  # a sibling script: run as python benchmarks/<script>.py
 
-from kuberec import feed
 from kuberec.ingest import instacart_features as gold
+from kuberec.lake import feed
 from kuberec.widedeep import model as wd
-from kuberec.widedeep.config import WideDeepConfig
-from kuberec.widedeep.evaluate import EVAL_COLUMNS, metrics
+from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
+from kuberec.widedeep.metrics import metrics
 from kuberec.widedeep.train import train_widedeep_model
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     examples_uri = lake_settings(args.root).table_uri(gold.EXAMPLES_TABLE)
-    valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, split="valid").columns
+    valid = feed.load_table_arrays(examples_uri, FEED_COLUMNS, split="valid").columns
     grid = json.loads(args.grid)
     base = json.loads(args.config)
     results = []

@@ -62,7 +62,7 @@ def train_widedeep(table_uri: str, table_version: int, config_json: str, workers
     from kuberec.widedeep.config import WideDeepConfig
 
     config = WideDeepConfig.from_dict(json.loads(config_json or "{}"))
-    return steps.train(load_settings(), TableRef(table_uri, table_version), config, workers,
+    return steps.train(load_settings(), TableRef(table_uri, table_version), config, workers=workers,
                        sweep_run_id=sweep_run_id or None)
 
 

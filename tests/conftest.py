@@ -32,7 +32,7 @@ def settings(tmp_path, monkeypatch) -> Iterator[Settings]:
     test_settings = load_settings()
     yield test_settings
     # A step that needed MLflow and found none configured started the home's embedded server: stop it.
-    from kuberec import mlflow_server
+    from kuberec.tracking import server as mlflow_server
 
     mlflow_server.stop_server(test_settings)
 
@@ -49,8 +49,8 @@ def spark(session_home):
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """One real MLflow server (SQLite + local artifacts), started by kuberec.mlflow_server under its own home."""
-    from kuberec.mlflow_server import ensure_server, stop_server
+    """One real MLflow server (SQLite + local artifacts), started by kuberec.tracking.server under its own home."""
+    from kuberec.tracking.server import ensure_server, stop_server
 
     home_settings = Settings(home=tmp_path_factory.mktemp("mlflow-home"), cache_dir=SHARED_CACHE)
     info = ensure_server(home_settings)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kuberec import feed
+from kuberec.lake import feed
 
 pytestmark = pytest.mark.timeout(120)
 

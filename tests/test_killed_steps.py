@@ -240,7 +240,7 @@ def champion_serves(settings, name: str) -> int:
 
 
 def first_champion(settings, model_dir: Path, table: str, name: str) -> int:
-    from kuberec.similarity.build_index import build_and_register
+    from kuberec.similarity.index.build import build_and_register
 
     registered = build_and_register(settings, str(model_dir), table_uri=table, name=name, set_champion=True)
     assert registered.champion

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kuberec import feed
 from kuberec.datasets import fashion_mnist as fm
 from kuberec.errors import DataError
 from kuberec.ingest.fashion_mnist import ingest_fashion_mnist
 from kuberec.ingest.images import ingest_images, to_catalog_image
+from kuberec.lake import feed
 from kuberec.lake.delta import history, rows_added_since, table_version
 
 PER_SPLIT = 1000  # 1,000 train + 1,000 test = 2,000 images

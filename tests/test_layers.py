@@ -1,6 +1,6 @@
-"""The shape of the package, checked: lower layers never import higher ones, only the `*commands.py` modules (and
-`kuberec.cli`, which assembles them) import the CLI or take parsed arguments (`argparse.Namespace`), and model
-configs import no TensorFlow."""
+"""The shape of the package, checked: lower layers never import higher ones, no module imports itself through
+others, only the `*commands.py` modules (and `kuberec.cli`, which assembles them) import the CLI or take parsed
+arguments (`argparse.Namespace`), and model configs import no TensorFlow."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make t
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Bottom to top. A module may import its own layer and those below it; the command modules sit above everything.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("kuberec", "kuberec.errors", "kuberec.entrypoint", "kuberec.settings", "kuberec.config", "kuberec.model_input",
-     "kuberec.distributed", "kuberec.feed", "kuberec.mlflow_server", "kuberec.tracking", "kuberec.lake",
-     "kuberec.datasets", "kuberec.backends", "kuberec.ingest"),
+    # foundation: errors, how programs end, settings, ports
+    ("kuberec", "kuberec.errors", "kuberec.entrypoint", "kuberec.settings", "kuberec.ports"),
+    # services: model configs and request checks, data files, the lake and its feed, MLflow, where jobs run
+    ("kuberec.model_config", "kuberec.model_input", "kuberec.datasets", "kuberec.lake", "kuberec.feed",
+     "kuberec.tracking", "kuberec.backends"),
+    ("kuberec.ingest", "kuberec.training"),  # the data steps and the training harness
     ("kuberec.similarity", "kuberec.widedeep"),  # the model packages
     ("kuberec.models",),  # the list of models
     ("kuberec.tuning", "kuberec.serving"),
@@ -49,6 +52,8 @@ def _imports(path: Path) -> list[str]:
     """Every kuberec module the file imports, at the top or inside a function."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import; kuberec imports by absolute name")
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -97,7 +102,39 @@ def test_configs_tuning_and_the_register_step_import_no_tensorflow_and_no_cli():
     script = ("import sys\n"
               "import kuberec.models, kuberec.tuning.space, kuberec.similarity.config, kuberec.widedeep.config\n"
               "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'\n"
-              "import kuberec.similarity.build_index, kuberec.similarity.refresh, kuberec.tuning.sweep\n"
+              "import kuberec.similarity.index.build, kuberec.similarity.index.refresh, kuberec.tuning.sweep\n"
               "assert 'kuberec.cli' not in sys.modules, 'the CLI imported'\n")
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
+
+
+def _module_or_package(name: str) -> str | None:
+    """`name` if it is a kuberec module, else the module it is a name in (`kuberec.tracking.client` -> tracking)."""
+    for candidate in (name, name.rsplit(".", 1)[0]):
+        path = SRC.joinpath(*candidate.split("."))
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def test_no_import_circle():
+    """No module reaches itself through the imports of the modules it imports, lazy imports inside functions
+    included: a circle makes import order matter and hides which of two modules is the lower one."""
+    graph: dict[str, set[str]] = {}
+    for path in (SRC / "kuberec").rglob("*.py"):
+        name = _module_name(path)
+        graph[name] = {target for imported in _imports(path)
+                       if (target := _module_or_package(imported)) and target != name}
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            pytest.fail("import circle: " + " -> ".join(trail[trail.index(name):] + [name]))
+        if name in done:
+            return
+        for target in sorted(graph.get(name, ())):
+            visit(target, trail + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from kuberec import mlflow_server, tracking
+from kuberec import tracking
+from kuberec.tracking import server as mlflow_server
 
 EXPERIMENT = "test-mlflow-restart"
 

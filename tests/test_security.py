@@ -13,12 +13,13 @@ import psutil
 import pytest
 import yaml
 
-from kuberec import mlflow_server, tracking
+from kuberec import tracking
 from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
 from kuberec.backends.k8s_resources import ClusterConfigError, ClusterOptions, render
 from kuberec.backends.local import LocalBackend
-from kuberec.distributed import training_run
 from kuberec.settings import Settings, SettingsError, exposure_warning, load_settings, redact_uri
+from kuberec.tracking import server as mlflow_server
+from kuberec.training.launch import training_run
 
 # Distinctive fake credentials: any appearance of one of these values is a leak.
 FAKE = {"AWS_ACCESS_KEY_ID": "AKIAKUBERECFAKEKEY42", "AWS_SECRET_ACCESS_KEY": "fake-secret-3vQ9wLx7Zp",
@@ -61,7 +62,7 @@ def _connections(process: psutil.Process) -> list:
 
 
 def test_mlflow_server_listens_on_loopback_only_and_moves_only_when_told(settings, monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, logger="kuberec.mlflow_server")
+    caplog.set_level(logging.WARNING, logger="kuberec.tracking.server")
     monkeypatch.delenv("KUBEREC_MLFLOW_HOST", raising=False)
     info = mlflow_server.ensure_server(settings)
     try:
@@ -91,7 +92,7 @@ def test_mlflow_server_warns_before_listening_beyond_loopback(tmp_path, caplog):
     """KUBEREC_MLFLOW_HOST=0.0.0.0: the warning comes before anything starts. The port asked for is taken on
     loopback (where a server on every address would be reached too), so nothing starts: this test binds only
     127.0.0.1."""
-    caplog.set_level(logging.WARNING, logger="kuberec.mlflow_server")
+    caplog.set_level(logging.WARNING, logger="kuberec.tracking.server")
     settings = Settings(home=tmp_path, mlflow_host="0.0.0.0")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

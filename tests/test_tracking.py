@@ -1,4 +1,4 @@
-"""kuberec.mlflow_server and kuberec.tracking against real MLflow servers: the embedded server's lifecycle, runs
+"""kuberec.tracking.server and kuberec.tracking against real MLflow servers: the embedded server's lifecycle, runs
 with lineage, registry."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from kuberec import cli, mlflow_server, tracking
+from kuberec import cli, tracking
 from kuberec.settings import load_settings
+from kuberec.tracking import server as mlflow_server
 
 
 def test_embedded_server_starts_once_is_reused_and_stops(settings, capsys):

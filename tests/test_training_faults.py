@@ -14,7 +14,8 @@ import pytest
 from benchmarks.training_faults import run_scenario
 from kuberec import tracking
 from kuberec.datasets import fashion_mnist as fm
-from kuberec.distributed import CHECKPOINT_DIR, RESULT_FILE, training_run
+from kuberec.training.launch import training_run
+from kuberec.training.worker import CHECKPOINT_DIR, RESULT_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kuberec.lake.commands",
     "kuberec.serving.commands",
     "kuberec.similarity.commands",
-    "kuberec.similarity.index_commands",
-    "kuberec.tracking_commands",
+    "kuberec.similarity.index.commands",
+    "kuberec.tracking.commands",
     "kuberec.tuning.commands",
     "kuberec.widedeep.commands",
 )

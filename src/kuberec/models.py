@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from kuberec.config import EpochDone, ModelConfig
 from kuberec.errors import KuberecError
 from kuberec.ingest.catalog import TABLE_NAME as CATALOG_TABLE
 from kuberec.ingest.instacart_features import EXAMPLES_TABLE, gold_tables
 from kuberec.lake.delta import TableRef
+from kuberec.model_config import EpochDone, ModelConfig
 from kuberec.similarity import config as similarity_config
 from kuberec.similarity import trial as similarity_trial
 from kuberec.widedeep import config as widedeep_config
@@ -118,7 +118,7 @@ WIDEDEEP = ModelRecord(
             "batch_size": {"choice": [128, 256, 512, 1024]},
             "epochs": 3,
         },
-        # Validation: the gold examples table's `valid` split (kuberec.widedeep.evaluate.metrics).
+        # Validation: the gold examples table's `valid` split (kuberec.widedeep.metrics).
         metrics={"auc": "max", "user_auc": "max", "log_loss": "min", "map_at_10": "max", "recall_at_10": "max",
                  "loss": "min"},
         default_metric="auc",

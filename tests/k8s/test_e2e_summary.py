@@ -105,7 +105,7 @@ import sys
 print("Downloading artifacts: 100%|##########| 10/10")
 print("    E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit")
 print("      File \"/usr/local/lib/python3.11/site-packages/kuberec/distributed.py\", line 39")
-print("    kuberec.distributed.TrainingError: Horovod is not importable (No module named 'horovod')")
+print("    kuberec.training.worker.TrainingError: Horovod is not importable (No module named 'horovod')")
 print("\x1b[91m06:31:11.990 - ERROR - Task 'evaluate-widedeep' finished with status FAILURE\x1b[0m", file=sys.stderr)
 print("RuntimeError: Pipeline 'kuberec-widedeep' finished with status FAILURE.", file=sys.stderr)
 sys.exit(1)
@@ -114,6 +114,6 @@ sys.exit(1)
     assert not outcome.ok
     # (stdout and stderr are relayed by two threads: their lines may interleave either way)
     assert sorted(outcome.error.splitlines()) == sorted([
-        "kuberec.distributed.TrainingError: Horovod is not importable (No module named 'horovod')",
+        "kuberec.training.worker.TrainingError: Horovod is not importable (No module named 'horovod')",
         "06:31:11.990 - ERROR - Task 'evaluate-widedeep' finished with status FAILURE",
         "RuntimeError: Pipeline 'kuberec-widedeep' finished with status FAILURE."])

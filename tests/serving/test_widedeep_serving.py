@@ -40,8 +40,8 @@ def both(serving_settings, registered, gold, trained, mlflow_server):
 
 @pytest.fixture(scope="module")
 def history(gold):
-    from kuberec import feed
     from kuberec.ingest.instacart_features import EXAMPLES_TABLE
+    from kuberec.lake import feed
 
     arrays = feed.load_table_arrays(gold.table_uri(EXAMPLES_TABLE), ("user_id", "product_id"))
     return arrays.columns["user_id"], arrays.columns["product_id"]

@@ -12,8 +12,8 @@ from kuberec import cli, tracking
 from kuberec.datasets import fashion_mnist as fm
 from kuberec.ingest.fashion_mnist import ingest_fashion_mnist
 from kuberec.ingest.images import ingest_images
-from kuberec.similarity import refresh as refresh_step
-from kuberec.similarity.build_index import build_and_register
+from kuberec.similarity.index import refresh as refresh_step
+from kuberec.similarity.index.build import build_and_register
 from kuberec.similarity.pyfunc import SOURCE_VERSION_TAG, SimilarityInputError, png_b64
 
 NAME = "test-similarity-refresh"

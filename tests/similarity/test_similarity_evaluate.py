@@ -7,13 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from kuberec.similarity.evaluate import (
-    EvaluationError,
-    average_precision_at_r,
-    nearest,
-    pixel_embeddings,
-    retrieval_metrics,
-)
+from kuberec.similarity.evaluate import EvaluationError, pixel_embeddings
+from kuberec.similarity.metrics import average_precision_at_r, nearest, retrieval_metrics
 
 pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
 

@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from kuberec.config import ConfigError
 from kuberec.errors import KuberecError
+from kuberec.model_config import ConfigError
 from kuberec.similarity.config import ARCHITECTURE_EMBEDDING_SIZES, SimilarityConfig
 from kuberec.similarity.model import (
     ARCHITECTURES,

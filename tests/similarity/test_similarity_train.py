@@ -15,11 +15,11 @@ import pytest
 
 from kuberec.cli import main as kuberec_main
 from kuberec.datasets import fashion_mnist as fm
-from kuberec.distributed import TrainingError, weights_checksum
 from kuberec.ingest.fashion_mnist import ingest_fashion_mnist
 from kuberec.similarity.config import SimilarityConfig
 from kuberec.similarity.model import load_embedding_model
 from kuberec.similarity.train import ClassBalancedSampler, TrainResult, train_similarity
+from kuberec.training.worker import TrainingError, weights_checksum
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_resume_continues_an_interrupted_run(lake, tmp_path):
     assert load_embedding_model(finished.model_dir).metadata["epochs_trained"] == 3
 
 
-def test_two_horovod_workers_end_with_identical_weights(lake, tracked_settings):
+def test_two_horovod_workers_end_with_identical_weights(lake, tracked_settings, capsys):
     from kuberec import tracking
 
     # No --out: the step writes under the home, in the directory its MLflow run names (what a rerun continues).
@@ -166,3 +166,10 @@ def test_two_horovod_workers_end_with_identical_weights(lake, tracked_settings):
     assert [m.step for m in losses] == [1, 2] and losses[-1].value == pytest.approx(result.history[-1].loss)
     assert {a.path for a in client.list_artifacts(run_id, "train")} >= {"train/model", "train/train_result.json"}
     assert "trained vgg" in done.stdout  # the CLI's summary
+
+    # The next verbs find the model, and the table version it trained on, by run id (as wide & deep's do).
+    assert kuberec_main(["evaluate", "similarity", "--run", run_id, "--queries", "40"]) == 0
+    assert f"logged to MLflow run {run_id}" in capsys.readouterr().out
+    assert kuberec_main(["register", "similarity", "--run", run_id, "--name", "test-similarity-cli"]) == 0
+    assert re.search(rf"^registered test-similarity-cli version 1 \(champion\): \d+ items from {re.escape(lake)} v0, "
+                     r"models:/test-similarity-cli/1$", capsys.readouterr().out, re.M)

@@ -8,15 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from kuberec.widedeep.evaluate import (
+from kuberec.widedeep.evaluate import SCORED_MODELS, Popularity, evaluate_widedeep
+from kuberec.widedeep.metrics import (
     METRICS,
-    SCORED_MODELS,
     EvaluationError,
-    Popularity,
     auc,
     basket_f1,
     best_threshold,
-    evaluate_widedeep,
     log_loss,
     map_at_k,
     ranking_metrics,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kuberec.config import ConfigError
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
+from kuberec.model_config import ConfigError
 from kuberec.widedeep import model as wd
 from kuberec.widedeep.config import MODEL_KINDS, WideDeepConfig
 
@@ -141,7 +141,8 @@ def _noise_features(users, products, rng):
 def _scores_on_new_draws(cols, rate, rng) -> dict[str, float]:
     """AUC of each model kind and of popularity, trained on labels drawn with `rate` (rows = 4 snapshots of every
     pair) and scored on new draws for one snapshot of every pair, as a final order follows earlier ones."""
-    from kuberec.widedeep.evaluate import Popularity, auc
+    from kuberec.widedeep.evaluate import Popularity
+    from kuberec.widedeep.metrics import auc
 
     train_labels = (rng.random(len(rate)) < rate).astype(np.int32)
     test_labels = (rng.random(len(rate)) < rate).astype(np.int32)
@@ -189,7 +190,7 @@ def test_only_memorisation_catches_when_each_product_is_due_again():
 def test_only_the_deep_part_generalises_to_unseen_pairs():
     """The label follows a numeric feature (the purchase count) through a threshold; test pairs were never trained
     on, so ids cannot help: deep and wide & deep rank them well, wide-only is at chance."""
-    from kuberec.widedeep.evaluate import auc
+    from kuberec.widedeep.metrics import auc
 
     rng = np.random.default_rng(2)
 

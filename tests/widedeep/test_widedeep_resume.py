@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from kuberec import feed
-from kuberec.distributed import TrainingError
+from kuberec.lake import feed
+from kuberec.training.worker import TrainingError
 from kuberec.widedeep import model as wd
-from kuberec.widedeep.config import WideDeepConfig
-from kuberec.widedeep.evaluate import EVAL_COLUMNS, log_loss
+from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
+from kuberec.widedeep.metrics import log_loss
 from kuberec.widedeep.train import TrainResult, train_widedeep
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(examples_uri, test_
     # epoch came before the interruption (its weights then come from its checkpoint).
     valid_losses = [e["valid_log_loss"] for e in result.history]
     assert result.best_epoch == 1 + int(np.argmin(valid_losses))
-    valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, split="valid").columns
+    valid = feed.load_table_arrays(examples_uri, FEED_COLUMNS, split="valid").columns
     saved = wd.load_model(result.model_dir)
     assert log_loss(valid["label"], wd.predict(saved, valid)) == pytest.approx(min(valid_losses), rel=1e-5)
     assert TrainResult.load(out) == result

@@ -12,13 +12,13 @@ import sys
 import numpy as np
 import pytest
 
-from kuberec import feed
-from kuberec.distributed import TrainingError
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
+from kuberec.lake import feed
 from kuberec.lake.delta import table_version
+from kuberec.training.worker import TrainingError
 from kuberec.widedeep import model as wd
-from kuberec.widedeep.config import WideDeepConfig
-from kuberec.widedeep.evaluate import EVAL_COLUMNS, log_loss
+from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
+from kuberec.widedeep.metrics import log_loss
 from kuberec.widedeep.train import TrainResult, train_widedeep
 
 
@@ -61,7 +61,7 @@ def test_single_process_training(trained, examples_uri, test_config):
     # Early stopping kept the epoch with the best valid-split log loss, and the saved model is that epoch's.
     valid_losses = [entry["valid_log_loss"] for entry in result.history]
     assert result.best_epoch == 1 + int(np.argmin(valid_losses))
-    valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, split="valid").columns
+    valid = feed.load_table_arrays(examples_uri, FEED_COLUMNS, split="valid").columns
     assert log_loss(valid["label"], wd.predict(model, valid)) == pytest.approx(min(valid_losses), rel=1e-5)
     test = feed.load_table_arrays(examples_uri, ("user_id", "product_id", "aisle_id", "department_id",
                                                  *NUMERIC_FEATURES), split="test")
@@ -80,7 +80,7 @@ def test_two_horovod_workers_end_with_identical_averaged_weights(examples_uri, t
     config = {**test_config, "epochs": 1, "steps_per_epoch": 12}
     out = tmp_path / "hvd"
     command = [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m",
-               "kuberec.widedeep.train", "--examples", examples_uri, "--out", str(out),
+               "kuberec.widedeep.train", "--table", examples_uri, "--out", str(out),
                "--config", json.dumps(config)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -102,21 +102,21 @@ def test_cli_trains_through_the_local_backend(tracked_settings, gold, examples_u
 
     from kuberec import tracking
     from kuberec.cli import main
-    from kuberec.widedeep import steps
+    from kuberec.training.launch import default_train_dir
     from kuberec.widedeep.config import EXPERIMENT
 
     def train_runs() -> int:
         return len(tracking.client(tracked_settings).search_runs([tracking.experiment_id(EXPERIMENT)]))
 
     monkeypatch.setenv("KUBEREC_LAKE", gold.lake_uri)  # registering copies features from the lake's gold tables
-    code = main(["train", "widedeep", "--examples", examples_uri, "--epochs", "1", "--steps-per-epoch", "3",
+    code = main(["train", "widedeep", "--table", examples_uri, "--epochs", "1", "--steps-per-epoch", "3",
                  "--hidden-units", "8", "--batch-size", "64"])
     assert code == 0
     run_id = re.search(r"MLflow run (\w+)", capsys.readouterr().out).group(1)
-    result = TrainResult.load(steps.train_dir(tracked_settings, run_id))
+    result = TrainResult.load(default_train_dir(tracked_settings, "widedeep", run_id))
     assert result.steps_per_epoch == 3 and result.config.hidden_units == 8 and result.config.batch_size == 64
     runs = train_runs()
-    assert main(["train", "widedeep", "--examples", examples_uri, "--width-decline", "1.5"]) == 2
+    assert main(["train", "widedeep", "--examples", examples_uri, "--width-decline", "1.5"]) == 2  # the old flag
     assert "width_decline must be in (0, 1]" in capsys.readouterr().err
     assert train_runs() == runs  # a bad config fails before any run is created
     # The next verbs find the model by run id (the steps themselves: tests/widedeep/test_widedeep_pipeline.py).

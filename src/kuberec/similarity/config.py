@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kuberec.config import ConfigError, ModelConfig
+from kuberec.model_config import ConfigError, ModelConfig
 
 EXPERIMENT = "kuberec-similarity"  # MLflow experiment of training, evaluation and index runs
 REGISTERED_NAME = "kuberec-similarity"  # MLflow registered model (model + index)

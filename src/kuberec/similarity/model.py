@@ -1,6 +1,6 @@
 """The similarity model: a small CNN ending in TF Similarity's `MetricEmbedding`, trained with Multi-Similarity loss.
 
-Three architectures (all take float32 images [B, 28, 28, 1] in [0, 1], as `kuberec.feed` yields them):
+Three architectures (all take float32 images [B, 28, 28, 1] in [0, 1], as `kuberec.lake.feed` yields them):
 
 - ``seed``: the seed article's minimal CNN (Conv2D 32 -> MaxPool -> Dropout -> Flatten -> MetricEmbedding(128)).
 - ``databricks``: the Databricks notebook's deeper variant (Conv 32/64/256 blocks, each MaxPool + Dropout,

@@ -7,19 +7,19 @@ outputs into the MLflow run the train step created, and the later steps read the
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
 
 from kuberec import tracking
-from kuberec.backends import HorovodJob, get_backend, job_home
-from kuberec.config import config_to_args
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
 from kuberec.similarity.config import EXPERIMENT, REGISTERED_NAME, SimilarityConfig
 from kuberec.similarity.evaluate import EvaluationResult, evaluate_similarity
 from kuberec.similarity.pyfunc import RegisteredSimilarityModel
 from kuberec.similarity.train import MODEL_DIR
+from kuberec.training.worker import RESULT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -32,41 +32,42 @@ def trained_model_uri(run_id: str) -> str:
 
 
 def train(settings: Settings, table: TableRef, config: SimilarityConfig, *, workers: int = 1,
-          max_examples: int | None = None, out_dir: Path | None = None, resume: bool = False,
-          sweep_run_id: str | None = None) -> str:
+          sweep_run_id: str | None = None, out_dir: Path | None = None, resume: bool = False,
+          max_examples: int | None = None) -> str:
     """Train on `table` (its train split) as a Horovod job of `workers` processes; returns the MLflow run id.
 
     The run holds the config, the table version read (lineage), per-epoch metrics and the exported model.
-    `resume` continues the interrupted training in `out_dir` from its last checkpoint (in a new run). Without
-    `out_dir` (what the pipeline does) the job writes under `runs/` of its home (`backends.job_home`: the pod's on a
-    cluster), and a rerun after a failure (a killed worker, a lost MLflow server) continues the failed run from its
-    last checkpoint when the inputs are the same.
-    `sweep_run_id`: the tuning sweep that chose `config`, recorded as a tag.
+    `sweep_run_id`: the tuning sweep that chose `config`, recorded as a tag. `out_dir`, `resume` and reruns after a
+    failure: `kuberec.training.launch.launch_training`. `max_examples` caps the training images (quick runs).
     """
-    from kuberec.distributed import training_run
+    from kuberec.training.launch import launch_training
 
-    params = {**config.to_dict(), "workers": workers, "max_examples": max_examples}
-    default_dir = None if out_dir else (lambda run_id: job_home(settings) / "runs" / f"similarity-{run_id}")
-    with training_run(settings, EXPERIMENT, run_name="train-similarity", lineage={table.uri: table.version},
-                      params=params, tags=tracking.sweep_tags(sweep_run_id), train_dir=default_dir) \
-            as (run_id, run_dir, resumed):
-        out_dir = out_dir or run_dir
-        args = ["--table", table.uri, "--version", str(table.version), "--out", str(out_dir),
-                "--mlflow-run-id", run_id, *config_to_args(config)]
-        args += ["--max-examples", str(max_examples)] if max_examples else []
-        args += ["--resume"] if resume or resumed else []
-        get_backend(settings).run_horovod(HorovodJob(name="train-similarity", module=TRAIN_MODULE, args=tuple(args),
-                                                     workers=workers))
+    run_id = launch_training(
+        settings, "similarity", TRAIN_MODULE, table, config, experiment=EXPERIMENT,
+        params={**config.to_dict(), "workers": workers, "max_examples": max_examples},
+        lineage={table.uri: table.version}, workers=workers, sweep_run_id=sweep_run_id, out_dir=out_dir,
+        resume=resume, extra_args=["--max-examples", str(max_examples)] if max_examples else [])
     log.info("training run %s: model at %s", run_id, trained_model_uri(run_id))
     return run_id
 
 
-def evaluate(settings: Settings, run_id: str, table: TableRef, *, max_queries: int | None = None) -> EvaluationResult:
-    """Retrieval quality of the run's model vs raw pixels (test queries against the train split of `table`),
-    logged into the training run: its metrics (`EvaluationResult.metrics`), the result JSON and the neighbour grid
-    PNG. Returns the EvaluationResult (its `files` point at the run's artifacts)."""
+def trained_table(settings: Settings, run_id: str) -> TableRef:
+    """The catalog table version run `run_id` trained on (its train_result.json)."""
+    with tempfile.TemporaryDirectory(prefix="kuberec-trained-") as tmp:
+        path = tracking.download_artifacts(settings, run_id, f"{tracking.TRAIN_ARTIFACTS}/{RESULT_FILE}", tmp)
+        result = json.loads(Path(path).read_text())
+    return TableRef(result["table_uri"], result["table_version"])
+
+
+def evaluate(settings: Settings, run_id: str, table: TableRef | None = None, *,
+             max_queries: int | None = None) -> EvaluationResult:
+    """Retrieval quality of the run's model vs raw pixels (test queries against the train split of `table`,
+    default: the table version it trained on), logged into the training run: its metrics
+    (`EvaluationResult.metrics`), the result JSON and the neighbour grid PNG. Returns the EvaluationResult (its
+    `files` point at the run's artifacts)."""
     import mlflow
 
+    table = table or trained_table(settings, run_id)
     with tempfile.TemporaryDirectory(prefix="kuberec-evaluate-") as tmp:
         model_dir = tracking.download_artifacts(settings, run_id, f"{tracking.TRAIN_ARTIFACTS}/{MODEL_DIR}", Path(tmp))
         result = evaluate_similarity(model_dir, table.uri, table.version, Path(tmp) / tracking.EVALUATION_ARTIFACTS,
@@ -81,12 +82,14 @@ def evaluate(settings: Settings, run_id: str, table: TableRef, *, max_queries: i
     return result
 
 
-def register(settings: Settings, run_id: str, table: TableRef, *, set_champion: bool = False,
+def register(settings: Settings, run_id: str, table: TableRef | None = None, *, set_champion: bool = False,
              name: str = REGISTERED_NAME) -> RegisteredSimilarityModel:
-    """Index every catalog row of `table` with the run's model and register model + index as a new version of
-    `name`. `set_champion` True moves the `champion` alias to it; False sets it only when the model has none yet."""
-    from kuberec.similarity.build_index import build_and_register
+    """Index every catalog row of `table` (default: the table version the run trained on) with the run's model and
+    register model + index as a new version of `name`. `set_champion` True moves the `champion` alias to it; False
+    sets it only when the model has none yet."""
+    from kuberec.similarity.index.build import build_and_register
 
+    table = table or trained_table(settings, run_id)
     with tracking.continue_run(settings, run_id):  # the training run holds the registered model, as for wide & deep
         return build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri, version=table.version,
                                   name=name, training_run_id=run_id, set_champion=True if set_champion else None)

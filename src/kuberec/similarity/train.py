@@ -34,8 +34,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kuberec import config as model_config
-from kuberec.distributed import (
+from kuberec import model_config
+from kuberec.similarity.config import SimilarityConfig
+from kuberec.similarity.model import augment_batch, build_loss, build_model, export_embedding_model, resolve_precision
+from kuberec.training.worker import (
     CONFIG_FILE,
     HISTORY_FILE,
     RESULT_FILE,
@@ -48,8 +50,6 @@ from kuberec.distributed import (
     prepare_out_dir,
     weights_checksum,
 )
-from kuberec.similarity.config import SimilarityConfig
-from kuberec.similarity.model import augment_batch, build_loss, build_model, export_embedding_model, resolve_precision
 
 log = logging.getLogger("kuberec.similarity.train")  # a stable name also when run with `python -m`
 
@@ -288,7 +288,7 @@ def train_similarity(config: SimilarityConfig, table_uri: str, version: int | No
     `version` None means the latest; rank 0 resolves it once so that every worker reads the same snapshot, and the
     result records it. `max_examples` caps the images used (all workers together) for quick runs.
     """
-    from kuberec import feed
+    from kuberec.lake import feed
     from kuberec.lake.delta import table_version
 
     hvd = init_horovod()

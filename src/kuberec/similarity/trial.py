@@ -3,7 +3,7 @@
 `load_data` (on the sweep's driver, once): the labelled train split minus a held-out slice of validation queries.
 `train_trial` (in each trial): `kuberec.similarity.train.train_on_arrays`, one Horovod process of size 1; after each
 epoch the held-out images are queries against the images being trained on, and precision@k / recall@k / k-NN
-accuracy (kuberec.similarity.evaluate.retrieval_metrics) go to `epoch_done`.
+accuracy (kuberec.similarity.metrics) go to `epoch_done`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from kuberec.config import EpochDone
 from kuberec.errors import KuberecError
 from kuberec.lake.delta import TableRef
+from kuberec.model_config import EpochDone
 from kuberec.similarity.config import SimilarityConfig
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class SimilarityData:
 
 def load_data(table: TableRef, *, max_examples: int | None = None, seed: int = 0) -> SimilarityData:
     """The labelled train split of `table`, at most `max_examples` images (seeded sample), minus a held-out slice."""
-    from kuberec import feed
+    from kuberec.lake import feed
 
     arrays = feed.load_arrays(table.uri, version=table.version, split="train")
     rng = np.random.default_rng(seed)
@@ -60,7 +60,7 @@ def load_data(table: TableRef, *, max_examples: int | None = None, seed: int = 0
 
 
 def train_trial(config: dict[str, Any], data: SimilarityData, out_dir: Path, epoch_done: EpochDone) -> None:
-    from kuberec.similarity.evaluate import retrieval_metrics
+    from kuberec.similarity.metrics import retrieval_metrics
     from kuberec.similarity.model import embed
     from kuberec.similarity.train import train_on_arrays
 

@@ -1,5 +1,5 @@
-"""CLI: `kuberec train widedeep` (Horovod job through the configured backend), `kuberec evaluate widedeep`,
-`kuberec register widedeep`: each one step of kuberec.widedeep.steps, linked by the training run's MLflow id."""
+"""CLI: `kuberec train | evaluate | register widedeep`, each one step of kuberec.widedeep.steps, linked by the
+training run's MLflow id. `--examples` is the old name of `--table` and still accepted."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from kuberec.cli import Command
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
 
+TABLE_HELP = "gold examples Delta table (default: the lake's instacart_gold_examples)"
 
-def _examples(settings: Settings, uri: str | None, version: int | None) -> TableRef:
+
+def _table(settings: Settings, uri: str | None, version: int | None) -> TableRef:
     """`uri` (default: the lake's gold examples) at `version` (default: latest); a clear error if it is missing."""
     from kuberec.ingest.instacart_features import EXAMPLES_TABLE, gold_tables
 
@@ -20,70 +22,67 @@ def _examples(settings: Settings, uri: str | None, version: int | None) -> Table
 
 def _train(args: argparse.Namespace) -> None:
     from kuberec import tracking
-    from kuberec.config import config_from_flags
-    from kuberec.settings import load_settings
+    from kuberec.model_commands import training_inputs
     from kuberec.widedeep import steps
     from kuberec.widedeep.config import WideDeepConfig
 
-    settings = load_settings()
-    # Validated here: a bad value fails before any run or worker starts.
-    config = config_from_flags(vars(args), WideDeepConfig)
-    examples = _examples(settings, args.examples, args.version)
-    run_id = steps.train(settings, examples, config, args.workers)
-    metrics = tracking.client(settings).get_run(run_id).data.metrics
-    print(f"trained {config.kind} on {examples} with {args.workers} worker(s), {config.epochs} epochs, final loss "
-          f"{metrics.get('loss', float('nan')):.4f}: MLflow run {run_id}\n"
+    given = training_inputs(args, WideDeepConfig, _table)
+    run_id = steps.train(given.settings, given.table, given.config, workers=given.workers, out_dir=given.out_dir,
+                         resume=given.resume)
+    metrics = tracking.client(given.settings).get_run(run_id).data.metrics
+    print(f"trained {given.config.kind} on {given.table} with {given.workers} worker(s), {given.config.epochs} "
+          f"epochs, final loss {metrics.get('loss', float('nan')):.4f}: MLflow run {run_id}\n"
           f"evaluate: kuberec evaluate widedeep --run {run_id}")
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
-    from kuberec.config import add_config_arguments
+    from kuberec.model_commands import add_table_arguments, add_training_arguments
     from kuberec.widedeep.config import WideDeepConfig
 
-    parser.add_argument("--workers", type=int, default=1, help="Horovod workers (default 1)")
-    parser.add_argument("--examples", help="gold examples table (default: the lake's instacart_gold_examples)")
-    parser.add_argument("--version", type=int, help="table version to train on (default: latest)")
-    add_config_arguments(parser, WideDeepConfig)
+    add_table_arguments(parser, TABLE_HELP, "--examples")
+    add_training_arguments(parser, "widedeep", WideDeepConfig)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from kuberec.model_commands import named_table
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
 
     settings = load_settings()
-    given = args.examples or args.version is not None
-    result = steps.evaluate(settings, args.run_id, _examples(settings, args.examples, args.version) if given else None)
+    result = steps.evaluate(settings, args.run_id, named_table(settings, args, _table))
     print(result.table())
     print(f"logged to MLflow run {args.run_id}: {result.files['json']}\n"
           f"register: kuberec register widedeep --run {args.run_id}")
 
 
 def _evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", dest="run_id", metavar="RUN_ID", required=True,
-                        help="MLflow run id printed by `kuberec train widedeep`")
-    parser.add_argument("--examples", help="gold examples table to test on (default: the table and version the run "
-                                           "trained on)")
-    parser.add_argument("--version", type=int, help="its Delta version (default with --examples: latest)")
+    from kuberec.model_commands import add_run_argument, add_table_arguments
+
+    add_run_argument(parser, "widedeep")
+    add_table_arguments(parser, "gold examples table to test on (default: the table and version the run trained on)",
+                        "--examples")
 
 
 def _register(args: argparse.Namespace) -> None:
+    from kuberec.model_commands import named_table
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
 
-    registered = steps.register(load_settings(), args.run_id, set_champion=args.champion,
+    settings = load_settings()
+    registered = steps.register(settings, args.run_id, named_table(settings, args, _table), set_champion=args.champion,
                                 name=args.name)
     print(f"registered {registered.name} version {registered.version}"
           f"{' (champion)' if registered.champion else ''}: {registered.model_uri}")
 
 
 def _register_args(parser: argparse.ArgumentParser) -> None:
+    from kuberec.model_commands import add_register_arguments, add_run_argument, add_table_arguments
     from kuberec.widedeep.config import REGISTERED_NAME
 
-    parser.add_argument("--run", dest="run_id", metavar="RUN_ID", required=True,
-                        help="MLflow run id printed by `kuberec train widedeep`")
-    parser.add_argument("--name", default=REGISTERED_NAME, help=f"registered model name (default {REGISTERED_NAME})")
-    parser.add_argument("--champion", action="store_true",
-                        help="make this version the champion (default: only when there is none yet)")
+    add_run_argument(parser, "widedeep")
+    add_table_arguments(parser, "gold examples table whose feature build the ranker serves with (default: the build "
+                                "the run trained on)", "--examples")
+    add_register_arguments(parser, REGISTERED_NAME)
 
 
 COMMANDS = [

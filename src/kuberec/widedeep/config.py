@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kuberec.config import ConfigError, ModelConfig
+from kuberec.ingest.instacart_features import CATEGORICAL_FEATURES, ID_COLUMNS, NUMERIC_FEATURES
+from kuberec.model_config import ConfigError, ModelConfig
 
 EXPERIMENT = "kuberec-widedeep"  # MLflow experiment of training, evaluation and registration runs
 REGISTERED_NAME = "kuberec-widedeep"  # MLflow registered model (the pyfunc ranker with its features)
 MODEL_KINDS = ("wide_deep", "wide", "deep")  # `kind`: both parts, or one of them (the baselines)
 DEEP_OPTIMIZERS = ("adagrad", "adam")
+# The gold examples' columns that training, evaluation and tuning trials read: the model's inputs and the label.
+FEED_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from kuberec.config import ConfigError
 from kuberec.errors import KuberecError
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
+from kuberec.model_config import ConfigError
 from kuberec.widedeep.config import WideDeepConfig
 
 log = logging.getLogger(__name__)

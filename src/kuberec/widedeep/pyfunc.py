@@ -75,8 +75,8 @@ def signature():
 def capture_features(settings: Settings, tables: Mapping[str, int], out: Path) -> dict[str, int]:
     """Write users/products/history parquet files from the gold tables at the versions in `tables` ({uri: v});
     returns {uri: version} of everything read (the products table's names come from the bronze products table)."""
-    from kuberec import feed
     from kuberec.ingest.instacart import BRONZE_TABLES
+    from kuberec.lake import feed
     from kuberec.lake.delta import table_version
 
     def version_of(name: str) -> tuple[str, int | None]:
@@ -254,14 +254,15 @@ class RegisteredWideDeepModel:
 
 def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str = REGISTERED_NAME,
                        set_champion: bool | None = None, experiment: str = EXPERIMENT,
-                       evaluation: Mapping[str, float] | None = None,
-                       run_name: str | None = None) -> RegisteredWideDeepModel:
+                       evaluation: Mapping[str, float] | None = None, run_name: str | None = None,
+                       tables: Mapping[str, int] | None = None) -> RegisteredWideDeepModel:
     """Log a `kuberec train widedeep` output as a pyfunc with its features, register it, maybe make it champion.
 
     Runs inside the active MLflow run if there is one (`kuberec.widedeep.steps.register`: the training run), else in
     a new run of `experiment`. `evaluation` (`EvaluationResult.metrics()`) is logged as metrics of
     the logged model. `set_champion`: True moves `champion` to the new version, False
-    leaves it, None sets it only when there is no champion yet.
+    leaves it, None sets it only when there is no champion yet. `tables` ({uri: version}): the gold build whose
+    features the ranker serves with (default: the one it trained on).
     """
     import mlflow
 
@@ -271,8 +272,8 @@ def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str =
     tracking.configure(settings)
     with tempfile.TemporaryDirectory(prefix="kuberec-widedeep-") as tmp:
         features_dir = Path(tmp) / "features"
-        tables = capture_features(settings, trained.tables, features_dir)
-        lineage = {**trained.tables, **tables}
+        read = capture_features(settings, tables or trained.tables, features_dir)
+        lineage = {**trained.tables, **read}
         runs = (contextlib.nullcontext() if mlflow.active_run() else
                 tracking.start_run(settings, experiment, run_name=run_name or "register-widedeep", lineage=lineage))
         with runs:

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 from kuberec import tracking
-from kuberec.backends import HorovodJob, get_backend, job_home
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
 from kuberec.widedeep.config import EXPERIMENT, REGISTERED_NAME, WideDeepConfig
@@ -28,40 +27,27 @@ log = logging.getLogger(__name__)
 TRAIN_MODULE = "kuberec.widedeep.train"
 
 
-def train_dir(settings: Settings, run_id: str) -> Path:
-    """Where the training job of run `run_id` writes (on the machine or pod of its rank 0)."""
-    return job_home(settings) / "runs" / f"widedeep-{run_id}"
-
-
-def train(settings: Settings, examples: TableRef, config: WideDeepConfig, workers: int = 1,
-          sweep_run_id: str | None = None) -> str:
-    """Horovod job: train on `examples` with `workers` workers in a new MLflow run; returns the run id.
+def train(settings: Settings, table: TableRef, config: WideDeepConfig, *, workers: int = 1,
+          sweep_run_id: str | None = None, out_dir: Path | None = None, resume: bool = False) -> str:
+    """Horovod job: train on the gold examples `table` with `workers` workers in a new MLflow run; returns the run id.
 
     The run records the config, the worker count, the Delta versions read (examples, user and product features) and
     the tuning sweep that chose the config (`sweep_run_id`) before the job starts; it ends FAILED when the job fails.
-    A rerun with the same inputs after a failure (a killed worker, a lost MLflow server) continues that failed run
-    from its last epoch checkpoint instead (`kuberec.distributed.training_run`).
+    `out_dir`, `resume` and reruns after a failure: `kuberec.training.launch.launch_training`.
     """
-    from kuberec.config import config_to_args
-    from kuberec.distributed import training_run
     from kuberec.ingest.instacart_features import gold_tables
+    from kuberec.training.launch import launch_training
     from kuberec.widedeep.train import run_params
 
-    lineage = gold_tables(examples.uri, examples.version)
-    with training_run(settings, EXPERIMENT, run_name="train-widedeep", lineage=lineage,
-                      params=run_params(config, workers), tags=tracking.sweep_tags(sweep_run_id),
-                      train_dir=lambda run_id: train_dir(settings, run_id)) as (run_id, out_dir, resumed):
-        args = ("--examples", examples.uri, "--version", str(examples.version), "--out", str(out_dir),
-                *config_to_args(config), "--mlflow-run-id", run_id, *(["--resume"] if resumed else []))
-        get_backend(settings).run_horovod(HorovodJob("train-widedeep", TRAIN_MODULE, args, workers=workers))
-    log.info("trained wide & deep in MLflow run %s", run_id)
-    return run_id
+    return launch_training(settings, "widedeep", TRAIN_MODULE, table, config, experiment=EXPERIMENT,
+                           params=run_params(config, workers), lineage=gold_tables(table.uri, table.version),
+                           workers=workers, sweep_run_id=sweep_run_id, out_dir=out_dir, resume=resume)
 
 
-def evaluate(settings: Settings, run_id: str, examples: TableRef | None = None) -> EvaluationResult:
-    """Score run `run_id`'s model against wide-only, deep-only and popularity on the test split of `examples`
-    (default: the table and version it trained on); logs its metrics (`EvaluationResult.metrics`) and evaluation.json
-    into the run.
+def evaluate(settings: Settings, run_id: str, table: TableRef | None = None) -> EvaluationResult:
+    """Score run `run_id`'s model against wide-only, deep-only and popularity on the test split of the gold
+    examples `table` (default: the table and version it trained on); logs its metrics (`EvaluationResult.metrics`)
+    and evaluation.json into the run.
 
     Returns the EvaluationResult (its `files` point at the run's artifact).
     """
@@ -73,9 +59,9 @@ def evaluate(settings: Settings, run_id: str, examples: TableRef | None = None) 
     with tempfile.TemporaryDirectory(prefix="kuberec-widedeep-eval-") as tmp:
         model_dir = tracking.download_artifacts(settings, run_id, tracking.TRAIN_ARTIFACTS, tmp)
         trained = TrainResult.load(model_dir)
-        examples = examples or TableRef(trained.examples_uri, trained.tables[trained.examples_uri])
-        result = evaluate_widedeep(examples.uri, Path(tmp) / tracking.EVALUATION_ARTIFACTS, model_dir=model_dir,
-                                   version=examples.version)
+        table = table or TableRef(trained.examples_uri, trained.tables[trained.examples_uri])
+        result = evaluate_widedeep(table.uri, Path(tmp) / tracking.EVALUATION_ARTIFACTS, model_dir=model_dir,
+                                   version=table.version)
         with tracking.continue_run(settings, run_id):
             tracking.log_metrics(result.metrics())
             mlflow.log_artifact(result.files["json"], tracking.EVALUATION_ARTIFACTS)
@@ -85,13 +71,15 @@ def evaluate(settings: Settings, run_id: str, examples: TableRef | None = None) 
     return result
 
 
-def register(settings: Settings, run_id: str, *, set_champion: bool = False,
+def register(settings: Settings, run_id: str, table: TableRef | None = None, *, set_champion: bool = False,
              name: str = REGISTERED_NAME) -> RegisteredWideDeepModel:
     """Log run `run_id`'s model with its features as a pyfunc in that run and register it as a version of `name`
     (default kuberec-widedeep), with the run's evaluation when it has one. Returns the RegisteredWideDeepModel.
+    The features come from the gold build of the examples `table` (default: the build the run trained on).
 
     `set_champion` True moves the `champion` alias to it; False sets it only when the model has none yet.
     """
+    from kuberec.ingest.instacart_features import gold_tables
     from kuberec.widedeep.evaluate import RESULT_FILE, flat_metrics
     from kuberec.widedeep.pyfunc import log_widedeep_model
 
@@ -107,4 +95,5 @@ def register(settings: Settings, run_id: str, *, set_champion: bool = False,
             evaluation = flat_metrics(saved.get("scores") or saved["metrics"])
         with tracking.continue_run(settings, run_id):
             return log_widedeep_model(settings, model_dir, name=name, set_champion=True if set_champion else None,
-                                      evaluation=evaluation)
+                                      evaluation=evaluation,
+                                      tables=gold_tables(table.uri, table.version) if table else None)

@@ -1,6 +1,6 @@
 """Train the wide & deep model from the gold examples table: one process or N Horovod workers, the same code.
 
-    python -m kuberec.widedeep.train [--examples URI] [--version V] --out DIR [--config JSON] [--epochs N ...]
+    python -m kuberec.widedeep.train [--table URI] [--version V] --out DIR [--config JSON] [--epochs N ...]
                                      [--mlflow-run-id ID] [--resume]
     horovodrun -np 2 -H localhost:2 --gloo python -m kuberec.widedeep.train ...
 
@@ -19,7 +19,7 @@ every worker from the same snapshot. With `early_stopping_patience` > 0, rank 0 
 epoch and training stops once its log loss has not improved for that many epochs; the model keeps the weights of its
 best epoch (every worker restores the same ones, so checksums still agree).
 
-Rank 0 checkpoints the model and both optimizers after every epoch (`kuberec.distributed.EpochCheckpoints`, as the
+Rank 0 checkpoints the model and both optimizers after every epoch (`kuberec.training.worker.EpochCheckpoints`, as the
 similarity trainer does); `--resume` continues an interrupted run from its last checkpoint with the same config
 (only `epochs` may change), and the feed of a resumed run is shuffled with another seed so it does not replay the
 first epochs' order. Early stopping keeps enough checkpoints to find its best epoch's weights after a resume.
@@ -46,8 +46,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kuberec import config as model_config
-from kuberec.distributed import (
+from kuberec import model_config
+from kuberec.errors import KuberecError
+from kuberec.ingest.instacart_features import EXAMPLES_TABLE, NUMERIC_FEATURES, gold_tables
+from kuberec.training.worker import (
     CHECKPOINT_DIR,
     RESULT_FILE,
     EpochCheckpoints,
@@ -59,20 +61,12 @@ from kuberec.distributed import (
     prepare_out_dir,
     weights_checksum,
 )
-from kuberec.errors import KuberecError
-from kuberec.ingest.instacart_features import (
-    CATEGORICAL_FEATURES,
-    EXAMPLES_TABLE,
-    ID_COLUMNS,
-    NUMERIC_FEATURES,
-    gold_tables,
-)
-from kuberec.widedeep.config import WideDeepConfig
+from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
+from kuberec.widedeep.metrics import log_loss
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
-FEED_COLUMNS = (*ID_COLUMNS, *CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "label")
 
 
 @dataclass
@@ -145,9 +139,8 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     hvd = init_horovod()
     import tensorflow as tf
 
-    from kuberec import feed
+    from kuberec.lake import feed
     from kuberec.widedeep import model as wd
-    from kuberec.widedeep.evaluate import log_loss
 
     rank, size = hvd.rank(), hvd.size()
     out_dir = Path(out_dir).absolute()
@@ -158,32 +151,13 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     if error:
         raise TrainingError(error)
     version = tables[examples_uri]
-
-    # Pass 1: row counts and feature statistics, summed over all shards.
-    count, total, total_sq = 0, np.zeros(len(NUMERIC_FEATURES)), np.zeros(len(NUMERIC_FEATURES))
-    with feed.make_table_dataset(examples_uri, NUMERIC_FEATURES, version=version, split=split, batch_size=8192,
-                                 shard=rank, num_shards=size) as dataset:
-        for batch in dataset:
-            n, s, sq = wd.feature_sums({k: v.numpy() for k, v in batch.items()})
-            count, total, total_sq = count + n, total + s, total_sq + sq
-    if size > 1:
-        rank_examples = [int(c) for c in hvd.allgather_object(count)]
-        total = hvd.allreduce(tf.constant(total), op=hvd.Sum).numpy()
-        total_sq = hvd.allreduce(tf.constant(total_sq), op=hvd.Sum).numpy()
-    else:
-        rank_examples = [count]
-    if min(rank_examples) == 0:
-        raise TrainingError(f"a worker's shard of {examples_uri} v{version} split {split} is empty "
-                            f"(rows per worker: {rank_examples}); use fewer workers")
-    stats = wd.FeatureStats.from_sums(sum(rank_examples), total, total_sq)
+    stats, rank_examples = _feature_stats(hvd, examples_uri, version, split)
     steps = steps_per_epoch(config, stats.count, size)
 
     vocabulary = None
     if config.kind != "deep":
         vocabulary = wd.Vocabulary.from_columns(feed.load_table_arrays(
             examples_uri, wd.VOCABULARY_COLUMNS, version=version, split=split).columns)
-    valid = _validation_rows(examples_uri, version) if rank == 0 and config.early_stopping_patience else None
-
     tf.keras.utils.set_random_seed(config.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
     model = wd.build_model(config, stats, vocabulary)
     wide_opt, deep_opt = wd.build_optimizers(config, model)
@@ -204,18 +178,82 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
         log.info("training %s on %s v%d (%s): %d workers, %d rows (%s), %d steps/epoch of %d, epochs %d..%d",
                  config.kind, examples_uri, version, split, size, stats.count, rank_examples, steps,
                  config.batch_size, start_epoch + 1, config.epochs)
-    best_loss, best_epoch, best_weights = float("inf"), 0, None
-    for entry in history:  # a resumed run's best epoch so far, decided as in the loop below
-        if "valid_log_loss" not in entry or entry["valid_log_loss"] < best_loss:
-            best_loss, best_epoch = entry.get("valid_log_loss", best_loss), int(entry["epoch"])
+    epochs = _Epochs(hvd, config, model, history, checkpoints,
+                     _validation_rows(examples_uri, version) if rank == 0 and config.early_stopping_patience else None,
+                     on_epoch_end)
     resumed_from = start_epoch
-    if config.early_stopping_patience and history and start_epoch - best_epoch >= config.early_stopping_patience:
+    if config.early_stopping_patience and history and start_epoch - epochs.best_epoch >= config.early_stopping_patience:
         start_epoch = config.epochs  # it had stopped early before it was interrupted
     with feed.make_table_dataset(examples_uri, FEED_COLUMNS, version=version, split=split,
                                  batch_size=config.batch_size, shard=rank, num_shards=size, num_epochs=None,
                                  shuffle=True, seed=config.seed + rank + 1000 * start_epoch,
                                  shuffle_buffer=config.shuffle_buffer) as dataset:
-        batches = iter(dataset)
+        epochs.run(iter(dataset), train_step, steps, start_epoch)
+    epochs.keep_best_weights(out_dir)
+
+    checksum = _agreed_checksum(hvd, model, out_dir if save else None)
+    result = TrainResult(config=config, out_dir=out_dir, model_dir=out_dir / MODEL_DIR, examples_uri=examples_uri,
+                         tables=tables, world_size=size, train_examples=stats.count, rank_examples=rank_examples,
+                         steps_per_epoch=steps, history=history, best_epoch=epochs.best_epoch,
+                         vocabulary=vocabulary.sizes() if vocabulary else {}, weights_sha256=checksum,
+                         resumed_from_epoch=resumed_from)
+    if rank == 0 and save:
+        wd.save_model(model, result.model_dir, {"config": config.to_dict(), "tables": tables, "split": split,
+                                                "stats": dataclasses.asdict(stats), "best_epoch": epochs.best_epoch,
+                                                "vocabulary": result.vocabulary})
+        (out_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+        log.info("model saved to %s", result.model_dir)
+    if size > 1:  # a barrier: nobody returns before rank 0 has written the model
+        hvd.allreduce(tf.constant(0), op=hvd.Sum, name="widedeep_train_done")
+    return result, model
+
+
+def _feature_stats(hvd, examples_uri: str, version: int, split: str):
+    """Pass 1 over every worker's shard: (the numeric features' FeatureStats summed over all shards, rows per
+    worker), so every worker builds the same normalisation."""
+    import tensorflow as tf
+
+    from kuberec.lake import feed
+    from kuberec.widedeep import model as wd
+
+    count, total, total_sq = 0, np.zeros(len(NUMERIC_FEATURES)), np.zeros(len(NUMERIC_FEATURES))
+    with feed.make_table_dataset(examples_uri, NUMERIC_FEATURES, version=version, split=split, batch_size=8192,
+                                 shard=hvd.rank(), num_shards=hvd.size()) as dataset:
+        for batch in dataset:
+            n, s, sq = wd.feature_sums({k: v.numpy() for k, v in batch.items()})
+            count, total, total_sq = count + n, total + s, total_sq + sq
+    if hvd.size() > 1:
+        rank_examples = [int(c) for c in hvd.allgather_object(count)]
+        total = hvd.allreduce(tf.constant(total), op=hvd.Sum).numpy()
+        total_sq = hvd.allreduce(tf.constant(total_sq), op=hvd.Sum).numpy()
+    else:
+        rank_examples = [count]
+    if min(rank_examples) == 0:
+        raise TrainingError(f"a worker's shard of {examples_uri} v{version} split {split} is empty "
+                            f"(rows per worker: {rank_examples}); use fewer workers")
+    return wd.FeatureStats.from_sums(sum(rank_examples), total, total_sq), rank_examples
+
+
+class _Epochs:
+    """The epoch loop with early stopping: rank 0 scores the `valid` rows after each epoch and decides for every
+    worker; the weights of the best epoch so far are kept (a resumed run's history counts)."""
+
+    def __init__(self, hvd, config: WideDeepConfig, model, history: list[dict[str, float]], checkpoints,
+                 valid: dict[str, np.ndarray] | None, on_epoch_end: EpochCallback | None) -> None:
+        self.hvd, self.config, self.model, self.history = hvd, config, model, history
+        self.checkpoints, self.valid, self.on_epoch_end = checkpoints, valid, on_epoch_end
+        self.best_loss, self.best_epoch, self.best_weights = float("inf"), 0, None
+        for entry in history:  # a resumed run's best epoch so far, decided as in `run`
+            if "valid_log_loss" not in entry or entry["valid_log_loss"] < self.best_loss:
+                self.best_loss, self.best_epoch = entry.get("valid_log_loss", self.best_loss), int(entry["epoch"])
+
+    def run(self, batches, train_step, steps: int, start_epoch: int) -> None:
+        import tensorflow as tf
+
+        from kuberec.widedeep import model as wd
+
+        hvd, config = self.hvd, self.config
+        size = hvd.size()
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             loss_sum = tf.constant(0.0)
@@ -228,69 +266,70 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
             seconds = time.perf_counter() - started
             entry = {"epoch": epoch + 1, "loss": float(loss), "seconds": round(seconds, 3),
                      "examples_per_second": round(steps * config.batch_size * size / seconds, 1)}
-            improved, stop = True, False
-            if valid is not None:
-                entry["valid_log_loss"] = log_loss(valid["label"], wd.predict(model, valid))
-                improved = entry["valid_log_loss"] < best_loss
-                stop = not improved and epoch + 1 - best_epoch >= config.early_stopping_patience
-            if size > 1 and config.early_stopping_patience:  # rank 0 decides for everyone
-                improved, stop = hvd.broadcast_object((improved, stop), root_rank=0, name=f"early_stop_{epoch}")
-            if improved:
-                best_loss, best_epoch = entry.get("valid_log_loss", best_loss), epoch + 1
-                best_weights = model.get_weights() if config.early_stopping_patience else None
-            history.append(entry)
-            if checkpoints is not None:
-                checkpoints.save(epoch + 1, history)
-            if rank == 0:
-                log.info("epoch %d/%d: loss %.4f%s, %.0f examples/s", epoch + 1, config.epochs, entry["loss"],
-                         f", valid log loss {entry['valid_log_loss']:.4f}" if "valid_log_loss" in entry else "",
-                         entry["examples_per_second"])
-                if on_epoch_end is not None:
-                    on_epoch_end(entry, model)
-            if stop:
-                log.info("early stop after epoch %d: best valid log loss %.4f at epoch %d", epoch + 1, best_loss,
-                         best_epoch)
+            if self._end_epoch(epoch, entry):
+                log.info("early stop after epoch %d: best valid log loss %.4f at epoch %d", epoch + 1,
+                         self.best_loss, self.best_epoch)
                 break
-    if best_weights is not None and best_epoch != len(history):
-        model.set_weights(best_weights)
-    elif config.early_stopping_patience and best_epoch and best_epoch != len(history):
-        # The best epoch came before a resume: its weights are in its checkpoint, on rank 0's disk.
-        if not agree(hvd, checkpoints.restore_epoch(best_epoch) if rank == 0 else None):
-            raise TrainingError(f"the checkpoint of epoch {best_epoch} (the best) is gone from {out_dir}")
-        if size > 1:
-            hvd.broadcast_variables(model.variables, root_rank=0)
 
+    def _end_epoch(self, epoch: int, entry: dict[str, float]) -> bool:
+        """Validate, keep the best weights, checkpoint and report epoch `epoch` (0-based); True: stop early."""
+        from kuberec.widedeep import model as wd
+
+        hvd, config = self.hvd, self.config
+        improved, stop = True, False
+        if self.valid is not None:
+            entry["valid_log_loss"] = log_loss(self.valid["label"], wd.predict(self.model, self.valid))
+            improved = entry["valid_log_loss"] < self.best_loss
+            stop = not improved and epoch + 1 - self.best_epoch >= config.early_stopping_patience
+        if hvd.size() > 1 and config.early_stopping_patience:  # rank 0 decides for everyone
+            improved, stop = hvd.broadcast_object((improved, stop), root_rank=0, name=f"early_stop_{epoch}")
+        if improved:
+            self.best_loss, self.best_epoch = entry.get("valid_log_loss", self.best_loss), epoch + 1
+            self.best_weights = self.model.get_weights() if config.early_stopping_patience else None
+        self.history.append(entry)
+        if self.checkpoints is not None:
+            self.checkpoints.save(epoch + 1, self.history)
+        if hvd.rank() == 0:
+            log.info("epoch %d/%d: loss %.4f%s, %.0f examples/s", epoch + 1, config.epochs, entry["loss"],
+                     f", valid log loss {entry['valid_log_loss']:.4f}" if "valid_log_loss" in entry else "",
+                     entry["examples_per_second"])
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(entry, self.model)
+        return stop
+
+    def keep_best_weights(self, out_dir: Path) -> None:
+        """Put the best epoch's weights back into the model when a later epoch was worse."""
+        hvd, best_epoch = self.hvd, self.best_epoch
+        if self.best_weights is not None and best_epoch != len(self.history):
+            self.model.set_weights(self.best_weights)
+        elif self.config.early_stopping_patience and best_epoch and best_epoch != len(self.history):
+            # The best epoch came before a resume: its weights are in its checkpoint, on rank 0's disk.
+            if not agree(hvd, self.checkpoints.restore_epoch(best_epoch) if hvd.rank() == 0 else None):
+                raise TrainingError(f"the checkpoint of epoch {best_epoch} (the best) is gone from {out_dir}")
+            if hvd.size() > 1:
+                hvd.broadcast_variables(self.model.variables, root_rank=0)
+
+
+def _agreed_checksum(hvd, model, out_dir: Path | None) -> str:
+    """The model's weights checksum, written to `out_dir` (when given) and the same on every worker, or
+    TrainingError: gradients were not averaged or a variable was never synchronised."""
     checksum = weights_checksum(model)
-    if save:
+    if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"weights-rank{rank}.sha256").write_text(checksum + "\n")
-    if size > 1:
+        (out_dir / f"weights-rank{hvd.rank()}.sha256").write_text(checksum + "\n")
+    if hvd.size() > 1:
         checksums = hvd.allgather_object(checksum)
-        if len(set(checksums)) > 1:  # gradients were not averaged or a variable was never synchronised
+        if len(set(checksums)) > 1:
             raise TrainingError(f"workers ended with different weights ({checksums}); the run is not usable")
-    result = TrainResult(config=config, out_dir=out_dir, model_dir=out_dir / MODEL_DIR, examples_uri=examples_uri,
-                         tables=tables, world_size=size, train_examples=stats.count, rank_examples=rank_examples,
-                         steps_per_epoch=steps, history=history, best_epoch=best_epoch,
-                         vocabulary=vocabulary.sizes() if vocabulary else {}, weights_sha256=checksum,
-                         resumed_from_epoch=resumed_from)
-    if rank == 0 and save:
-        wd.save_model(model, result.model_dir, {"config": config.to_dict(), "tables": tables, "split": split,
-                                                "stats": dataclasses.asdict(stats), "best_epoch": best_epoch,
-                                                "vocabulary": result.vocabulary})
-        (out_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
-        log.info("model saved to %s", result.model_dir)
-    if size > 1:  # a barrier: nobody returns before rank 0 has written the model
-        hvd.allreduce(tf.constant(0), op=hvd.Sum, name="widedeep_train_done")
-    return result, model
+    return checksum
 
 
 def _validation_rows(examples_uri: str, version: int) -> dict[str, np.ndarray] | None:
     """The `valid` split's columns for early stopping, or None (logged) when the table has no such rows."""
-    from kuberec import feed
-    from kuberec.widedeep.evaluate import EVAL_COLUMNS
+    from kuberec.lake import feed
 
     try:
-        valid = feed.load_table_arrays(examples_uri, EVAL_COLUMNS, version=version, split="valid")
+        valid = feed.load_table_arrays(examples_uri, FEED_COLUMNS, version=version, split="valid")
     except feed.FeedError as err:
         log.warning("no early stopping: %s", err)
         return None
@@ -309,7 +348,8 @@ def _resolve_or_error(examples_uri: str, version: int | None) -> dict[str, int] 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kuberec.widedeep.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", help=f"gold examples Delta table URI (default: the lake's {EXAMPLES_TABLE})")
+    parser.add_argument("--table", "--examples", dest="table",
+                        help=f"gold examples Delta table URI (default: the lake's {EXAMPLES_TABLE})")
     parser.add_argument("--version", type=int, default=None, help="Delta version to read (default: latest)")
     parser.add_argument("--split", default="train", help="rows of this split are trained on (default: train)")
     parser.add_argument("--out", required=True, help="output directory (model, results)")
@@ -357,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     config = model_config.config_from_flags(vars(args), WideDeepConfig)
-    examples = args.examples or load_settings().table_uri(EXAMPLES_TABLE)
+    examples = args.table or load_settings().table_uri(EXAMPLES_TABLE)
     options = dict(version=args.version, split=args.split, resume=args.resume)
     if args.mlflow_run_id:
         train_tracked(args.mlflow_run_id, config, examples, args.out, **options)

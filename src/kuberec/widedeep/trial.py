@@ -2,7 +2,7 @@
 
 `load_data` (on the sweep's driver, once): the `valid` split's columns. `train_trial` (in each trial):
 `kuberec.widedeep.train.train_widedeep_model` on the `train` split (streamed by Petastorm as in the pipeline); after
-each epoch the model scores the `valid` split (AUC, per-user AUC, log loss, MAP@10: kuberec.widedeep.evaluate.metrics)
+each epoch the model scores the `valid` split (AUC, per-user AUC, log loss, MAP@10: kuberec.widedeep.metrics)
 for `epoch_done`.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from kuberec.config import EpochDone
 from kuberec.errors import KuberecError
 from kuberec.lake.delta import TableRef
-from kuberec.widedeep.config import WideDeepConfig
+from kuberec.model_config import EpochDone
+from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WideDeepData:
     examples: TableRef
-    valid: dict[str, np.ndarray]  # the `valid` split's columns (kuberec.widedeep.evaluate.EVAL_COLUMNS)
+    valid: dict[str, np.ndarray]  # the `valid` split's columns (kuberec.widedeep.config.FEED_COLUMNS)
 
 
 def load_data(examples: TableRef, *, max_examples: int | None = None, seed: int = 0) -> WideDeepData:
     """The valid split's columns. `max_examples` and `seed` are not used: a trial streams the whole train split (the
     model's record says how to bound it instead)."""
-    from kuberec import feed
-    from kuberec.widedeep.evaluate import EVAL_COLUMNS
+    from kuberec.lake import feed
 
-    valid = feed.load_table_arrays(examples.uri, EVAL_COLUMNS, version=examples.version, split="valid")
+    valid = feed.load_table_arrays(examples.uri, FEED_COLUMNS, version=examples.version, split="valid")
     labels = valid.columns["label"]
     if len(valid) == 0 or labels.min() == labels.max():
         raise KuberecError(f"the valid split of {examples} needs rows of both labels to validate trials")
@@ -44,7 +43,7 @@ def load_data(examples: TableRef, *, max_examples: int | None = None, seed: int 
 
 
 def train_trial(config: dict[str, Any], data: WideDeepData, out_dir: Path, epoch_done: EpochDone) -> None:
-    from kuberec.widedeep.evaluate import metrics
+    from kuberec.widedeep.metrics import metrics
     from kuberec.widedeep.model import predict
     from kuberec.widedeep.train import train_widedeep_model
 

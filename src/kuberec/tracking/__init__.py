@@ -1,7 +1,7 @@
 """MLflow for kuberec: where the tracking server is, runs with data lineage, and the model registry.
 
 `tracking_uri(settings)` is `MLFLOW_TRACKING_URI` (or `mlflow_tracking_uri` in the config) when set: the in-cluster
-server, a team server. Otherwise it is kuberec's own embedded server (`kuberec.mlflow_server`), started on first use;
+server, a team server. Otherwise it is kuberec's own embedded server (`kuberec.tracking.server`), started on first use;
 with it, MLflow's client gives up on a silent server after about 15 s instead of 4 minutes, and `reconnecting`
 starts the server again for a call that found it gone (what a training job's rank 0 does after each epoch).
 
@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from kuberec import mlflow_server
 from kuberec.errors import KuberecError
 from kuberec.settings import Settings, redact_uri
+from kuberec.tracking import server as mlflow_server
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun

@@ -50,8 +50,8 @@ def refresh_arguments(parser: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace) -> None:
     from kuberec import tracking
     from kuberec.settings import load_settings
-    from kuberec.similarity.build_index import build_and_register
-    from kuberec.similarity.index import HnswParams
+    from kuberec.similarity.index.build import build_and_register
+    from kuberec.similarity.index.items import HnswParams
 
     tuned = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     result = build_and_register(
@@ -67,7 +67,7 @@ def _build(args: argparse.Namespace) -> None:
 def _refresh(args: argparse.Namespace) -> None:
     from kuberec import tracking
     from kuberec.settings import load_settings
-    from kuberec.similarity.refresh import refresh
+    from kuberec.similarity.index.refresh import refresh
 
     result = refresh(load_settings(), name=args.name or REGISTERED_NAME, version=args.version, alias=args.alias,
                      set_champion=args.set_champion, table_uri=args.table)

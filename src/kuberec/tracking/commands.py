@@ -8,8 +8,8 @@ from kuberec.cli import Command
 
 
 def _ui(args: argparse.Namespace) -> None:
-    from kuberec import mlflow_server
     from kuberec.settings import load_settings, redact_uri
+    from kuberec.tracking import server as mlflow_server
 
     settings = load_settings()
     if settings.mlflow_tracking_uri:
@@ -25,8 +25,8 @@ def _ui_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _stop(args: argparse.Namespace) -> None:
-    from kuberec import mlflow_server
     from kuberec.settings import load_settings
+    from kuberec.tracking import server as mlflow_server
 
     stopped = mlflow_server.stop_server(load_settings())
     print(f"stopped the MLflow server at {stopped.url} (pid {stopped.pid})" if stopped
@@ -34,8 +34,8 @@ def _stop(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kuberec import mlflow_server
     from kuberec.settings import load_settings, redact_uri
+    from kuberec.tracking import server as mlflow_server
 
     settings = load_settings()
     if settings.mlflow_tracking_uri:

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
-
-import numpy as np
 
 from kuberec import tracking
-from kuberec.errors import DataError, KuberecError
+from kuberec.errors import KuberecError
 from kuberec.settings import Settings
 from kuberec.similarity.config import REGISTERED_NAME
-from kuberec.similarity.index import CatalogRows, embed_in_batches
+from kuberec.similarity.index.catalog import CatalogRows, catalog_rows_added_since, embed_in_batches
 from kuberec.similarity.pyfunc import (
     INDEX_VERSION_TAG,
     SOURCE_VERSION_TAG,
@@ -36,9 +33,6 @@ from kuberec.similarity.pyfunc import (
 )
 
 log = logging.getLogger(__name__)
-
-CDF_COLUMNS = ["item_id", "label", "image", "split"]
-
 
 @dataclass(frozen=True)
 class RefreshResult:
@@ -51,23 +45,6 @@ class RefreshResult:
     items: int  # items in the new index (or the source index when nothing changed)
     champion: bool  # the new version is now champion
     reused: bool = False  # an earlier refresh of the same source to the same table version was returned
-
-
-def catalog_rows_added_since(table_uri: str, version: int, until: int | None = None,
-                             splits: Sequence[str] | None = None) -> CatalogRows:
-    """Catalog rows inserted after `version` up to `until` (default: latest), restricted to `splits`."""
-    from kuberec.lake.delta import rows_added_since, table_version
-
-    until = table_version(table_uri) if until is None else until
-    rows = [row for row in rows_added_since(table_uri, version, until, columns=CDF_COLUMNS)
-            if not splits or row["split"] in splits]
-    bad = [row["item_id"] for row in rows if row["image"] is None or len(row["image"]) != 784]
-    if bad:
-        raise DataError(f"{table_uri}: items {bad[:5]} do not hold a 784-byte 28x28 image; not a catalog table")
-    return CatalogRows(np.asarray([row["item_id"] for row in rows], np.int64),
-                       np.asarray([-1 if row["label"] is None else row["label"] for row in rows], np.int32),
-                       np.frombuffer(b"".join(row["image"] for row in rows), np.uint8).reshape(-1, 28, 28), until,
-                       list(splits) if splits else None)
 
 
 def _earlier_refresh(settings: Settings, name: str, source_version: int | str, table_version: int):

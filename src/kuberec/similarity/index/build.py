@@ -17,7 +17,8 @@ from kuberec import tracking
 from kuberec.ingest.catalog import TABLE_NAME
 from kuberec.settings import Settings
 from kuberec.similarity.config import REGISTERED_NAME
-from kuberec.similarity.index import HnswParams, build_from_table
+from kuberec.similarity.index.catalog import build_from_table
+from kuberec.similarity.index.items import HnswParams
 from kuberec.similarity.pyfunc import RegisteredSimilarityModel, log_similarity_model
 
 log = logging.getLogger(__name__)

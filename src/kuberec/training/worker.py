@@ -1,23 +1,21 @@
-"""What every Horovod training entrypoint needs: start Horovod, agree on rank 0's values, compare weights,
-checkpoint each epoch and resume; and, for the steps that launch training, finding an interrupted run to resume.
+"""What every Horovod training entrypoint needs inside its workers: start Horovod, agree on rank 0's values,
+compare weights, checkpoint each epoch and resume (kuberec.training.launch is the side that starts the job).
 
 The same code runs in one process (Horovod of size 1), under `horovodrun -np N --gloo` and in an MPIJob.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from kuberec.errors import KuberecError
-from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -154,71 +152,3 @@ class EpochCheckpoints:
             return False
         self.checkpoint.restore(path).assert_existing_objects_matched()
         return True
-
-
-# -- resuming an interrupted step ---------------------------------------------------------------------------------
-# A pipeline step that trains records its inputs' fingerprint and its output directory as tags of the run it
-# creates. Rerun with the same inputs after a failure (a killed rank, a lost MLflow server), it finds that run and
-# continues it, in the same run and directory, from the last checkpoint; a run that finished is never reused.
-
-FINGERPRINT_TAG = "kuberec.train.fingerprint"
-TRAIN_DIR_TAG = "kuberec.train.dir"
-
-
-def fingerprint(run_name: str, params: Mapping[str, Any], lineage: Mapping[str, int]) -> str:
-    """What identifies a training step's work: its name, params (config, workers, ...) and the data versions."""
-    text = json.dumps({"run": run_name, "params": params, "lineage": lineage}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def interrupted_run(settings: Settings, experiment: str, run_name: str, key: str) -> tuple[str, Path] | None:
-    """(run id, output directory) of the latest FAILED run of this step with fingerprint `key` whose directory
-    still holds checkpoints and no finished result, or None."""
-    from kuberec import tracking
-
-    runs = tracking.client(settings).search_runs(
-        [tracking.experiment_id(experiment)],
-        filter_string=(f"tags.`{FINGERPRINT_TAG}` = '{key}' and attributes.run_name = '{run_name}' "
-                       f"and attributes.status = 'FAILED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs or TRAIN_DIR_TAG not in runs[0].data.tags:
-        return None
-    out_dir = Path(runs[0].data.tags[TRAIN_DIR_TAG])
-    checkpoints = out_dir / CHECKPOINT_DIR
-    if not checkpoints.is_dir() or not any(checkpoints.iterdir()) or (out_dir / RESULT_FILE).is_file():
-        return None  # nothing to resume here (another machine's disk, or no epoch was checkpointed)
-    return runs[0].info.run_id, out_dir
-
-
-@contextlib.contextmanager
-def training_run(settings: Settings, experiment: str, *, run_name: str, params: Mapping[str, Any],
-                 lineage: Mapping[str, int], tags: Mapping[str, str] | None = None,
-                 train_dir: Callable[[str], Path] | None = None) -> Iterator[tuple[str, Path | None, bool]]:
-    """The MLflow run a training step launches its job in: (run id, output directory, resume).
-
-    With `train_dir` (run id -> output directory), the latest FAILED run of the same step with the same inputs
-    whose directory still holds checkpoints is continued (resume True, logged); otherwise a new run is created.
-    Without it (the caller chose the directory) the run is always new and the directory is None. The run ends
-    FINISHED, or FAILED when the block raises.
-    """
-    from kuberec import tracking
-
-    key = fingerprint(run_name, params, lineage)
-    found = interrupted_run(settings, experiment, run_name, key) if train_dir is not None else None
-    if found is None:
-        run_id = tracking.create_run(settings, experiment, run_name=run_name, lineage=lineage, params=params,
-                                     tags={**(tags or {}), FINGERPRINT_TAG: key})
-        out_dir = train_dir(run_id) if train_dir is not None else None
-        if out_dir is not None:
-            tracking.client(settings).set_tag(run_id, TRAIN_DIR_TAG, str(out_dir))
-    else:
-        run_id, out_dir = found
-        log.info("%s: continuing run %s, which did not finish, from its checkpoints in %s", run_name, run_id,
-                 out_dir)
-        tracking.client(settings).update_run(run_id, status="RUNNING")
-    try:
-        yield run_id, out_dir, found is not None
-    except BaseException:
-        tracking.end_run(settings, run_id, failed=True)
-        raise
-    tracking.end_run(settings, run_id)
