@@ -15,13 +15,8 @@ from __future__ import annotations
 
 from kfp import dsl
 
-from kuberec.backends.k8s_resources import (
-    LAKE_SECRET_KEYS,
-    LOCAL_ONLY_ENV,
-    MLFLOW_SECRET_KEYS,
-    OPTION_ENV_VARS,
-    ClusterOptions,
-)
+from kuberec.backends.k8s.options import OPTION_ENV_VARS, ClusterOptions
+from kuberec.backends.k8s.pods import LAKE_SECRET_KEYS, LOCAL_ONLY_ENV, MLFLOW_SECRET_KEYS
 from kuberec.settings import ENV_VARS, load_settings
 
 RUNTIME_IMAGE = load_settings().image("runtime")

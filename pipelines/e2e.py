@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kuberec.backends.cluster_access import ClusterAccess
-from kuberec.backends.k8s_resources import INFERENCE_SERVICE, KINDS
+from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
 from kuberec.models import MODELS
 from kuberec.serving.refusals import bad_requests
 from kuberec.settings import load_settings

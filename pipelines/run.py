@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from kuberec.backends.k8s_resources import LOCAL_ONLY_ENV
+from kuberec.backends.k8s.pods import LOCAL_ONLY_ENV
 from kuberec.errors import KuberecError
 from kuberec.models import MODELS
 from kuberec.settings import load_settings

@@ -46,7 +46,8 @@ def test_every_task_gets_the_cluster_settings(name, tmp_path):
 
 
 def test_settings_cover_the_backend_options():
-    from kuberec.backends.k8s_resources import LOCAL_ONLY_ENV, OPTION_ENV_VARS
+    from kuberec.backends.k8s.options import OPTION_ENV_VARS
+    from kuberec.backends.k8s.pods import LOCAL_ONLY_ENV
     from kuberec.settings import ENV_VARS
 
     wanted = {var for var in ENV_VARS.values() if var not in LOCAL_ONLY_ENV} | set(OPTION_ENV_VARS)

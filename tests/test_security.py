@@ -15,7 +15,8 @@ import yaml
 
 from kuberec import tracking
 from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
-from kuberec.backends.k8s_resources import ClusterConfigError, ClusterOptions, render
+from kuberec.backends.k8s.options import ClusterConfigError, ClusterOptions
+from kuberec.backends.k8s.render import render
 from kuberec.backends.local import LocalBackend
 from kuberec.settings import Settings, SettingsError, exposure_warning, load_settings, redact_uri
 from kuberec.tracking import server as mlflow_server

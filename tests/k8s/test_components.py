@@ -22,7 +22,7 @@ import pytest
 # The statuses each operator writes, shared with the backend tests (tests/k8s is on sys.path, like its conftest).
 from test_kubernetes_backend import mpijob_statuses, spark_statuses
 
-from kuberec.backends.k8s_resources import MPIJOB, SPARK_APPLICATION, Kind
+from kuberec.backends.k8s.kinds import MPIJOB, SPARK_APPLICATION, Kind
 
 pytestmark = [pytest.mark.skipif(os.environ.get("KUBEREC_K8S_TESTS") == "0",
                                  reason="Kubernetes tests disabled (KUBEREC_K8S_TESTS=0)"),

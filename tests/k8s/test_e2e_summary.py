@@ -8,7 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from kuberec.backends import HorovodJob, SparkJob
-from kuberec.backends.k8s_resources import KINDS, ClusterOptions, render
+from kuberec.backends.k8s.kinds import KINDS
+from kuberec.backends.k8s.options import ClusterOptions
+from kuberec.backends.k8s.render import render
 from kuberec.settings import Settings
 from pipelines.e2e import Outcome, created_resources, format_summary
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kuberec.backends.k8s_resources import SPARK_LAUNCHER
+from kuberec.backends.k8s.render import SPARK_LAUNCHER
 from kuberec.lake.spark import DELTA_VERSION
 from kuberec.settings import Settings
 

@@ -15,8 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob, k8s_resources
-from kuberec.backends.k8s_resources import INFERENCE_SERVICE, KINDS, ClusterOptions
+from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
+from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
+from kuberec.backends.k8s.options import ClusterOptions
+from kuberec.backends.k8s.render import render as render_resource
 from kuberec.backends.kubernetes import JobCancelled, JobTimeout, KubernetesBackend, KubernetesError
 from kuberec.settings import Settings
 
@@ -93,7 +95,7 @@ def logged_states(caplog, kind: str, name: str) -> list[str]:
 
 def render(backend: KubernetesBackend, job) -> dict:
     """The resource the backend creates for `job`, rendered with its settings and options."""
-    return k8s_resources.render(job, backend.settings, backend.options)
+    return render_resource(job, backend.settings, backend.options)
 
 
 def write_status(backend: KubernetesBackend, kind, name: str, status: dict) -> dict:

@@ -11,7 +11,9 @@ import yaml
 from overlays import TARGETS
 
 from kuberec.backends import HorovodJob
-from kuberec.backends.k8s_resources import KINDS, ClusterOptions, Toleration, render
+from kuberec.backends.k8s.kinds import KINDS
+from kuberec.backends.k8s.options import ClusterOptions, Toleration
+from kuberec.backends.k8s.render import render
 from kuberec.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +113,7 @@ def test_serving_runtime_sizes_workers_as_kuberec_serve_does(built, target):
     """The predictor's MLServer worker count is what `kuberec serve` picks for the CPUs its container may use."""
     import math
 
-    from kuberec.backends.k8s_resources import cpu_millis
+    from kuberec.backends.k8s.pods import cpu_millis
     from kuberec.serving.server import default_workers
 
     container = find(built[target], "ClusterServingRuntime", "kuberec-mlflow")["spec"]["containers"][0]
@@ -189,7 +191,7 @@ def test_local_overlay_fits_one_small_node_and_pulls_nothing(built, tmp_path):
     """`make cluster-up`'s node has 2 CPUs and no registry: kuberec's own pods plus the largest job a step makes
     must fit in its requests, and every image is one the cluster's scripts build on the node."""
     from kuberec.backends import RayJob, SparkJob
-    from kuberec.backends.k8s_resources import cpu_millis
+    from kuberec.backends.k8s.pods import cpu_millis
 
     objects = built["overlays/local"]
     env = find(objects, "ConfigMap", "kuberec-settings")["data"]

@@ -1,5 +1,5 @@
 """Pod security: every pod of the built overlays (manifests/) and every pod kuberec renders at run time
-(kuberec.backends.k8s_resources) runs as a numeric non-root user, without privilege escalation or capabilities, under
+(kuberec.backends.k8s) runs as a numeric non-root user, without privilege escalation or capabilities, under
 the runtime's seccomp profile, on a read-only root file system with an emptyDir where its programs write; the images
 run as the users the pods name. The justified exceptions are listed, with why, in ALLOWED below."""
 
@@ -13,15 +13,9 @@ import pytest
 from overlays import TARGETS
 
 from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
-from kuberec.backends.k8s_resources import (
-    RUN_AS_USER,
-    SSH_DIR,
-    SSHD_CONFIG,
-    USER_HOME,
-    WRITABLE_DIRS,
-    ClusterOptions,
-    render,
-)
+from kuberec.backends.k8s.options import ClusterOptions
+from kuberec.backends.k8s.pods import RUN_AS_USER, USER_HOME, WRITABLE_DIRS
+from kuberec.backends.k8s.render import SSH_DIR, SSHD_CONFIG, render
 from kuberec.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""What kuberec.backends.k8s_resources puts into each custom resource (no server needed; acceptance by a real API
+"""What kuberec.backends.k8s puts into each custom resource (no server needed; acceptance by a real API
 server is tested in test_kubernetes_backend.py)."""
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ import sys
 import pytest
 
 from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob, run_module
-from kuberec.backends.k8s_resources import (
-    ClusterConfigError,
-    ClusterOptions,
-    Toleration,
-    dns_label,
-    pod_env,
-    render,
-    run_name,
-)
+from kuberec.backends.k8s.naming import dns_label, run_name
+from kuberec.backends.k8s.options import ClusterConfigError, ClusterOptions, Toleration
+from kuberec.backends.k8s.pods import pod_env
+from kuberec.backends.k8s.render import render
 from kuberec.settings import Settings
 
 pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
@@ -228,7 +223,7 @@ def test_a_failed_jobs_error_line_is_the_programs_own():
     (`<program>: error: ...`), not Spark's shutdown lines after it nor a traceback's `Error:` lines before it. The
     pod selectors are the labels the operators put on the driver, the launcher and the submitter (checked on the
     real cluster by make cluster-smoke)."""
-    from kuberec.backends.k8s_resources import INFERENCE_SERVICE, MPIJOB, RAYJOB, SPARK_APPLICATION
+    from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, MPIJOB, RAYJOB, SPARK_APPLICATION
     from kuberec.backends.kubernetes import last_program_error
 
     driver_log = "\n".join([

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from kuberec.backends.k8s_resources import KINDS, Kind
+from kuberec.backends.k8s.kinds import KINDS, Kind
 from kuberec.cli import Command
 
 
@@ -17,8 +17,10 @@ def _kind_choices() -> dict[str, Kind]:
 def _render(args: argparse.Namespace) -> None:
     import yaml
 
-    from kuberec.backends import HorovodJob, RayJob, ServingJob, SparkJob
-    from kuberec.backends.k8s_resources import INFERENCE_SERVICE, MPIJOB, SPARK_APPLICATION, ClusterOptions, render
+    from kuberec.backends.jobs import HorovodJob, RayJob, ServingJob, SparkJob
+    from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, MPIJOB, SPARK_APPLICATION
+    from kuberec.backends.k8s.options import ClusterOptions
+    from kuberec.backends.k8s.render import render
     from kuberec.errors import KuberecError
     from kuberec.settings import load_settings
 
@@ -61,7 +63,7 @@ def _render_args(parser: argparse.ArgumentParser) -> None:
 
 def _deploy(args: argparse.Namespace) -> None:
     from kuberec import tracking
-    from kuberec.backends import ServingJob
+    from kuberec.backends.jobs import ServingJob
     from kuberec.backends.kubernetes import KubernetesBackend
     from kuberec.settings import load_settings
 

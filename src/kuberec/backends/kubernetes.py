@@ -1,6 +1,6 @@
 """Kubernetes backend: each job becomes an operator's custom resource, created and waited on to the end.
 
-`kuberec.backends.k8s_resources` renders the resources (plain dicts); this module is the API client side. Waiting
+`kuberec.backends.k8s` renders the resources (plain dicts); this module is the API client side. Waiting
 watches the resource and reads the status fields each operator writes; a state change is logged as it happens.
 Ctrl-C or SIGTERM while waiting deletes the resource or keeps it (`KUBEREC_K8S_ON_CANCEL`); so does a timeout. A
 failed resource is kept so that `kubectl describe` can show what happened.
@@ -18,20 +18,11 @@ import threading
 import time
 from typing import Iterator
 
-from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
-from kuberec.backends.k8s_resources import (
-    INFERENCE_SERVICE,
-    KINDS,
-    MODEL_URI_ANNOTATION,
-    PREDICTOR_LABEL,
-    ClusterOptions,
-    Kind,
-    Progress,
-    render_horovod,
-    render_inference_service,
-    render_ray,
-    render_spark,
-)
+from kuberec.backends.jobs import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
+from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS, Kind, Progress
+from kuberec.backends.k8s.options import ClusterOptions
+from kuberec.backends.k8s.render import render_horovod, render_ray, render_spark
+from kuberec.backends.k8s.serving import MODEL_URI_ANNOTATION, PREDICTOR_LABEL, render_inference_service
 from kuberec.errors import KuberecError
 from kuberec.settings import Settings
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from kuberec.backends import HorovodJob, JobFailed, RayJob, SparkJob
+from kuberec.backends.jobs import HorovodJob, JobFailed, RayJob, SparkJob
 from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
