@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from kuberec.entrypoint import USER_ERROR_STATUS
+from kuberec.models import MODELS
 
 pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
 
@@ -17,8 +18,7 @@ pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make t
 @pytest.mark.parametrize("module, args, message", [
     ("kuberec.ingest.instacart", ["--source", "{missing}"], "no such directory|not found|missing"),
     ("kuberec.similarity.evaluate", ["--model", "{missing}", "--table", "{missing}"], "not an exported kuberec"),
-    ("kuberec.similarity.train", ["--table", "{missing}", "--out", "{out}"], "no Delta table"),
-    ("kuberec.widedeep.train", ["--examples", "{missing}", "--out", "{out}"], "no Delta table"),
+    *[(f"kuberec.{model}.train", ["--table", "{missing}", "--out", "{out}"], "no Delta table") for model in MODELS],
     ("kuberec.tuning.sweep", ["--model", "similarity", "--table", "{missing}", "--version", "0", "--name", "a/b",
                               "--parent-run-id", "x"], "sweep name 'a/b'"),
 ])

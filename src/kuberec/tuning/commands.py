@@ -1,4 +1,5 @@
-"""CLI: `kuberec tune similarity|widedeep`: a Ray Tune sweep (Optuna TPE + ASHA), one step of kuberec.tuning.steps."""
+"""CLI: `kuberec tune <model>` (one per record of kuberec.models): a Ray Tune sweep (Optuna TPE + ASHA), one step
+of kuberec.tuning.steps."""
 
 from __future__ import annotations
 
@@ -80,12 +81,13 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-examples", type=int, help="similarity: use at most this many training images")
     parser.add_argument("--space", help="search space (JSON or a .json file) merged over the default one, e.g. "
                                         "'{\"learning_rate\": {\"loguniform\": [1e-4, 1e-3]}, \"epochs\": 2}'")
-    parser.add_argument("--metric", help="validation metric to optimise (similarity: precision_at_5, "
-                                         "widedeep: auc by default)")
+    parser.add_argument("--metric", help="validation metric to optimise (default: " + ", ".join(
+        f"{record.name}: {record.tuning.default_metric}" for record in MODELS.values()) + ")")
     parser.add_argument("--initial-point", action="append", default=[],
                         help="a value for every dimension (JSON) to evaluate first, e.g. today's config; repeatable")
     parser.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial (default 0)")
-    parser.add_argument("--table", help="Delta table (default: the lake's fashion_mnist or instacart_gold_examples)")
+    parser.add_argument("--table", help="Delta table (default: the model's, " + ", ".join(
+        f"{record.name}: {record.default_table}" for record in MODELS.values()) + ")")
     parser.add_argument("--version", type=int, help="its version (default: latest)")
     parser.add_argument("--name", help="sweep name (default: <model>-<date>-<time>); needed by --resume")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
