@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from kuberec.backends import HorovodJob, SparkJob
 from kuberec.backends.k8s_resources import KINDS, ClusterOptions, render
 from kuberec.settings import Settings
-from pipelines.e2e import Outcome, created_resources, format_summary
+from tests.e2e.driver import Outcome, created_resources, format_summary
 
 
 def test_the_summary_lists_what_the_run_created_with_final_states_and_names_the_failure(k8s_api_client,
@@ -59,7 +59,7 @@ def test_the_rollout_load_counts_every_failed_request_and_which_answer_came_when
     import threading
     import time
 
-    from pipelines.e2e import ContinuousLoad
+    from tests.e2e.driver import ContinuousLoad
 
     phase = {"answer": "A", "status": 200}
 
@@ -98,7 +98,7 @@ def test_a_failed_commands_error_is_the_lines_that_say_what_failed_even_from_ins
     import os
     import sys
 
-    from pipelines.e2e import run_command
+    from tests.e2e.driver import run_command
 
     script = r'''
 import sys
