@@ -1,5 +1,5 @@
-"""kuberec's tests and their harness (`tests.e2e`: make e2e's driver), importable as the package `tests` from the
-repository root.
+"""kuberec's tests and their harness (`tests.e2e`: make e2e's driver; `tests.scenarios`: fault scenarios the
+benchmarks time too), importable as the package `tests` from the repository root.
 
 A regular package on purpose: tensorflow-similarity's wheel installs a top-level `tests` package into
 site-packages, and a regular package anywhere on sys.path wins over a namespace one, so without this file

@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-from benchmarks.training_faults import run_scenario
 from kuberec import tracking
 from kuberec.datasets import fashion_mnist as fm
 from kuberec.distributed import CHECKPOINT_DIR, RESULT_FILE, training_run
+from tests.scenarios.training_faults import run_scenario
 
 pytestmark = pytest.mark.slow
 
