@@ -75,10 +75,10 @@ cluster-smoke: setup
 	$(VENV)/bin/python -m pytest tests/cluster -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # Both pipelines on the cluster (KUBEREC_BACKEND=kubernetes), both champions served by KServe and asked through
-# kubectl port-forward; one summary, non-zero exit when a step failed (pipelines/e2e.py). E2E_ARGS, e.g.
+# kubectl port-forward; one summary, non-zero exit when a step failed (tests/e2e/driver.py). E2E_ARGS, e.g.
 # E2E_ARGS="--similarity max_per_split=2000 --widedeep users=1000" for a quicker run. Never part of `make test`.
 e2e: setup
-	$(VENV)/bin/python -m pipelines.e2e $(E2E_ARGS)
+	$(VENV)/bin/python -m tests.e2e.driver $(E2E_ARGS)
 
 # Builds kuberec's images on the cluster's dockerd (started if it is not running) and loads them onto the node
 # (IMAGES="spark serving" for some).

@@ -26,20 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def session_processes(session: int) -> list[str]:
-    """Command lines of the live processes of a session (pyspark's worker daemon makes its own process group, but
-    stays in the session)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(f"{stat.parent.name}: {cmdline[:150]}")
-    return found
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the repository, for tests/scenarios
+from tests.scenarios.killed_steps import session_processes  # noqa: E402
 
 
 def catalog_rows(table: str) -> tuple[int, int, int]:

@@ -289,7 +289,8 @@ def main() -> int:
     tmp = None
     cluster = contextlib.ExitStack()
     if on_cluster:  # the cluster's MLflow (and the lake, for its artifacts) through port-forwards, as make e2e does
-        from kuberec.backends.cluster_access import ClusterAccess
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/e2e
+        from tests.e2e.cluster_access import ClusterAccess
 
         access = ClusterAccess.from_settings(load_settings())
         minio, mlflow_forward = (cluster.enter_context(access.forward("svc/minio", 9000)),

@@ -1,4 +1,4 @@
-"""How kuberec on this machine reaches a cluster (kuberec.backends.cluster_access), without one: the kubeconfig and
+"""How kuberec on this machine reaches a cluster (tests/e2e/cluster_access.py), without one: the kubeconfig and
 kubectl it picks, its errors, and the environment it gives the steps. The port-forwards themselves run against
 the real cluster (tests/cluster, make e2e)."""
 
@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from kuberec.backends.cluster_access import ClusterAccess
 from kuberec.errors import KuberecError
 from kuberec.settings import Settings
+from tests.e2e.cluster_access import ClusterAccess
 
 pytestmark = pytest.mark.fast
 

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from benchmarks.killed_steps import session_processes
 from kuberec.datasets import fashion_mnist as fm
+from tests.scenarios.killed_steps import session_processes
 
 KUBEREC = str(Path(sys.executable).with_name("kuberec"))
 DEADLINE_S = 600  # a loaded 2-core machine starts a JVM and TensorFlow slowly

@@ -11,11 +11,11 @@ import os
 
 import pytest
 
-from benchmarks.training_faults import run_scenario
 from kuberec import tracking
 from kuberec.datasets import fashion_mnist as fm
 from kuberec.training.launch import training_run
 from kuberec.training.worker import CHECKPOINT_DIR, RESULT_FILE
+from tests.scenarios.training_faults import run_scenario
 
 pytestmark = pytest.mark.slow
 

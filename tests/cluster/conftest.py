@@ -56,8 +56,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def access():
-    from kuberec.backends.cluster_access import ClusterAccess
     from kuberec.settings import Settings
+    from tests.e2e.cluster_access import ClusterAccess
 
     return ClusterAccess.from_settings(Settings(home=CLUSTER_STATE.parent, cache_dir=KUBECTL.parents[2],
                                                 namespace=NAMESPACE))

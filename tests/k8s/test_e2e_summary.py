@@ -12,7 +12,7 @@ from kuberec.backends.k8s.kinds import KINDS
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render
 from kuberec.settings import Settings
-from pipelines.e2e import Outcome, created_resources, format_summary
+from tests.e2e.driver import Outcome, created_resources, format_summary
 
 
 def test_the_summary_lists_what_the_run_created_with_final_states_and_names_the_failure(k8s_api_client,
@@ -61,7 +61,7 @@ def test_the_rollout_load_counts_every_failed_request_and_which_answer_came_when
     import threading
     import time
 
-    from pipelines.e2e import ContinuousLoad
+    from tests.e2e.driver import ContinuousLoad
 
     phase = {"answer": "A", "status": 200}
 
@@ -100,13 +100,13 @@ def test_a_failed_commands_error_is_the_lines_that_say_what_failed_even_from_ins
     import os
     import sys
 
-    from pipelines.e2e import run_command
+    from tests.e2e.driver import run_command
 
     script = r'''
 import sys
 print("Downloading artifacts: 100%|##########| 10/10")
 print("    E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit")
-print("      File \"/usr/local/lib/python3.11/site-packages/kuberec/distributed.py\", line 39")
+print("      File \"/usr/local/lib/python3.11/site-packages/kuberec/training/worker.py\", line 39")
 print("    kuberec.training.worker.TrainingError: Horovod is not importable (No module named 'horovod')")
 print("\x1b[91m06:31:11.990 - ERROR - Task 'evaluate-widedeep' finished with status FAILURE\x1b[0m", file=sys.stderr)
 print("RuntimeError: Pipeline 'kuberec-widedeep' finished with status FAILURE.", file=sys.stderr)

@@ -197,20 +197,17 @@ class GoldFrames:
     persisted: list["DataFrame"]  # intermediate aggregates every table reuses; unpersist when written
 
 
-def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
-    """The gold DataFrames from the six bronze ones (keys: bronze table names); a pure function of them.
+@dataclass
+class _Snapshots:
+    known: "DataFrame"  # orders with known contents, with `elapsed`: days from the user's first order
+    targets: "DataFrame"  # (snapshot, user_id, target_number) for every snapshot with a target order >= 2
+    history_orders: "DataFrame"  # each snapshot's history orders, with `days_prior` to its cut-off
 
-    Every aggregate is grouped by `snapshot` first (see the module docstring): each history order line is copied
-    once per snapshot whose history holds it, and the seed's metrics are computed per snapshot from those copies.
-    """
+
+def _snapshots(orders: "DataFrame") -> _Snapshots:
+    """Cut every user's history once per snapshot (see the module docstring): the orders before its target."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-
-    orders = bronze[BRONZE_TABLES["orders.csv"]]
-    products = bronze[BRONZE_TABLES["products.csv"]].select("product_id", "aisle_id", "department_id")
-    # Order lines with known contents: prior orders and the train orders (test orders' lines are withheld).
-    all_lines = bronze[BRONZE_TABLES["order_products__prior.csv"]].unionByName(
-        bronze[BRONZE_TABLES["order_products__train.csv"]]).select("order_id", "product_id", "reordered")
 
     by_number = Window.partitionBy("user_id").orderBy("order_number") \
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
@@ -230,14 +227,21 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
     history_orders = known.join(cutoff, "user_id").where(F.col("order_number") < F.col("target_number")).select(
         "snapshot", "order_id", "user_id", "order_number", "days_since_prior_order", "target_number",
         (F.col("cutoff_elapsed") - F.col("elapsed")).alias("days_prior"))
+    return _Snapshots(known, targets, history_orders)
 
-    # History orders that have lines, with their size (the seed's metrics count orders through their lines).
+
+def _history_aggregates(all_lines: "DataFrame", history_orders: "DataFrame",
+                        products: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
+    """(order_stats, up), both persisted: each snapshot's history orders that have lines, with their size (the
+    seed's metrics count orders through their lines), and per (snapshot, user, product) the counts every user,
+    product and global metric derives from, so the order lines are aggregated in one pass."""
+    from pyspark.sql import functions as F
+
     order_stats = (all_lines.groupBy("order_id").agg(F.count(F.lit(1)).alias("lines"))
                    .join(history_orders, "order_id")).persist()
     lines = all_lines.join(history_orders.select("snapshot", "order_id", "user_id", "order_number", "target_number",
                                                  "days_prior"), "order_id")
-    # One pass over the order lines: every metric below derives from these per-(snapshot, user, product)
-    # aggregates. A product appears once per order (validated), so line counts are order counts.
+    # A product appears once per order (validated), so line counts are order counts.
     up = (lines.groupBy("snapshot", "user_id", "product_id").agg(
         F.count(F.lit(1)).alias("n_orders"),
         F.min("days_prior").alias("min_days"),
@@ -246,6 +250,12 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
         *[F.sum(F.when(_in_window("days_prior", w), F.col("reordered")).otherwise(0)).alias(f"r_{w}")
           for w in WINDOWS],
     ).join(F.broadcast(products), "product_id")).persist()
+    return order_stats, up
+
+
+def _user_features(order_stats: "DataFrame", up: "DataFrame") -> "DataFrame":
+    """Per (snapshot, user): USER_FEATURES as FLOAT, persisted."""
+    from pyspark.sql import functions as F
 
     user_orders = order_stats.groupBy("snapshot", "user_id").agg(
         *[_count_within("days_prior", w).alias(f"user_cnt_distinct_orders_last_{w}_days") for w in WINDOWS],
@@ -261,10 +271,18 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
           for w in WINDOWS],
         *[_ratio(F.sum(f"r_{w}"), F.sum(f"n_{w}")).alias(f"user_shr_reordered_last_{w}_days") for w in WINDOWS],
     )
-    users = user_orders.join(user_products, ["snapshot", "user_id"]).select(
+    return user_orders.join(user_products, ["snapshot", "user_id"]).select(
         "snapshot", "user_id",
         *[F.coalesce(F.col(c).cast("float"), F.lit(0.0).cast("float")).alias(c) for c in USER_FEATURES]
     ).persist()
+
+
+def _product_and_global_metrics(order_stats: "DataFrame",
+                                up: "DataFrame") -> tuple["DataFrame", "DataFrame", "DataFrame"]:
+    """(product_metrics, global_metrics, shares), each persisted: per (snapshot, product) its users, orders and
+    reorders in each window; per snapshot GLOBAL_METRICS; per (snapshot, product) PRODUCT_FEATURES as FLOAT, the
+    product's counts over the snapshot's global ones."""
+    from pyspark.sql import functions as F
 
     product_metrics = up.groupBy("snapshot", "product_id").agg(
         *[_count_within("min_days", w).alias(f"users_{w}") for w in WINDOWS],
@@ -291,6 +309,13 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
             ("distinct_orders", _ratio(F.col(f"orders_{w}"), F.col(f"global_cnt_distinct_orders_last_{w}_days"))),
             ("reordered", _ratio(F.col(f"reordered_{w}"), F.col(f"orders_{w}"))),
         )]).persist()
+    return product_metrics, global_metrics, shares
+
+
+def _user_product_features(up: "DataFrame", users: "DataFrame") -> "DataFrame":
+    """Per (snapshot, user, candidate product): ids, categories, USER_FEATURES and UP_FEATURES (the user's window
+    counts are the denominators of the up shares)."""
+    from pyspark.sql import functions as F
 
     user_product = {
         "up_cnt_orders": F.col("n_orders"),
@@ -299,19 +324,24 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
         "up_days_since_last_purchase": F.col("min_days"),
         "up_orders_since_last_purchase": F.col("orders_since"),
     }
-    up_features = up.join(users, ["snapshot", "user_id"]).select(
+    return up.join(users, ["snapshot", "user_id"]).select(
         "snapshot", *ID_COLUMNS, *CATEGORICAL_FEATURES, *USER_FEATURES,
         *[user_product[name].cast("float").alias(name) for name in UP_FEATURES])
 
-    # Targets: the order each example snapshot predicts, and which split its label belongs to.
-    target_orders = known.join(targets.where(F.col("snapshot") >= 0), "user_id") \
+
+def _examples(cut: _Snapshots, all_lines: "DataFrame", up_features: "DataFrame", shares: "DataFrame") -> "DataFrame":
+    """The examples table: each example snapshot's candidates with their features, the label (does the target order
+    hold the product) and the split its target order belongs to."""
+    from pyspark.sql import functions as F
+
+    target_orders = cut.known.join(cut.targets.where(F.col("snapshot") >= 0), "user_id") \
         .where(F.col("order_number") == F.col("target_number")).select("order_id", "snapshot", "user_id", "eval_set")
     positives = all_lines.join(target_orders, "order_id").select("snapshot", "user_id", "product_id",
                                                                  F.lit(1).alias("label"))
     user_bucket = F.pmod(F.xxhash64(F.col("user_id"), F.lit(SPLIT_SALT)), F.lit(SPLIT_BUCKETS))
     split = (F.when(F.col("eval_set") == "prior", F.lit(SPLITS[0]))
              .when(user_bucket < VALID_BUCKETS, F.lit(SPLITS[1])).otherwise(F.lit(SPLITS[2])))
-    examples = (
+    return (
         up_features.where(F.col("snapshot") >= 0)
         .join(target_orders.select("snapshot", "user_id", "eval_set"), ["snapshot", "user_id"])
         .join(positives, ["snapshot", "user_id", "product_id"], "left")
@@ -322,6 +352,30 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
             split.alias("split"), "snapshot",
         )
     )
+
+
+def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
+    """The gold DataFrames from the six bronze ones (keys: bronze table names); a pure function of them.
+
+    Every aggregate is grouped by `snapshot` first (see the module docstring): each history order line is copied
+    once per snapshot whose history holds it, and the seed's metrics are computed per snapshot from those copies.
+    The example snapshots (>= 0) make the examples table; the serving snapshot makes the other four.
+    """
+    from pyspark.sql import functions as F
+
+    orders = bronze[BRONZE_TABLES["orders.csv"]]
+    products = bronze[BRONZE_TABLES["products.csv"]].select("product_id", "aisle_id", "department_id")
+    # Order lines with known contents: prior orders and the train orders (test orders' lines are withheld).
+    all_lines = bronze[BRONZE_TABLES["order_products__prior.csv"]].unionByName(
+        bronze[BRONZE_TABLES["order_products__train.csv"]]).select("order_id", "product_id", "reordered")
+
+    cut = _snapshots(orders)
+    order_stats, up = _history_aggregates(all_lines, cut.history_orders, products)
+    users = _user_features(order_stats, up)
+    product_metrics, global_metrics, shares = _product_and_global_metrics(order_stats, up)
+    up_features = _user_product_features(up, users)
+    examples = _examples(cut, all_lines, up_features, shares)
+
     serving = F.col("snapshot") == SERVING_SNAPSHOT
     product_features = products.join(shares.where(serving).drop("snapshot"), "product_id", "left").select(
         "product_id", "aisle_id", "department_id",
@@ -331,7 +385,7 @@ def build_gold(bronze: dict[str, "DataFrame"]) -> GoldFrames:
                        PRODUCT_TABLE: product_features,
                        GLOBAL_TABLE: global_metrics.where(serving).drop("snapshot"),
                        USER_PRODUCT_TABLE: up_features.where(serving).select(*ID_COLUMNS, *UP_FEATURES)},
-                      [known, up, order_stats, users, product_metrics, global_metrics, shares])
+                      [cut.known, up, order_stats, users, product_metrics, global_metrics, shares])
 
 
 def _rows_written(table_uri: str) -> int:

@@ -1,6 +1,7 @@
 """How this machine reaches a cluster: `kubectl port-forward` (or `kubectl proxy`) on 127.0.0.1 for its
 services (MinIO, MLflow, an InferenceService's predictor; nothing exposed beyond loopback) and the environment
-`kuberec` drives it with. Used by `make e2e` and the cluster tests."""
+`kuberec` drives it with. Used by `make e2e` (tests/e2e/driver.py), the cluster tests and
+benchmarks/serving_bench.py, never by kuberec itself (src/kuberec)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`make e2e`: both pipelines end to end on a real cluster, then both models served by KServe, asked and rolled out.
 
-    python -m pipelines.e2e [--similarity name=value ...] [--widedeep name=value ...] [--lake s3://kuberec/e2e]
+    python -m tests.e2e.driver [--similarity name=value ...] [--widedeep name=value ...] [--lake s3://kuberec/e2e]
                             [--only similarity|widedeep] [--serve-only] [--runner docker|subprocess]
 
 On the cluster of `make cluster-up` (or the one KUBECONFIG names, with kuberec installed): MinIO and MLflow are
@@ -35,12 +35,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kuberec.backends.cluster_access import ClusterAccess
 from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
 from kuberec.models import MODELS
 from kuberec.serving.refusals import bad_requests
 from kuberec.settings import load_settings
 from pipelines.run import RUNNERS
+from tests.e2e.cluster_access import ClusterAccess
 
 log = logging.getLogger("e2e")
 
@@ -317,7 +317,7 @@ def _query_image(scratch: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.e2e", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e.driver", description=__doc__.splitlines()[0])
     for name in PIPELINES:
         parser.add_argument(f"--{name}", action="append", default=[], metavar="NAME=VALUE",
                             help=f"a parameter of the {name} pipeline (as pipelines.run --param)")
