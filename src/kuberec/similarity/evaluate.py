@@ -211,7 +211,9 @@ def add_arguments(parser: argparse.ArgumentParser, table_required: bool = True) 
     if not table_required:
         model.add_argument("--run", dest="run_id",
                            help="MLflow run id of a tracked training: evaluate its model and log into that run")
-    parser.add_argument("--table", required=table_required, help="Delta table URI (Fashion-MNIST format)")
+    parser.add_argument("--table", required=table_required, help="Delta table URI (Fashion-MNIST format)" + (
+        "" if table_required else "; default: with --run the table version the run trained on, with --model the "
+                                  "lake's fashion_mnist"))
     parser.add_argument("--version", type=int, default=None, help="Delta version to read (default: latest)")
     parser.add_argument("--out", default=None, help="output directory (default: <model>/../evaluation)")
     parser.add_argument("--queries", type=int, default=None, help="evaluate on a seeded sample of this many queries")

@@ -32,9 +32,9 @@ class CatalogRows:
 
 
 def read_catalog(table_uri: str, version: int | None = None, splits: Sequence[str] | None = None) -> CatalogRows:
-    """All rows of `splits` (default: every split) of one table snapshot, through `kuberec.feed.load_arrays`."""
-    from kuberec.feed import load_arrays
+    """All rows of `splits` (default: every split) of one table snapshot, through `kuberec.lake.feed.load_arrays`."""
     from kuberec.lake.delta import table_version
+    from kuberec.lake.feed import load_arrays
 
     version = table_version(table_uri) if version is None else version  # one version for every split read
     parts = [load_arrays(table_uri, version=version, split=split) for split in (splits or [None])]
