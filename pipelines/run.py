@@ -46,6 +46,8 @@ PER_MODEL_PARAMS = ("model_name",)
 
 class PipelineError(KuberecError):
     """A pipeline run, compile or upload that cannot be done as asked; nothing was started."""
+
+
 EXPERIMENT = "kuberec"
 # The service account pipeline pods run as: manifests/base/rbac.yaml lets it create kuberec's custom resources.
 # kfp-kubernetes has no per-task service account, so it is a setting of each run.

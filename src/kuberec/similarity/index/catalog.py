@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 CDF_COLUMNS = ["item_id", "label", "image", "split"]
 
+
 @dataclass(frozen=True)
 class CatalogRows:
     """Catalog rows read from one snapshot of the Delta table."""

@@ -34,6 +34,7 @@ from kuberec.similarity.pyfunc import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class RefreshResult:
     name: str
