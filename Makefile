@@ -5,7 +5,7 @@ PIPELINE ?= all
 PYTEST_ARGS ?=
 
 .PHONY: setup k8s-test-tools lint test test-fast test-faults pipeline-run pipeline-compile pipeline-upload serve images lock clean \
-	cluster-up cluster-down cluster-status cluster-smoke cluster-images e2e
+	cluster-up cluster-down cluster-status cluster-smoke cluster-images kfp-ui e2e
 
 setup:
 	@scripts/setup.sh
@@ -69,6 +69,11 @@ cluster-down:
 
 cluster-status:
 	@scripts/cluster/status.sh
+
+# The Kubeflow Pipelines UI (and API: KFP_HOST) of make cluster-up's cluster on 127.0.0.1:$(or $(KFP_UI_PORT),18080),
+# through kubectl port-forward until Ctrl-C.
+kfp-ui:
+	@scripts/cluster/kfp-ui.sh
 
 # One resource per operator with kuberec's own commands and images; prints each one's final state and time.
 cluster-smoke: setup

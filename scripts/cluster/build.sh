@@ -7,27 +7,6 @@ mkdir -p "$C/tmpmod" "$BIN/.stamps"
 cd "$C/tmpmod"
 [ -f go.mod ] || go mod init kuberec-cluster-build >/dev/null 2>&1
 
-built() { [ "$(cat "$BIN/.stamps/$1" 2>/dev/null)" = "$2" ] && [ -x "$BIN/$1" ]; }
-stamp() { echo "$2" > "$BIN/.stamps/$1"; }
-# module_source MODULE VERSION DIR: a writable copy of the module's source (builds need it: replace directives)
-module_source() {
-  local module=$1 version=$2 dir=$SRC/$3
-  [ "$(cat "$dir/.kuberec-version" 2>/dev/null)" = "$module@$version" ] && return
-  (cd "$C/tmpmod" && go mod download "$module@$version")
-  rm -rf "$dir"; cp -r "$GOMODCACHE/$module@$version" "$dir"; chmod -R u+w "$dir"
-  echo "$module@$version" > "$dir/.kuberec-version"
-}
-# go_binary NAME VERSION DIR PACKAGE [LDFLAGS]: go build PACKAGE inside $SRC/DIR into $BIN/NAME, timed
-go_binary() {
-  local name=$1 version=$2 dir=$3 package=$4 ldflags=${5:-}
-  built "$name" "$version" && return
-  log "building $name $version (minutes the first time)"
-  local start=$SECONDS
-  (cd "$SRC/$dir" && go build -mod=mod -p=2 -trimpath -ldflags="-s -w $ldflags" -o "$BIN/$name" "$package")
-  stamp "$name" "$version"
-  log "built $name in $((SECONDS - start)) s"
-}
-
 # The pod sandbox ("pause") process: waits for a signal. Built here because registry.k8s.io cannot be reached.
 if ! built pause 1; then
   mkdir -p "$SRC/pause"

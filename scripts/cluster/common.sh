@@ -34,6 +34,12 @@ KUBERAY_VERSION=v1.6.1      # v1.7.0 (vendored CRDs): the module proxy answers 4
 KSERVE_VERSION=v0.20.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c  # the newest MinIO server module the proxy serves
 ETCD_DEBIAN_SUITE=trixie    # etcd-server 3.5 (bookworm ships 3.4)
+# Kubeflow Pipelines (scripts/cluster/build-kfp.sh): the release matching the kfp SDK pin, the Argo Workflows its
+# go.mod pins, and where their source tarballs are (KFP_SOURCES; without it the tags are cloned from GitHub).
+KFP_VERSION=2.17.0
+ARGO_VERSION=v4.0.5
+GRPCWEBPROXY_VERSION=v0.15.0
+KFP_SOURCES=${KFP_SOURCES-$( [ -d "$REPO/../shared/kfp" ] && realpath "$REPO/../shared/kfp" || true)}
 
 export GOPATH=$CACHE/go GOCACHE=$CACHE/go-build GOTOOLCHAIN=local GOFLAGS="-modcacherw -buildvcs=false" CGO_ENABLED=0
 GOMODCACHE=$GOPATH/pkg/mod
@@ -69,4 +75,26 @@ wait_for() {
   local what=$1 seconds=$2; shift 2
   for _ in $(seq "$seconds"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
   die "$what not ready after ${seconds}s (logs: $LOGS)"
+}
+
+# Go builds into $BIN, each stamped with its version (scripts/cluster/build.sh, build-kfp.sh)
+built() { [ "$(cat "$BIN/.stamps/$1" 2>/dev/null)" = "$2" ] && [ -x "$BIN/$1" ]; }
+stamp() { echo "$2" > "$BIN/.stamps/$1"; }
+# module_source MODULE VERSION DIR: a writable copy of the module's source (builds need it: replace directives)
+module_source() {
+  local module=$1 version=$2 dir=$SRC/$3
+  [ "$(cat "$dir/.kuberec-version" 2>/dev/null)" = "$module@$version" ] && return
+  (cd "$C/tmpmod" && go mod download "$module@$version")
+  rm -rf "$dir"; cp -r "$GOMODCACHE/$module@$version" "$dir"; chmod -R u+w "$dir"
+  echo "$module@$version" > "$dir/.kuberec-version"
+}
+# go_binary NAME VERSION DIR PACKAGE [LDFLAGS]: go build PACKAGE inside $SRC/DIR into $BIN/NAME, timed
+go_binary() {
+  local name=$1 version=$2 dir=$3 package=$4 ldflags=${5:-}
+  built "$name" "$version" && return
+  log "building $name $version (minutes the first time)"
+  local start=$SECONDS
+  (cd "$SRC/$dir" && go build -mod=mod -p=2 -trimpath -ldflags="-s -w $ldflags" -o "$BIN/$name" "$package")
+  stamp "$name" "$version"
+  log "built $name in $((SECONDS - start)) s"
 }

@@ -3,7 +3,8 @@
 # onto the node (containerd's k8s.io namespace). This machine reaches no container registry, so the upstream bases
 # are replaced through build arguments by bases made from Debian packages (images/bases), pip installs from the
 # wheels `make setup` downloaded and Maven from the jars it fetched, both served on 127.0.0.1 for the build only.
-# Usage: images.sh [IMAGE...] (default: all). Times and sizes go to $KUBEREC_HOME/cluster/images.tsv.
+# Usage: images.sh [IMAGE...] (default: all; `kfp`: Kubeflow Pipelines' images). Times and sizes go to
+# $KUBEREC_HOME/cluster/images.tsv.
 source "$(dirname "$0")/common.sh"
 cd "$REPO"
 TAG=${IMAGE_TAG:-dev}
@@ -125,6 +126,47 @@ for kind in "${KUBEREC_IMAGES[@]}"; do
   # The Dockerfiles FROM `runtime` (docker-bake passes it as a named context; the classic builder finds the tag).
   [ "$kind" = runtime ] && "${docker[@]}" tag "$REGISTRY/kuberec-runtime:$TAG" runtime
 done
+# -- Kubeflow Pipelines (scripts/cluster/build-kfp.sh built its binaries and UI) -----------------------------------
+KFP_IMAGES=()
+if want kfp && [ -x "$BIN/kfp-apiserver" ]; then
+  context=$C/images/kfp
+  rm -rf "$context" && mkdir -p "$context/bin" "$context/apiserver-config"
+  for binary in kfp-apiserver kfp-persistence-agent kfp-scheduledworkflow kfp-driver kfp-launcher \
+      argo-workflow-controller argoexec grpcwebproxy; do
+    cp "$BIN/$binary" "$context/bin/"
+  done
+  # KFP's configuration without its MLflow plugin (on by default, pointed at an OpenDataHub address): kuberec keeps
+  # one MLflow run per model build itself.
+  "$PY" -c 'import json, sys; c = json.load(open(sys.argv[1])); c.pop("plugins", None); print(json.dumps(c, indent=2))' \
+    "$SRC/kfp/backend/src/apiserver/config/config.json" > "$context/apiserver-config/config.json"
+  base_arg=(--build-arg BASE_IMAGE=kuberec-local/debian:bookworm)
+  for target in apiserver persistenceagent scheduledworkflow driver launcher metadata-proxy; do
+    KFP_IMAGES+=("kuberec-local/kfp-$target:$KFP_VERSION")
+    build "kfp-$target" "kuberec-local/kfp-$target:$KFP_VERSION" "$context" -f images/kfp/binaries/Dockerfile \
+      --target "$target" "${base_arg[@]}"
+  done
+  for target in workflow-controller argoexec; do
+    image=kuberec-local/${target/#workflow/argo-workflow}:$ARGO_VERSION
+    KFP_IMAGES+=("$image")
+    build "argo-$target" "$image" "$context" -f images/kfp/binaries/Dockerfile --target "$target" "${base_arg[@]}"
+  done
+  KFP_IMAGES+=(kuberec-local/kfp-ui:$KFP_VERSION kuberec-local/mariadb:10.11 kuberec-local/kfp-metadata:1.17.1)
+  build kfp-ui "kuberec-local/kfp-ui:$KFP_VERSION" "$C/kfp-ui" -f "$REPO/images/kfp/ui/Dockerfile" "${base_arg[@]}"
+  build mariadb kuberec-local/mariadb:10.11 "$REPO/images/bases/mariadb"
+  # ML Metadata's server: its own pinned set (images/kfp/metadata/requirements.txt), wheels served like kuberec's
+  metadata_wheels=$C/kfp-metadata-wheels
+  if [ "$(cat "$metadata_wheels/.stamp" 2>/dev/null)" != "$(sha256sum < images/kfp/metadata/requirements.txt)" ]; then
+    PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip} "$PY" -m pip download -q --only-binary :all: --python-version 3.11 \
+      --platform manylinux2014_x86_64 -r images/kfp/metadata/requirements.txt -d "$metadata_wheels"
+    sha256sum < images/kfp/metadata/requirements.txt > "$metadata_wheels/.stamp"
+  fi
+  ln -sfn "$metadata_wheels" "$serve_dir/kfp-metadata-wheels"
+  build kfp-metadata kuberec-local/kfp-metadata:1.17.1 "$REPO" -f images/kfp/metadata/Dockerfile \
+    --build-arg PYTHON_IMAGE=kuberec-local/python:3.11 --build-arg PIP_NO_INDEX=1 \
+    --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$port/kfp-metadata-wheels/"
+elif want kfp; then
+  log "no Kubeflow Pipelines binaries in $BIN yet (scripts/cluster/build-kfp.sh builds them): their images wait"
+fi
 stop artifact-server
 # Layers of earlier builds that no tag uses any more (each kuberec image is several GB).
 "${docker[@]}" image prune -f >/dev/null
@@ -132,7 +174,7 @@ stop artifact-server
 # -- onto the node: only images whose ID the node does not have yet ---------------------------------------------
 to_load=()
 for image in registry.k8s.io/pause:3.10 kuberec-local/minio:dev kuberec-local/postgres:15 \
-    "${KUBEREC_IMAGES[@]/#/$REGISTRY/kuberec-}"; do
+    "${KUBEREC_IMAGES[@]/#/$REGISTRY/kuberec-}" ${KFP_IMAGES[@]+"${KFP_IMAGES[@]}"}; do
   [[ "$image" == "$REGISTRY"/kuberec-* ]] && image=$image:$TAG
   id=$("${docker[@]}" image inspect -f '{{.Id}}' "$image" 2>/dev/null) || continue
   # containerd names images in full: docker.io/ for names without a registry host

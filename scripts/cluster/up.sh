@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make cluster-up: a real single-node Kubernetes with mpi-operator, spark-operator, KubeRay and KServe, kuberec's
-# images on the node and kuberec installed (manifests/overlays/local). Cold: 35-60 minutes of builds, run in the
-# background by whoever calls it; warm (everything cached): about a minute plus the pods' start.
+# images on the node, kuberec installed (manifests/overlays/local) and Kubeflow Pipelines beside it (manifests/kfp).
+# Cold: 60-90 minutes of builds, run in the background by whoever calls it; warm (everything cached): about a minute
+# plus the pods' start.
 source "$(dirname "$0")/common.sh"
 scripts=$REPO/scripts/cluster
 [ "$(id -u)" = 0 ] || die "cluster-up runs as root (it starts containerd, the kubelet and network namespaces)"
@@ -23,11 +24,13 @@ phase() {
 }
 total=$SECONDS
 phase build "$scripts/build.sh"
+phase build-kfp "$scripts/build-kfp.sh"
 phase runtime "$scripts/start-runtime.sh"
 phase images "$scripts/images.sh"
 phase kubernetes "$scripts/start-cluster.sh"
 phase operators "$scripts/start-operators.sh"
 phase install "$scripts/install.sh"
+phase install-kfp "$scripts/install-kfp.sh"
 printf 'total\t%s\t%s\n' "$((SECONDS - total))" "$(date -u +%FT%TZ)" >> "$times"
 log "up in $((SECONDS - total)) s. Use it with:"
 echo "  export KUBECONFIG=$KUBECONFIG"

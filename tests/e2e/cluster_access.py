@@ -95,10 +95,12 @@ class ClusterAccess:
         return cls(kubectl, kubeconfig, settings.namespace, credentials,
                    f"unix://{state / 'docker' / 'docker.sock'}")  # as scripts/cluster/common.sh starts it
 
-    def forward(self, target: str, remote_port: int) -> KubectlListener:
-        """`kubectl port-forward <target>` (e.g. svc/minio): to one pod, chosen when it starts."""
+    def forward(self, target: str, remote_port: int, namespace: str | None = None) -> KubectlListener:
+        """`kubectl port-forward <target>` (e.g. svc/minio) in kuberec's namespace unless another is named: to one
+        pod, chosen when it starts."""
         return KubectlListener(self.kubectl, self.kubeconfig, [
-            "-n", self.namespace, "port-forward", "--address", "127.0.0.1", target, f"{{port}}:{remote_port}"],
+            "-n", namespace or self.namespace, "port-forward", "--address", "127.0.0.1", target,
+            f"{{port}}:{remote_port}"],
             f"kubectl port-forward {target}")
 
     def proxy(self) -> KubectlListener:

@@ -1,21 +1,25 @@
 """`make e2e`: both pipelines end to end on a real cluster, then both models served by KServe, asked and rolled out.
 
     python -m tests.e2e.driver [--similarity name=value ...] [--widedeep name=value ...] [--lake s3://kuberec/e2e]
-                            [--only similarity|widedeep] [--serve-only] [--runner docker|subprocess]
+                            [--only similarity|widedeep] [--serve-only] [--runner kfp|docker|subprocess]
 
-On the cluster of `make cluster-up` (or the one KUBECONFIG names, with kuberec installed): MinIO and MLflow are
-reached through `kubectl port-forward` on 127.0.0.1, and each pipeline runs with KFP's local DockerRunner (each
-component in kuberec's runtime image, on the Docker daemon that holds kuberec's images: the cluster's own for make
-cluster-up, else DOCKER_HOST) and KUBEREC_BACKEND=kubernetes, so every Spark, Horovod and Ray step is a
-SparkApplication, MPIJob or RayJob run by its operator. Then each registered champion is rolled out as an
-InferenceService (`kuberec k8s deploy`) and asked through a port-forward to its predictor with `kuberec recommend
---url` (by item id and by image; for a user), sent the bad requests the local server refuses (the same 4xx), and
-rolled back to the previous version and forward again under a load of 8 clients through the Service (`kubectl
-proxy`), with no failed request.
+On the cluster of `make cluster-up` (or the one KUBECONFIG names, with kuberec and Kubeflow Pipelines installed):
+MinIO, MLflow and the Kubeflow Pipelines UI are reached through `kubectl port-forward` on 127.0.0.1. By default
+(`--runner kfp`) both pipelines are uploaded to the Kubeflow Pipelines server (a new version each time) and run
+there from that version as kuberec-runner, every component a KFP task pod in kuberec's image with the settings of
+the kuberec-settings ConfigMap (its lake, not --lake); `--runner docker` runs them with KFP's local DockerRunner
+instead (each component in kuberec's runtime image on the Docker daemon that holds kuberec's images: the cluster's
+own for make cluster-up, else DOCKER_HOST), for a cluster without Kubeflow Pipelines. Either way every Spark,
+Horovod and Ray step is a SparkApplication, MPIJob or RayJob run by its operator. Then each registered champion is
+rolled out as an InferenceService (`kuberec k8s deploy`) and asked through a port-forward to its predictor with
+`kuberec recommend --url` (by item id and by image; for a user), sent the bad requests the local server refuses
+(the same 4xx), and rolled back to the previous version and forward again under a load of 8 clients through the
+Service (`kubectl proxy`), with no failed request.
 
-Prints one summary (each pipeline's state, wall time and metrics; each custom resource the run created with its
-final state, wall time and the operator's message when it failed; each endpoint and its answer; the load during
-the rollouts), writes it as JSON to <home>/e2e/summary.json, and exits non-zero when anything failed, naming it.
+Prints one summary (each pipeline's state, wall time and metrics, on Kubeflow Pipelines each task's state, seconds
+and pod; each custom resource the run created with its final state, wall time and the operator's message when it
+failed; each endpoint and its answer; the load during the rollouts), writes it as JSON to <home>/e2e/summary.json,
+and exits non-zero when anything failed, naming it.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
 from kuberec.models import MODELS
 from kuberec.serving.refusals import bad_requests
 from kuberec.settings import load_settings
-from pipelines.run import RUNNERS
+from pipelines.run import RUNNERS, parse_params
 from tests.e2e.cluster_access import ClusterAccess
+from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer
 
 log = logging.getLogger("e2e")
 
@@ -117,6 +122,27 @@ def run_pipeline(name: str, params: list[str], env: dict[str, str], runner: str)
         text = stdout.split(SUMMARY_MARK, 1)[1]
         outcome.detail = json.loads(text[:text.rindex("}") + 1]).get(name, {})
     return outcome
+
+
+def run_on_kfp(server: KfpServer, name: str, params: list[str], packages: Path) -> Outcome:
+    """Upload pipeline `name` to Kubeflow Pipelines, start a run of that version as kuberec-runner and wait for it;
+    the outcome lists every task (state, seconds, pod)."""
+    started = time.monotonic()
+    what = f"pipeline {name} on Kubeflow Pipelines"
+    try:
+        uploaded = server.upload(name, packages)
+        run_id = server.start(name, uploaded, parse_params(name, params))
+    except Exception as err:  # noqa: BLE001  (the summary names whatever stopped the upload or the start)
+        return Outcome(what, False, round(time.monotonic() - started, 1), error=f"{type(err).__name__}: {err}")
+    log.info("%s: run %s (%s)", what, run_id, server.run_url(run_id))
+    state = server.wait(run_id, PIPELINE_TIMEOUT_S)
+    report = server.report(name, run_id, uploaded["version"])
+    detail = {"run": report.url, "version": report.version, "state": state,
+              "tasks (state, seconds, pod)": [f"{t.name}: {t.state} {t.seconds} s {' '.join(t.pods)}"
+                                              for t in report.tasks]}
+    failed = [f"{t.name}: {t.error}" for t in report.tasks if t.state not in ("SUCCEEDED", "SKIPPED")]
+    return Outcome(what, state == "SUCCEEDED", round(time.monotonic() - started, 1), detail,
+                   "" if state == "SUCCEEDED" else "\n".join([f"run {state}: {report.error}", *failed]))
 
 
 def created_resources(api, namespace: str, since: datetime) -> list[dict[str, Any]]:
@@ -325,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=PIPELINES, help="run one pipeline")
     parser.add_argument("--serve-only", action="store_true",
                         help="run no pipeline: serve, ask and roll out the champions already registered")
-    parser.add_argument("--runner", choices=RUNNERS, default="docker",
-                        help="how the KFP local runner runs the components: in kuberec's runtime image on the Docker "
-                             "daemon with kuberec's images (default), or as subprocesses of this venv")
+    parser.add_argument("--runner", choices=("kfp", *RUNNERS), default="kfp",
+                        help="where the components run: as task pods of the Kubeflow Pipelines server (default), "
+                             "with the KFP local runner in kuberec's runtime image on the Docker daemon with "
+                             "kuberec's images (docker), or as subprocesses of this venv")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
@@ -337,9 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     with access.forward("svc/minio", 9000) as minio, access.forward("svc/mlflow", 5000) as mlflow, \
             tempfile.TemporaryDirectory(prefix="kuberec-e2e-") as scratch:
         env = access.client_env(minio.url, mlflow.url, args.lake)
+        kfp_ui = None
+        if args.runner == "kfp" and not args.serve_only:
+            kfp_ui = access.forward(UI_SERVICE, UI_PORT, namespace=KFP_NAMESPACE)
+            server = KfpServer(kfp_ui.url)
         for name in [args.only] if args.only else PIPELINES:
             if not args.serve_only:
-                outcome = run_pipeline(name, getattr(args, name), env, args.runner)
+                outcome = (run_on_kfp(server, name, getattr(args, name), Path(scratch)) if kfp_ui
+                           else run_pipeline(name, getattr(args, name), env, args.runner))
                 outcomes.append(outcome)
                 if not outcome.ok:
                     continue
@@ -348,12 +380,17 @@ def main(argv: list[str] | None = None) -> int:
             if served[0].ok:
                 with access.proxy() as proxy:
                     outcomes.extend(rollout_under_load(access, name, env, proxy.url))
+        if kfp_ui:
+            kfp_ui.stop()
         from kubernetes import client, config
 
         api = client.CustomObjectsApi(config.new_client_from_config(str(access.kubeconfig)))
         resources = created_resources(api, access.namespace, started)
-    components = ("as subprocesses of this venv" if args.runner == "subprocess"
-                  else f"in {env_image(env)} (KFP DockerRunner, Docker daemon {env.get('DOCKER_HOST', 'default')})")
+    components = {"subprocess": "as subprocesses of this venv",
+                  "docker": f"in {env_image(env)} (KFP DockerRunner, Docker daemon "
+                            f"{env.get('DOCKER_HOST', 'default')})",
+                  "kfp": f"as Kubeflow Pipelines task pods in {env_image(env)} (namespace {KFP_NAMESPACE}, lake of "
+                         f"the kuberec-settings ConfigMap)"}[args.runner]
     summary = {"started": started.isoformat(), "cluster": str(access.kubeconfig), "lake": args.lake,
                "components": "none (--serve-only)" if args.serve_only else components,
                "steps": [asdict(o) for o in outcomes], "resources": resources}

@@ -70,6 +70,10 @@ def _reader(files: list[str], shard: int, num_shards: int, num_epochs: int | Non
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\..*")
     warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
     warnings.filterwarnings("ignore", message="The pyarrow.filesystem.DaskFileSystem/S3FSWrapper are deprecated")
+    # Delta's Parquet files carry no Petastorm schema, so every reader logs "Failed loading Unischema from metadata
+    # in %s" (unformatted) before it reads the Parquet schema, as intended: in a pipeline task's log it reads as an
+    # error dozens of times.
+    logging.getLogger("petastorm.etl.dataset_metadata").setLevel(logging.WARNING)
     if not 0 <= shard < num_shards:
         raise FeedError(f"shard {shard} is outside 0..{num_shards - 1}")
     # Petastorm 0.13.1's thread pool sometimes drops the last row group of an epoch (a race between its

@@ -1,0 +1,125 @@
+"""kuberec's pipelines on the Kubeflow Pipelines server of `make cluster-up`, through its API as the dashboard uses it
+(a port-forward to the UI on 127.0.0.1, which serves the API as well): the runs `make e2e` started succeeded task by
+task; a run fed a broken Instacart file fails in its ingest task with the program's own error line in that task's
+log; terminating a run stops the MPIJob it started."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.cluster.conftest import NAMESPACE, access, kubectl, run_kuberec
+from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer
+
+PIPELINES = {"similarity": "kuberec-similarity", "widedeep": "kuberec-widedeep"}
+
+
+@pytest.fixture(scope="module")
+def kfp_server():
+    if not kubectl("-n", KFP_NAMESPACE, "get", "service", "ml-pipeline-ui", "--ignore-not-found").strip():
+        pytest.skip("no Kubeflow Pipelines on the cluster (make cluster-up installs it)")
+    with access().forward(UI_SERVICE, UI_PORT, namespace=KFP_NAMESPACE) as ui:
+        yield KfpServer(ui.url)
+
+
+def newest_run(server: KfpServer, pipeline_name: str):
+    """The newest run of the pipeline named `pipeline_name`, or None."""
+    pipeline_id = server.client.get_pipeline_id(pipeline_name)
+    if pipeline_id is None:
+        return None
+    runs = server.client.list_runs(page_size=50, sort_by="created_at desc").runs or []
+    for run in runs:
+        ref = run.pipeline_version_reference
+        if ref and ref.pipeline_id == pipeline_id:
+            return run
+    return None
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_the_e2e_runs_succeeded_task_by_task(kfp_server, pipeline):
+    """The newest run of each pipeline (make e2e's) succeeded, and so did each of its tasks, each in its own pod."""
+    run = newest_run(kfp_server, PIPELINES[pipeline])
+    if run is None:
+        pytest.skip(f"no run of {PIPELINES[pipeline]} on the server yet: run make e2e first")
+    report = kfp_server.report(pipeline, run.run_id, "")
+    assert report.state == "SUCCEEDED", (report.url, report.error)
+    assert report.tasks, report
+    for task in report.tasks:
+        assert task.state == "SUCCEEDED", (task, report.url)
+        assert task.pods, task
+
+
+def pod_log(server: KfpServer, run_id: str, pod: str) -> str:
+    """A task pod's log as the UI shows it (its /k8s/pod/logs endpoint: the pod's, or Argo's archive in MinIO once
+    the pod is gone)."""
+    query = urllib.parse.urlencode({"podname": pod, "runid": run_id, "podnamespace": KFP_NAMESPACE})
+    with urllib.request.urlopen(f"{server.host}/k8s/pod/logs?{query}", timeout=60) as answer:
+        return answer.read().decode()
+
+
+def stage_broken_instacart(cluster_env, tmp_path) -> str:
+    """Generated Instacart files with one bad eval_set, staged under a fresh prefix of the lake; the prefix."""
+    import boto3
+
+    source = tmp_path / "broken"
+    run_kuberec(cluster_env, "data", "instacart-synth", "--users", "20", "--seed", "7", "--out", str(source))
+    lines = (source / "orders.csv").read_text().splitlines()
+    lines[2] = lines[2].replace(",prior,", ",someday,", 1)
+    (source / "orders.csv").write_text("\n".join(lines) + "\n")
+    s3 = boto3.client("s3", endpoint_url=cluster_env["KUBEREC_S3_ENDPOINT"], region_name="us-east-1",
+                      aws_access_key_id=cluster_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=cluster_env["AWS_SECRET_ACCESS_KEY"])
+    prefix = f"raw/kfp-broken-{uuid.uuid4().hex[:8]}"
+    for path in source.iterdir():
+        s3.upload_file(str(path), "kuberec", f"{prefix}/{path.name}")
+    return f"s3://kuberec/{prefix}"
+
+
+def test_a_bad_instacart_file_fails_the_run_with_the_programs_error_in_the_task_log(kfp_server, cluster_env,
+                                                                                    tmp_path):
+    source = stage_broken_instacart(cluster_env, tmp_path)
+    uploaded = kfp_server.upload("widedeep", tmp_path)
+    run_id = kfp_server.start("widedeep", uploaded, {"source": source, "users": 20, "workers": 1})
+    state = kfp_server.wait(run_id, timeout_s=1800)
+    report = kfp_server.report("widedeep", run_id, uploaded["version"])
+    assert state == "FAILED", report
+    failed = [t for t in report.tasks if t.state == "FAILED"]
+    assert [t.name for t in failed] == ["ingest-instacart"], report.tasks
+    log = "".join(pod_log(kfp_server, run_id, pod) for pod in failed[0].pods)
+    assert "kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set" in log, log[-3000:]
+
+
+def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, tmp_path):
+    """Terminate (the UI's button) while the training step waits on its MPIJob: the step's pod gets SIGTERM and
+    deletes the MPIJob; nothing of the run is left running."""
+    uploaded = kfp_server.upload("similarity", tmp_path)
+    run_id = kfp_server.start("similarity", uploaded, {"max_per_split": 2000, "config_json": json.dumps({"epochs": 50}),
+                                                       "workers": 2})
+    deadline = time.monotonic() + 1800
+    mpijob = ""
+    while not mpijob and time.monotonic() < deadline:
+        assert kfp_server.client.get_run(run_id).state not in ("FAILED", "SUCCEEDED"), kfp_server.report(
+            "similarity", run_id, "")
+        mpijob = kubectl("-n", NAMESPACE, "get", "mpijobs", "-l", "kuberec.io/step=train-similarity",
+                         "--sort-by=.metadata.creationTimestamp", "-o",
+                         "jsonpath={.items[-1:].metadata.name}", check=False).strip()
+        time.sleep(10)
+    assert mpijob, "the training step started no MPIJob in 30 minutes"
+    time.sleep(20)  # its workers start
+    kfp_server.terminate(run_id)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        left = kubectl("-n", NAMESPACE, "get", "mpijob", mpijob, "--ignore-not-found", "-o", "name").strip()
+        pods = kubectl("-n", NAMESPACE, "get", "pods", "-l", f"training.kubeflow.org/job-name={mpijob}", "-o",
+                       "name").strip()
+        if not left and not pods:
+            break
+        time.sleep(5)
+    assert not left and not pods, f"still there after terminating run {run_id}: {left} {pods}"
+    state = kfp_server.wait(run_id, timeout_s=300)
+    assert state in ("CANCELED", "FAILED"), state
