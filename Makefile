@@ -70,7 +70,7 @@ cluster-down:
 cluster-status:
 	@scripts/cluster/status.sh
 
-# The Kubeflow Pipelines UI (and API: KFP_HOST) of make cluster-up's cluster on 127.0.0.1:$(or $(KFP_UI_PORT),18080),
+# The Kubeflow Pipelines UI (and API: KFP_HOST) of make cluster-up's cluster on 127.0.0.1:$(or $(KFP_UI_PORT),8088),
 # through kubectl port-forward until Ctrl-C.
 kfp-ui:
 	@scripts/cluster/kfp-ui.sh

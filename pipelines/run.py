@@ -39,6 +39,7 @@ log = logging.getLogger("pipelines")
 # catalog pipeline (Fashion-MNIST ingestion alone) is the first step of `similarity`.
 ALL: tuple[str, ...] = tuple(MODELS)
 PIPELINES: tuple[str, ...] = ("catalog", *ALL)
+SUMMARY_MARK = "== kuberec pipeline summary =="  # the line before main's JSON summary
 KFP_HOST_ENV = "KFP_HOST"  # the Kubeflow Pipelines API endpoint: runs are submitted there instead of run here
 # Parameters every model's pipeline has but that name one model's things: `all` cannot give one value to both.
 PER_MODEL_PARAMS = ("model_name",)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary[name] = {"run_url": url}
             else:
                 summary[name] = run_local(name, params, args.runner)
-    print("\n== kuberec pipeline summary ==")
+    print(f"\n{SUMMARY_MARK}")
     print(json.dumps(_rounded(summary), indent=2, sort_keys=True, default=str))
     if not (args.compile_only or kfp_host):
         from kuberec import tracking

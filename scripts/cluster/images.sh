@@ -139,7 +139,7 @@ if want kfp && [ -x "$BIN/kfp-apiserver" ]; then
   # one MLflow run per model build itself.
   "$PY" -c 'import json, sys; c = json.load(open(sys.argv[1])); c.pop("plugins", None); print(json.dumps(c, indent=2))' \
     "$SRC/kfp/backend/src/apiserver/config/config.json" > "$context/apiserver-config/config.json"
-  base_arg=(--build-arg BASE_IMAGE=kuberec-local/debian:bookworm)
+  base_arg=(--build-arg BASE_IMAGE=kuberec-local/debian:bookworm --build-arg "TAG_NAME=$KFP_VERSION")
   for target in apiserver persistenceagent scheduledworkflow driver launcher metadata-proxy; do
     KFP_IMAGES+=("kuberec-local/kfp-$target:$KFP_VERSION")
     build "kfp-$target" "kuberec-local/kfp-$target:$KFP_VERSION" "$context" -f images/kfp/binaries/Dockerfile \

@@ -24,7 +24,8 @@ for kustomization in root.glob("upstream/**/kustomization.yaml"):
     local = remote.sub(lambda m: os.path.relpath(root / "argo" / m.group(1), kustomization.parent), text)
     if local != text:
         kustomization.write_text(local)
-leftover = [str(k) for k in root.glob("upstream/**/kustomization.yaml") if "://" in k.read_text()]
+leftover = [str(k) for k in root.glob("upstream/**/kustomization.yaml")
+            if any("://" in line.split("#")[0] for line in k.read_text().splitlines())]
 if leftover:
     sys.exit(f"remote bases left in KFP's manifests (nothing can fetch them here): {leftover}")
 PYTHON
@@ -44,13 +45,14 @@ kubectl -n kubeflow create secret generic mlpipeline-minio-artifact --from-liter
   --from-literal=secretkey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # KFP runs its task pods in its own namespace: they read kuberec's settings and credentials there.
 for object in configmap/kuberec-settings secret/kuberec-lake secret/kuberec-mlflow; do
-  kubectl -n kuberec get "$object" -o json 2>/dev/null | "$REPO/.venv/bin/python" -c '
+  kubectl -n kuberec get "$object" >/dev/null 2>&1 || continue  # kuberec-mlflow is optional
+  kubectl -n kuberec get "$object" -o json | "$REPO/.venv/bin/python" -c '
 import json, sys
 obj = json.load(sys.stdin)
 meta = obj["metadata"]
 obj["metadata"] = {"name": meta["name"], "namespace": "kubeflow", "labels": meta.get("labels", {}),
                    "annotations": {k: v for k, v in meta.get("annotations", {}).items() if "last-applied" not in k}}
-print(json.dumps(obj))' | kubectl apply -f - >/dev/null || true
+print(json.dumps(obj))' | kubectl apply -f - >/dev/null
 done
 
 # The database's volume on this machine's disk, like kuberec's (no storage provisioner on this node).

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.cluster.conftest import NAMESPACE, access, kubectl, run_kuberec
-from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer
+from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer, task_pods
 
 PIPELINES = {"similarity": "kuberec-similarity", "widedeep": "kuberec-widedeep"}
 
@@ -46,7 +46,7 @@ def test_the_e2e_runs_succeeded_task_by_task(kfp_server, pipeline):
     run = newest_run(kfp_server, PIPELINES[pipeline])
     if run is None:
         pytest.skip(f"no run of {PIPELINES[pipeline]} on the server yet: run make e2e first")
-    report = kfp_server.report(pipeline, run.run_id, "")
+    report = kfp_server.report(pipeline, run.run_id, "", task_pods(access(), run.run_id))
     assert report.state == "SUCCEEDED", (report.url, report.error)
     assert report.tasks, report
     for task in report.tasks:
@@ -83,21 +83,27 @@ def stage_broken_instacart(cluster_env, tmp_path) -> str:
 def test_a_bad_instacart_file_fails_the_run_with_the_programs_error_in_the_task_log(kfp_server, cluster_env,
                                                                                     tmp_path):
     source = stage_broken_instacart(cluster_env, tmp_path)
-    uploaded = kfp_server.upload("widedeep", tmp_path)
+    uploaded = kfp_server.upload("widedeep", cluster_env)
     run_id = kfp_server.start("widedeep", uploaded, {"source": source, "users": 20, "workers": 1})
     state = kfp_server.wait(run_id, timeout_s=1800)
-    report = kfp_server.report("widedeep", run_id, uploaded["version"])
+    report = kfp_server.report("widedeep", run_id, uploaded["version"], task_pods(access(), run_id))
     assert state == "FAILED", report
     failed = [t for t in report.tasks if t.state == "FAILED"]
     assert [t.name for t in failed] == ["ingest-instacart"], report.tasks
+    assert {t.state for t in report.tasks if t.name not in ("instacart-source", "ingest-instacart")} == {"NOT RUN"}
     log = "".join(pod_log(kfp_server, run_id, pod) for pod in failed[0].pods)
     assert "kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set" in log, log[-3000:]
 
 
-def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, tmp_path):
+@pytest.mark.xfail(strict=True, reason=(
+    "KFP 2.17's launcher, the step's parent in the task container, has no SIGTERM handler: on Terminate Argo's "
+    "emissary signals the container's process group, the launcher exits at once, the container's first process "
+    "with it, and the step is killed before its own SIGTERM handler can delete the MPIJob (seen 2026-12-07: "
+    "'Error: exit status 143' right after 'MPIJob ...: Running', the MPIJob left running). Not fixed yet."))
+def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, cluster_env):
     """Terminate (the UI's button) while the training step waits on its MPIJob: the step's pod gets SIGTERM and
     deletes the MPIJob; nothing of the run is left running."""
-    uploaded = kfp_server.upload("similarity", tmp_path)
+    uploaded = kfp_server.upload("similarity", cluster_env)
     run_id = kfp_server.start("similarity", uploaded, {"max_per_split": 2000, "config_json": json.dumps({"epochs": 50}),
                                                        "workers": 2})
     deadline = time.monotonic() + 1800
@@ -120,6 +126,8 @@ def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, tmp_path):
         if not left and not pods:
             break
         time.sleep(5)
+    if left:  # this test's own MPIJob: it must not keep the node's CPUs
+        kubectl("-n", NAMESPACE, "delete", "mpijob", mpijob, "--wait=false", check=False)
     assert not left and not pods, f"still there after terminating run {run_id}: {left} {pods}"
     state = kfp_server.wait(run_id, timeout_s=300)
     assert state in ("CANCELED", "FAILED"), state

@@ -43,14 +43,13 @@ from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
 from kuberec.models import MODELS
 from kuberec.serving.refusals import bad_requests
 from kuberec.settings import load_settings
-from pipelines.run import RUNNERS, parse_params
+from pipelines.run import RUNNERS, SUMMARY_MARK, parse_params
 from tests.e2e.cluster_access import ClusterAccess
-from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer
+from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer, task_pods
 
 log = logging.getLogger("e2e")
 
 PIPELINES = ("similarity", "widedeep")
-SUMMARY_MARK = "== kuberec pipeline summary =="
 PIPELINE_TIMEOUT_S = 4 * 3600
 ROLLOUT_CLIENTS = 8
 ROLLOUT_PAUSE_S = 5  # of load before, between and after the two rollouts
@@ -124,23 +123,23 @@ def run_pipeline(name: str, params: list[str], env: dict[str, str], runner: str)
     return outcome
 
 
-def run_on_kfp(server: KfpServer, name: str, params: list[str], packages: Path) -> Outcome:
+def run_on_kfp(server: KfpServer, access: ClusterAccess, name: str, params: list[str], env: dict[str, str]) -> Outcome:
     """Upload pipeline `name` to Kubeflow Pipelines, start a run of that version as kuberec-runner and wait for it;
     the outcome lists every task (state, seconds, pod)."""
     started = time.monotonic()
     what = f"pipeline {name} on Kubeflow Pipelines"
     try:
-        uploaded = server.upload(name, packages)
+        uploaded = server.upload(name, env)
         run_id = server.start(name, uploaded, parse_params(name, params))
     except Exception as err:  # noqa: BLE001  (the summary names whatever stopped the upload or the start)
         return Outcome(what, False, round(time.monotonic() - started, 1), error=f"{type(err).__name__}: {err}")
     log.info("%s: run %s (%s)", what, run_id, server.run_url(run_id))
     state = server.wait(run_id, PIPELINE_TIMEOUT_S)
-    report = server.report(name, run_id, uploaded["version"])
+    report = server.report(name, run_id, uploaded["version"], task_pods(access, run_id))
     detail = {"run": report.url, "version": report.version, "state": state,
               "tasks (state, seconds, pod)": [f"{t.name}: {t.state} {t.seconds} s {' '.join(t.pods)}"
                                               for t in report.tasks]}
-    failed = [f"{t.name}: {t.error}" for t in report.tasks if t.state not in ("SUCCEEDED", "SKIPPED")]
+    failed = [f"{t.name}: {t.state} {t.error}" for t in report.tasks if t.state == "FAILED"]
     return Outcome(what, state == "SUCCEEDED", round(time.monotonic() - started, 1), detail,
                    "" if state == "SUCCEEDED" else "\n".join([f"run {state}: {report.error}", *failed]))
 
@@ -370,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             server = KfpServer(kfp_ui.url)
         for name in [args.only] if args.only else PIPELINES:
             if not args.serve_only:
-                outcome = (run_on_kfp(server, name, getattr(args, name), Path(scratch)) if kfp_ui
+                outcome = (run_on_kfp(server, access, name, getattr(args, name), env) if kfp_ui
                            else run_pipeline(name, getattr(args, name), env, args.runner))
                 outcomes.append(outcome)
                 if not outcome.ok:
