@@ -1,7 +1,7 @@
 """kuberec's pipelines on the Kubeflow Pipelines server of `make cluster-up`, through its API as the dashboard uses it
 (a port-forward to the UI on 127.0.0.1, which serves the API as well): the runs `make e2e` started succeeded task by
 task; a run fed a broken Instacart file fails in its ingest task with the program's own error line in that task's
-log; terminating a run stops the MPIJob it started."""
+log, still readable once its pod is gone; terminating a run stops the MPIJob it started."""
 
 from __future__ import annotations
 
@@ -56,8 +56,10 @@ def test_the_e2e_runs_succeeded_task_by_task(kfp_server, pipeline):
 
 def pod_log(server: KfpServer, run_id: str, pod: str) -> str:
     """A task pod's log as the UI shows it (its /k8s/pod/logs endpoint: the pod's, or Argo's archive in MinIO once
-    the pod is gone)."""
-    query = urllib.parse.urlencode({"podname": pod, "runid": run_id, "podnamespace": KFP_NAMESPACE})
+    the pod is gone, found by the run's creation date)."""
+    created = server.client.get_run(run_id).created_at
+    query = urllib.parse.urlencode({"podname": pod, "runid": run_id, "podnamespace": KFP_NAMESPACE,
+                                    "createdat": f"{created:%Y-%m-%d}"})
     with urllib.request.urlopen(f"{server.host}/k8s/pod/logs?{query}", timeout=60) as answer:
         return answer.read().decode()
 
@@ -91,8 +93,13 @@ def test_a_bad_instacart_file_fails_the_run_with_the_programs_error_in_the_task_
     failed = [t for t in report.tasks if t.state == "FAILED"]
     assert [t.name for t in failed] == ["ingest-instacart"], report.tasks
     assert {t.state for t in report.tasks if t.name not in ("instacart-source", "ingest-instacart")} == {"NOT RUN"}
+    error_line = "kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set"
     log = "".join(pod_log(kfp_server, run_id, pod) for pod in failed[0].pods)
-    assert "kuberec.ingest.instacart: error: orders.csv row 2 (line 3), column eval_set" in log, log[-3000:]
+    assert error_line in log, log[-3000:]
+    # Once the pods are gone (Argo's pod GC, a node's restart), the UI reads the log Argo archived in MinIO.
+    kubectl("-n", KFP_NAMESPACE, "delete", "pods", "-l", f"pipeline/runid={run_id}", "--wait=true", timeout=180)
+    archived = "".join(pod_log(kfp_server, run_id, pod) for pod in failed[0].pods)
+    assert error_line in archived, archived[-3000:]
 
 
 @pytest.mark.xfail(strict=True, reason=(
