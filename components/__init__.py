@@ -5,7 +5,8 @@ MPIJob or RayJob through the Kubernetes backend) and as a local subprocess under
 be self-contained (KFP ships their source), so each imports what it calls.
 
 `configure_for_cluster(task)` gives a task's pod what it needs on Kubeflow Pipelines: kuberec's settings from the
-`kuberec-settings` ConfigMap and credentials from the `kuberec-lake` and `kuberec-mlflow` Secrets, as environment.
+`kuberec-settings` ConfigMap and credentials from the `kuberec-lake` and `kuberec-mlflow` Secrets, as environment,
+and its own name (see kuberec.backends.k8s.naming.job_metadata).
 The components need no GPU (the MPIJobs and RayJobs they create request GPUs for their own pods), and the service
 account that may create those custom resources (`kuberec-runner`) is set per run, not per task: kfp-kubernetes
 2.17 has no per-task service account (see pipelines/run.py).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from kfp import dsl
 
+from kuberec.backends.k8s.naming import POD_NAME_ENV, POD_NAMESPACE_ENV
 from kuberec.backends.k8s.options import OPTION_ENV_VARS, ClusterOptions
 from kuberec.backends.k8s.pods import LAKE_SECRET_KEYS, LOCAL_ONLY_ENV, MLFLOW_SECRET_KEYS
 from kuberec.settings import ENV_VARS, load_settings
@@ -67,4 +69,8 @@ def configure_for_cluster(task: dsl.PipelineTask) -> dsl.PipelineTask:
         kubernetes.use_secret_as_env(task, secret, {key: key for key in keys}, optional=True)
     for label, value in POD_LABELS.items():
         kubernetes.add_pod_label(task, label, value)
+    # The pod's own name, so that the jobs the step creates name it and `kuberec k8s reap` can find them when the
+    # pod stops with them unfinished (a terminated run).
+    kubernetes.use_field_path_as_env(task, POD_NAMESPACE_ENV, "metadata.namespace")
+    kubernetes.use_field_path_as_env(task, POD_NAME_ENV, "metadata.name")
     return task

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components import OPTIONAL_SETTINGS, REQUIRED_SETTINGS, SECRETS, SETTINGS_CONFIG_MAP
+from kuberec.backends.k8s.naming import POD_NAME_ENV, POD_NAMESPACE_ENV
 from pipelines import run
 
 pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
@@ -41,6 +42,9 @@ def test_every_task_gets_the_cluster_settings(name, tmp_path):
                    for entry in config["secretAsEnv"]}
         assert secrets == {secret: (set(keys), True) for secret, keys in SECRETS}, executor
         assert config["podMetadata"]["labels"]["app.kubernetes.io/part-of"] == "kuberec"
+        # The pod's own name, which the jobs it creates carry for the cluster's kuberec-reaper.
+        assert {(entry["name"], entry["fieldPath"]) for entry in config["fieldPathAsEnv"]} == \
+            {(POD_NAMESPACE_ENV, "metadata.namespace"), (POD_NAME_ENV, "metadata.name")}, executor
     # The components only create custom resources; the MPIJobs and RayJobs request the GPUs.
     assert "nvidia.com/gpu" not in json.dumps(spec) and "accelerator" not in json.dumps(spec["deploymentSpec"])
 

@@ -41,7 +41,8 @@ done
 
 kubectl apply -k manifests/overlays/local >/dev/null
 log "kuberec applied (manifests/overlays/local); waiting for its pods"
-kubectl -n kuberec rollout status statefulset/minio statefulset/postgres deployment/mlflow --timeout=600s >/dev/null ||
+kubectl -n kuberec rollout status statefulset/minio statefulset/postgres deployment/mlflow \
+  deployment/kuberec-reaper --timeout=600s >/dev/null ||
   { kubectl -n kuberec get pods >&2; die "kuberec's pods are not ready (kubectl -n kuberec describe pods)"; }
 kubectl -n kuberec wait --for=condition=complete job/kuberec-buckets --timeout=300s >/dev/null ||
   { kubectl -n kuberec logs job/kuberec-buckets >&2; die "the buckets job did not complete"; }

@@ -102,14 +102,10 @@ def test_a_bad_instacart_file_fails_the_run_with_the_programs_error_in_the_task_
     assert error_line in archived, archived[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KFP 2.17's launcher, the step's parent in the task container, has no SIGTERM handler: on Terminate Argo's "
-    "emissary signals the container's process group, the launcher exits at once, the container's first process "
-    "with it, and the step is killed before its own SIGTERM handler can delete the MPIJob (seen 2026-12-07: "
-    "'Error: exit status 143' right after 'MPIJob ...: Running', the MPIJob left running). Not fixed yet."))
 def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, cluster_env):
-    """Terminate (the UI's button) while the training step waits on its MPIJob: the step's pod gets SIGTERM and
-    deletes the MPIJob; nothing of the run is left running."""
+    """Terminate (the UI's button) while the training step waits on its MPIJob: KFP stops the step's pod before
+    the step can delete its MPIJob (KFP 2.17's launcher, the step's parent, exits at once on SIGTERM), so the
+    cluster's kuberec-reaper deletes it; nothing of the run is left running."""
     uploaded = kfp_server.upload("similarity", cluster_env)
     run_id = kfp_server.start("similarity", uploaded, {"max_per_split": 2000, "config_json": json.dumps({"epochs": 50}),
                                                        "workers": 2})

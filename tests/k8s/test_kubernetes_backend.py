@@ -17,6 +17,7 @@ import pytest
 
 from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
 from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
+from kuberec.backends.k8s.naming import CREATED_BY_POD, POD_NAME_ENV, POD_NAMESPACE_ENV
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render as render_resource
 from kuberec.backends.kubernetes import JobCancelled, JobTimeout, KubernetesBackend, KubernetesError
@@ -342,6 +343,45 @@ def test_resource_deleted_while_waiting(backend, progress_log):
     backend.delete(KINDS["RayJob"], name)
     run.join()
     assert isinstance(run.error, JobFailed) and "was deleted" in str(run.error)
+
+
+# -- jobs whose step has stopped --------------------------------------------------------------------------------
+def test_reap_deletes_the_unfinished_jobs_whose_steps_pod_has_stopped(backend, monkeypatch, caplog):
+    """What the cluster's kuberec-reaper does after a terminated Kubeflow Pipelines run. The steps' pods are a
+    stand-in (`pod_phase`): the test API server has no pods API. The real reaper, pods and run are tested on the
+    cluster (tests/cluster/test_kfp.py)."""
+    caplog.set_level(logging.INFO, logger="kuberec.backends.kubernetes")
+    phases = {"kubeflow/running-step": "Running", "kubeflow/failed-step": "Failed", "kubeflow/done-step": "Succeeded"}
+    backend.pod_phase = phases.get  # "kubeflow/deleted-step" is gone
+
+    def created_from(pod: str | None, job) -> tuple[object, str]:
+        if pod:
+            monkeypatch.setenv(POD_NAMESPACE_ENV, "kubeflow")
+            monkeypatch.setenv(POD_NAME_ENV, pod)
+        else:
+            monkeypatch.delenv(POD_NAMESPACE_ENV, raising=False)
+            monkeypatch.delenv(POD_NAME_ENV, raising=False)
+        body = render(backend, job)
+        assert body["metadata"].get("annotations") == ({CREATED_BY_POD: f"kubeflow/{pod}"} if pod else None)
+        backend.create(body)
+        return KINDS[body["kind"]], body["metadata"]["name"]
+
+    orphans = [created_from(pod, JOBS[job]) for pod, job in
+               (("failed-step", "horovod-cpu"), ("done-step", "spark"), ("deleted-step", "ray"))]
+    waited_for = created_from("running-step", JOBS["horovod-cpu"])
+    finished = created_from("failed-step", JOBS["spark"])
+    steps, _, _ = spark_statuses(finished[1])
+    for status in steps:
+        write_status(backend, *finished, status)
+    from_a_terminal = created_from(None, JOBS["ray"])  # `kuberec` run by a person: no pod to follow
+
+    assert sorted(backend.reap()) == sorted(f"{kind.plural}/{name}" for kind, name in orphans)
+    assert [exists(backend, *job) for job in orphans] == [False, False, False]
+    assert all(exists(backend, *job) for job in (waited_for, finished, from_a_terminal))
+    said = [record.getMessage() for record in caplog.records if record.getMessage().startswith("deleted ")]
+    assert any(orphans[0][1] in line and "kubeflow/failed-step, has ended (Failed)" in line for line in said), said
+    assert any(orphans[2][1] in line and "kubeflow/deleted-step, is gone" in line for line in said), said
+    assert backend.reap() == []
 
 
 # -- InferenceService rollout --------------------------------------------------------------------------------------

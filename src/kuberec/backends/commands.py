@@ -1,4 +1,5 @@
-"""CLI: `kuberec k8s render | deploy` — see the custom resource a step becomes, and roll a model out to KServe."""
+"""CLI: `kuberec k8s render | deploy | reap` — see the custom resource a step becomes, roll a model out to KServe,
+delete the jobs whose step has stopped."""
 
 from __future__ import annotations
 
@@ -86,9 +87,28 @@ def _deploy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-replicas", type=int, default=1)
 
 
+def _reap(args: argparse.Namespace) -> None:
+    from kuberec.backends.kubernetes import KubernetesBackend, reap_forever
+    from kuberec.settings import load_settings
+
+    if args.every is None:
+        for job in KubernetesBackend(load_settings()).reap():
+            print(f"deleted {job}")
+    else:
+        reap_forever(load_settings(), args.every)
+
+
+def _reap_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--every", type=float, metavar="SECONDS",
+                        help="keep going, looking every SECONDS (as the cluster's kuberec-reaper does); without it, "
+                             "look once and print what was deleted")
+
+
 COMMANDS = [
     Command("k8s", "render", "print the custom resource a step becomes with KUBEREC_BACKEND=kubernetes",
             _render, _render_args),
     Command("k8s", "deploy", "create or roll out a KServe InferenceService for an MLflow model and wait until "
                              "it is ready", _deploy, _deploy_args),
+    Command("k8s", "reap", "delete the unfinished Spark, MPI and Ray jobs whose step's pod has stopped (a "
+                           "terminated Kubeflow Pipelines run's)", _reap, _reap_args),
 ]

@@ -4,6 +4,10 @@
 watches the resource and reads the status fields each operator writes; a state change is logged as it happens.
 Ctrl-C or SIGTERM while waiting deletes the resource or keeps it (`KUBEREC_K8S_ON_CANCEL`); so does a timeout. A
 failed resource is kept so that `kubectl describe` can show what happened.
+
+A step in a Kubeflow Pipelines task pod gets no time for that when its run is terminated: KFP's launcher, the step's
+parent, exits at once on SIGTERM and the container with it. `reap` (run in the cluster by `kuberec k8s reap`)
+deletes the unfinished jobs whose step's pod has ended, whatever KUBEREC_K8S_ON_CANCEL says: nothing waits for them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import time
 from typing import Iterator
 
 from kuberec.backends.jobs import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
-from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS, Kind, Progress
+from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, JOB_KINDS, KINDS, Kind, Progress
+from kuberec.backends.k8s.naming import CREATED_BY_POD
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render_horovod, render_ray, render_spark
 from kuberec.backends.k8s.serving import MODEL_URI_ANNOTATION, PREDICTOR_LABEL, render_inference_service
@@ -194,6 +199,44 @@ class KubernetesBackend:
         self.delete(kind, name)
         return "deleted it (KUBEREC_K8S_ON_CANCEL=delete)"
 
+    # -- jobs whose step has stopped ------------------------------------------------------------------------
+    def reap(self) -> list[str]:
+        """Delete the unfinished jobs created from a pod (CREATED_BY_POD) that has ended or is gone; finished jobs
+        stay for `kubectl describe`. Returns `<plural>/<name>` of each job deleted."""
+        reaped = []
+        for kind in JOB_KINDS:
+            with _api_errors(f"list the {kind.plural} in {self.namespace}"):
+                jobs = self.api.list_namespaced_custom_object(
+                    kind.group, kind.version, self.namespace, kind.plural,
+                    label_selector="app.kubernetes.io/managed-by=kuberec")["items"]
+            for job in jobs:
+                pod = (job["metadata"].get("annotations") or {}).get(CREATED_BY_POD)
+                progress = kind.progress(job)
+                if not pod or progress.succeeded or progress.failed:
+                    continue
+                phase = self.pod_phase(pod)
+                if phase not in (None, "Succeeded", "Failed"):
+                    continue
+                name = job["metadata"]["name"]
+                self.delete(kind, name)
+                log.info("deleted %s %s/%s (%s): the pod of the step that created it, %s, %s", kind.kind,
+                         self.namespace, name, progress.state, pod, f"has ended ({phase})" if phase else "is gone")
+                reaped.append(f"{kind.plural}/{name}")
+        return reaped
+
+    def pod_phase(self, pod: str) -> str | None:
+        """The phase of pod `<namespace>/<name>` (Pending, Running, Succeeded, Failed); None when it is gone."""
+        from kubernetes import client
+
+        namespace, _, name = pod.partition("/")
+        try:
+            with _api_errors(f"get pod {pod}"):
+                return client.CoreV1Api(self.api.api_client).read_namespaced_pod(name, namespace).status.phase
+        except KubernetesError as err:
+            if err.status == 404:
+                return None
+            raise
+
     # -- serving ---------------------------------------------------------------------------------------------
     def deploy(self, job: ServingJob) -> str:
         """Create the InferenceService, or roll the existing one to the new model; wait until the new version is
@@ -340,3 +383,16 @@ class KubernetesBackend:
                 yield obj
             finally:
                 stream.stop()
+
+
+def reap_forever(settings: Settings, every_s: float) -> None:
+    """`KubernetesBackend.reap` every `every_s` seconds until stopped; an API error is logged and tried again."""
+    backend = KubernetesBackend(settings)
+    log.info("deleting the unfinished jobs in %s whose step's pod has stopped, every %g s", backend.namespace,
+             every_s)
+    while True:
+        try:
+            backend.reap()
+        except KubernetesError as err:
+            log.warning("%s; trying again in %g s", err, every_s)
+        time.sleep(every_s)

@@ -127,3 +127,5 @@ RAYJOB = Kind("RayJob", "ray.io", "v1", "rayjobs", rayjob_progress, lambda name:
 INFERENCE_SERVICE = Kind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices",
                          inferenceservice_progress)
 KINDS: dict[str, Kind] = {k.kind: k for k in (SPARK_APPLICATION, MPIJOB, RAYJOB, INFERENCE_SERVICE)}
+# The kinds that run to an end; an InferenceService serves until it is deleted or rolled to another model.
+JOB_KINDS = (SPARK_APPLICATION, MPIJOB, RAYJOB)

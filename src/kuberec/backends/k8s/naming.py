@@ -3,6 +3,7 @@ mark every resource and pod as kuberec's and say which step made it."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 
@@ -26,6 +27,24 @@ def run_name(job_name: str) -> str:
 
 def resource_metadata(settings: Settings, name: str, step: str) -> dict:
     return {"name": name, "namespace": settings.namespace, "labels": resource_labels(settings, step)}
+
+
+# The pod a step runs in, when it runs in one: `configure_for_cluster` gives Kubeflow Pipelines task pods their own
+# namespace and name (Downward API) in these variables. Each job the step creates is annotated with the pod, so that
+# `kuberec k8s reap` can delete the jobs whose step's pod has ended: a terminated KFP run stops its pods before the
+# steps can delete the jobs they were waiting for.
+POD_NAMESPACE_ENV = "KUBEREC_POD_NAMESPACE"
+POD_NAME_ENV = "KUBEREC_POD_NAME"
+CREATED_BY_POD = "kuberec.io/created-by-pod"
+
+
+def job_metadata(settings: Settings, step: str) -> dict:
+    """A job's metadata: a fresh name, kuberec's labels and, from a pod, the pod it was created from."""
+    metadata = resource_metadata(settings, run_name(step), step)
+    namespace, pod = os.environ.get(POD_NAMESPACE_ENV), os.environ.get(POD_NAME_ENV)
+    if namespace and pod:
+        metadata["annotations"] = {CREATED_BY_POD: f"{namespace}/{pod}"}
+    return metadata
 
 
 def resource_labels(settings: Settings, step: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from kuberec.backends.jobs import HorovodJob, RayJob, ServingJob, SparkJob
 from kuberec.backends.k8s.kinds import MPIJOB, RAYJOB, SPARK_APPLICATION
-from kuberec.backends.k8s.naming import resource_labels, resource_metadata, run_name
+from kuberec.backends.k8s.naming import job_metadata, resource_labels
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.pods import (
     USER_HOME,
@@ -74,7 +74,7 @@ def render_spark(job: SparkJob, settings: Settings, options: ClusterOptions) -> 
 
     return {
         "apiVersion": SPARK_APPLICATION.api_version, "kind": SPARK_APPLICATION.kind,
-        "metadata": resource_metadata(settings, run_name(job.name), job.name),
+        "metadata": job_metadata(settings, job.name),
         "spec": {
             "type": "Python", "pythonVersion": "3", "mode": "cluster",
             "image": settings.image("spark"), "imagePullPolicy": options.image_pull_policy,
@@ -124,7 +124,7 @@ def render_horovod(job: HorovodJob, settings: Settings, options: ClusterOptions)
     }]})
     return {
         "apiVersion": MPIJOB.api_version, "kind": MPIJOB.kind,
-        "metadata": resource_metadata(settings, run_name(job.name), job.name),
+        "metadata": job_metadata(settings, job.name),
         "spec": {
             "slotsPerWorker": job.slots_per_worker,
             "mpiImplementation": "OpenMPI",
@@ -173,7 +173,7 @@ def render_ray(job: RayJob, settings: Settings, options: ClusterOptions) -> dict
                                                                   options.launcher_memory)}]})
     return {
         "apiVersion": RAYJOB.api_version, "kind": RAYJOB.kind,
-        "metadata": resource_metadata(settings, run_name(job.name), job.name),
+        "metadata": job_metadata(settings, job.name),
         "spec": {
             "entrypoint": shlex.join(["python", "-m", job.module, *job.args]),
             "shutdownAfterJobFinishes": True,
