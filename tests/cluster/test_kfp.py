@@ -102,26 +102,39 @@ def test_a_bad_instacart_file_fails_the_run_with_the_programs_error_in_the_task_
     assert error_line in archived, archived[-3000:]
 
 
+def created_by_run(run_id: str, plural: str) -> str:
+    """The newest of kuberec's `plural` (mpijobs...) created by a task pod of KFP run `run_id` (the job's
+    kuberec.io/created-by-pod annotation names the pod), or ""."""
+    pods = set(kubectl("-n", KFP_NAMESPACE, "get", "pods", "-l", f"pipeline/runid={run_id}", "-o",
+                       "jsonpath={.items[*].metadata.name}").split())
+    jobs = json.loads(kubectl("-n", NAMESPACE, "get", plural, "--sort-by=.metadata.creationTimestamp", "-o",
+                              "json"))["items"]
+    mine = [job["metadata"]["name"] for job in jobs
+            if job["metadata"].get("annotations", {}).get("kuberec.io/created-by-pod", "").split("/")[-1] in pods]
+    return mine[-1] if mine else ""
+
+
 def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, cluster_env):
     """Terminate (the UI's button) while the training step waits on its MPIJob: KFP stops the step's pod before
     the step can delete its MPIJob (KFP 2.17's launcher, the step's parent, exits at once on SIGTERM), so the
-    cluster's kuberec-reaper deletes it; nothing of the run is left running."""
+    cluster's kuberec-reaper deletes it; nothing of the run is left running. Started with no service account, as
+    from the UI's form."""
     uploaded = kfp_server.upload("similarity", cluster_env)
+    # No service account, as the UI's run form leaves it: KFP's default runner account must run kuberec's steps.
     run_id = kfp_server.start("similarity", uploaded, {"max_per_split": 2000, "config_json": json.dumps({"epochs": 50}),
-                                                       "workers": 2})
+                                                       "workers": 2}, service_account=None)
     deadline = time.monotonic() + 1800
     mpijob = ""
     while not mpijob and time.monotonic() < deadline:
         assert kfp_server.client.get_run(run_id).state not in ("FAILED", "SUCCEEDED"), kfp_server.report(
             "similarity", run_id, "")
-        mpijob = kubectl("-n", NAMESPACE, "get", "mpijobs", "-l", "kuberec.io/step=train-similarity",
-                         "--sort-by=.metadata.creationTimestamp", "-o",
-                         "jsonpath={.items[-1:].metadata.name}", check=False).strip()
+        mpijob = created_by_run(run_id, "mpijobs")
         time.sleep(10)
     assert mpijob, "the training step started no MPIJob in 30 minutes"
     time.sleep(20)  # its workers start
     kfp_server.terminate(run_id)
-    deadline = time.monotonic() + 300
+    terminated = time.monotonic()
+    deadline = terminated + 300
     while time.monotonic() < deadline:
         left = kubectl("-n", NAMESPACE, "get", "mpijob", mpijob, "--ignore-not-found", "-o", "name").strip()
         pods = kubectl("-n", NAMESPACE, "get", "pods", "-l", f"training.kubeflow.org/job-name={mpijob}", "-o",
@@ -132,5 +145,6 @@ def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, cluster_env):
     if left:  # this test's own MPIJob: it must not keep the node's CPUs
         kubectl("-n", NAMESPACE, "delete", "mpijob", mpijob, "--wait=false", check=False)
     assert not left and not pods, f"still there after terminating run {run_id}: {left} {pods}"
+    print(f"MPIJob {mpijob} and its pods gone {time.monotonic() - terminated:.0f} s after terminating run {run_id}")
     state = kfp_server.wait(run_id, timeout_s=300)
     assert state in ("CANCELED", "FAILED"), state

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
+from kuberec.backends.k8s.naming import CREATED_BY_POD
 from kuberec.models import MODELS
 from kuberec.serving.refusals import bad_requests
 from kuberec.settings import load_settings
@@ -146,8 +147,9 @@ def run_on_kfp(server: KfpServer, access: ClusterAccess, name: str, params: list
 
 def created_resources(api, namespace: str, since: datetime) -> list[dict[str, Any]]:
     """Every kuberec custom resource in `namespace` created at or after `since` (through `api`, a kubernetes
-    CustomObjectsApi): kind, name, step, state (the operator's, read as the backend reads it), seconds from creation
-    to the last time in its status, and the operator's message when it failed."""
+    CustomObjectsApi): kind, name, step, the pod that created it (a KFP task's), state (the operator's, read as the
+    backend reads it), seconds from creation to the last time in its status, and the operator's message when it
+    failed."""
     from kubernetes.client.rest import ApiException
 
     found = []
@@ -168,7 +170,9 @@ def created_resources(api, namespace: str, since: datetime) -> list[dict[str, An
                 continue
             progress = kind.progress(obj)
             found.append({"kind": kind.kind, "name": obj["metadata"]["name"],
-                          "step": obj["metadata"]["labels"].get("kuberec.io/step", ""), "state": progress.state,
+                          "step": obj["metadata"]["labels"].get("kuberec.io/step", ""),
+                          "pod": (obj["metadata"].get("annotations") or {}).get(CREATED_BY_POD, ""),
+                          "state": progress.state,
                           "succeeded": progress.succeeded, "failed": progress.failed,
                           "seconds": None if rolled else round((last - created).total_seconds()),
                           "message": progress.message, "created": obj["metadata"]["creationTimestamp"]})
@@ -408,7 +412,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     for r in summary["resources"]:
         seconds = "-" if r["seconds"] is None else r["seconds"]
         lines.append(f"  {r['kind']:<17} {r['name']:<44} {r['step']:<22} {r['state']:<10} {seconds:>6}"
-                     + (f"  {r['message']}" if r["failed"] else ""))
+                     + (f"  from pod {r['pod']}" if r["pod"] else "") + (f"  {r['message']}" if r["failed"] else ""))
     lines += ["", "steps:"]
     for step in summary["steps"]:
         lines.append(f"  {'ok    ' if step['ok'] else 'FAILED'} {step['what']} ({step['seconds']:.0f} s)")

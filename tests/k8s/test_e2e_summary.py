@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from kuberec.backends import HorovodJob, SparkJob
 from kuberec.backends.k8s.kinds import KINDS
+from kuberec.backends.k8s.naming import POD_NAME_ENV, POD_NAMESPACE_ENV
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render
 from kuberec.settings import Settings
@@ -16,13 +17,16 @@ from tests.e2e.driver import Outcome, created_resources, format_summary
 
 
 def test_the_summary_lists_what_the_run_created_with_final_states_and_names_the_failure(k8s_api_client,
-                                                                                         k8s_namespace, tmp_path):
+                                                                                         k8s_namespace, tmp_path,
+                                                                                         monkeypatch):
     from kubernetes import client
 
     api = client.CustomObjectsApi(k8s_api_client)
     settings = Settings(home=tmp_path, lake_uri="s3://kuberec/e2e", namespace=k8s_namespace, backend="kubernetes")
     started = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1)
     spark = render(SparkJob("ingest-fashion-mnist", "kuberec.ingest.fashion_mnist"), settings, ClusterOptions())
+    monkeypatch.setenv(POD_NAMESPACE_ENV, "kubeflow")  # as in a KFP task pod
+    monkeypatch.setenv(POD_NAME_ENV, "kuberec-similarity-x7k2q-system-container-impl-1234")
     mpi = render(HorovodJob("train-similarity", "kuberec.similarity.train", workers=2), settings, ClusterOptions())
     for body, status in (
             (spark, {"applicationState": {"state": "COMPLETED"}, "driverInfo": {},
@@ -40,6 +44,8 @@ def test_the_summary_lists_what_the_run_created_with_final_states_and_names_the_
         ("SparkApplication", "ingest-fashion-mnist", "COMPLETED", False)]
     by_kind = {r["kind"]: r for r in found}
     assert by_kind["MPIJob"]["message"] == "MPIJobFailed: launcher failed"
+    assert (by_kind["MPIJob"]["pod"], by_kind["SparkApplication"]["pod"]) == (
+        "kubeflow/kuberec-similarity-x7k2q-system-container-impl-1234", "")
     assert by_kind["SparkApplication"]["seconds"] > 0  # creation to the last time in its status
     assert created_resources(api, k8s_namespace, datetime.now(timezone.utc) + timedelta(hours=1)) == []
 
@@ -50,6 +56,7 @@ def test_the_summary_lists_what_the_run_created_with_final_states_and_names_the_
     assert "FAILED pipeline similarity (12 s)" in text
     assert "components: in kuberec/kuberec-runtime:dev (KFP DockerRunner)" in text
     assert "| step 'train-similarity' failed" in text
+    assert "from pod kubeflow/kuberec-similarity-x7k2q-system-container-impl-1234" in text
     failed_job = f"MPIJob {mpi['metadata']['name']} (Failed: MPIJobFailed: launcher failed)"
     assert f"FAILED: pipeline similarity; {failed_job}" in text
 
