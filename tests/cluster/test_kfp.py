@@ -17,6 +17,7 @@ from tests.cluster.conftest import NAMESPACE, access, kubectl, run_kuberec
 from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer, task_pods
 
 PIPELINES = {"similarity": "kuberec-similarity", "widedeep": "kuberec-widedeep"}
+ARTIFACT_BUCKET = "mlpipeline"  # KFP's artifacts and Argo's log archive, in kuberec's MinIO (manifests/kfp)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,9 @@ def newest_run(server: KfpServer, pipeline_name: str):
 
 
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))
-def test_the_e2e_runs_succeeded_task_by_task(kfp_server, pipeline):
-    """The newest run of each pipeline (make e2e's) succeeded, and so did each of its tasks, each in its own pod."""
+def test_the_e2e_runs_succeeded_task_by_task(kfp_server, cluster_env, pipeline):
+    """The newest run of each pipeline (make e2e's) succeeded, and so did each of its tasks, each in its own pod;
+    the artifact each task wrote (its log) opens from the UI."""
     run = newest_run(kfp_server, PIPELINES[pipeline])
     if run is None:
         pytest.skip(f"no run of {PIPELINES[pipeline]} on the server yet: run make e2e first")
@@ -52,6 +54,7 @@ def test_the_e2e_runs_succeeded_task_by_task(kfp_server, pipeline):
     for task in report.tasks:
         assert task.state == "SUCCEEDED", (task, report.url)
         assert task.pods, task
+        assert "[KFP Executor" in ui_artifact(kfp_server, cluster_env, PIPELINES[pipeline], run.run_id, task.name)
 
 
 def pod_log(server: KfpServer, run_id: str, pod: str) -> str:
@@ -64,18 +67,36 @@ def pod_log(server: KfpServer, run_id: str, pod: str) -> str:
         return answer.read().decode()
 
 
-def stage_broken_instacart(cluster_env, tmp_path) -> str:
-    """Generated Instacart files with one bad eval_set, staged under a fresh prefix of the lake; the prefix."""
+def object_store(cluster_env):
+    """A boto3 S3 client on the cluster's MinIO (through the port-forward cluster_env names)."""
     import boto3
 
+    return boto3.client("s3", endpoint_url=cluster_env["KUBEREC_S3_ENDPOINT"], region_name="us-east-1",
+                        aws_access_key_id=cluster_env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=cluster_env["AWS_SECRET_ACCESS_KEY"])
+
+
+def ui_artifact(server: KfpServer, cluster_env, pipeline_name: str, run_id: str, task: str) -> str:
+    """The text of the artifact a task wrote (KFP's launcher writes each task's log as its `executor-logs` artifact,
+    in MinIO under mlpipeline/v2/artifacts/<pipeline>/<run>/<task>/), fetched as the UI's Input/Output tab opens it
+    (its /artifacts/get endpoint)."""
+    listed = object_store(cluster_env).list_objects_v2(Bucket=ARTIFACT_BUCKET,
+                                                      Prefix=f"v2/artifacts/{pipeline_name}/{run_id}/{task}/")
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    assert keys, f"task {task} of run {run_id} wrote no artifact"
+    query = urllib.parse.urlencode({"source": "minio", "bucket": ARTIFACT_BUCKET, "key": keys[0]})
+    with urllib.request.urlopen(f"{server.host}/artifacts/get?{query}", timeout=60) as answer:
+        return answer.read().decode(errors="replace")
+
+
+def stage_broken_instacart(cluster_env, tmp_path) -> str:
+    """Generated Instacart files with one bad eval_set, staged under a fresh prefix of the lake; the prefix."""
     source = tmp_path / "broken"
     run_kuberec(cluster_env, "data", "instacart-synth", "--users", "20", "--seed", "7", "--out", str(source))
     lines = (source / "orders.csv").read_text().splitlines()
     lines[2] = lines[2].replace(",prior,", ",someday,", 1)
     (source / "orders.csv").write_text("\n".join(lines) + "\n")
-    s3 = boto3.client("s3", endpoint_url=cluster_env["KUBEREC_S3_ENDPOINT"], region_name="us-east-1",
-                      aws_access_key_id=cluster_env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=cluster_env["AWS_SECRET_ACCESS_KEY"])
+    s3 = object_store(cluster_env)
     prefix = f"raw/kfp-broken-{uuid.uuid4().hex[:8]}"
     for path in source.iterdir():
         s3.upload_file(str(path), "kuberec", f"{prefix}/{path.name}")
