@@ -14,9 +14,11 @@ from typing import Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_STATE = Path(os.environ.get("KUBEREC_HOME", REPO / ".kuberec")).absolute() / "cluster"
+HOME = Path(os.environ.get("KUBEREC_HOME", REPO / ".kuberec")).absolute()
+CLUSTER_STATE = HOME / "cluster"
 KUBECONFIG = CLUSTER_STATE / "admin.kubeconfig"
-KUBECTL = Path(os.environ.get("KUBEREC_CACHE", REPO / ".kuberec" / "cache")).absolute() / "cluster" / "bin" / "kubectl"
+# Where scripts/cluster/common.sh puts its builds: KUBEREC_CACHE, else the home's cache.
+KUBECTL = Path(os.environ.get("KUBEREC_CACHE", HOME / "cache")).absolute() / "cluster" / "bin" / "kubectl"
 NAMESPACE = "kuberec"
 KUBEREC = REPO / ".venv" / "bin" / "kuberec"
 RESULTS = CLUSTER_STATE / "smoke.tsv"
@@ -32,8 +34,10 @@ def kubectl(*args: str, check: bool = True, timeout: float = 60) -> str:
 
 def cluster_missing() -> str | None:
     """Why the cluster tests cannot run, or None."""
-    if not KUBECONFIG.exists() or not KUBECTL.exists():
+    if not KUBECONFIG.exists():
         return f"no cluster (no {KUBECONFIG}): run make cluster-up"
+    if not KUBECTL.exists():
+        return f"no {KUBECTL} (the cluster's kubectl): run make cluster-up, with the same KUBEREC_HOME / KUBEREC_CACHE"
     try:
         kubectl("get", "--raw", "/readyz", timeout=10)
         ready = kubectl("-n", NAMESPACE, "get", "deployment/mlflow", "-o", "jsonpath={.status.readyReplicas}",
