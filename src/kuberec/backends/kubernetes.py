@@ -24,7 +24,7 @@ from typing import Iterator
 
 from kuberec.backends.jobs import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
 from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, JOB_KINDS, KINDS, Kind, Progress
-from kuberec.backends.k8s.naming import CREATED_BY_POD
+from kuberec.backends.k8s.naming import CREATED_BY_POD, MANAGED_BY_SELECTOR
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render_horovod, render_ray, render_spark
 from kuberec.backends.k8s.serving import MODEL_URI_ANNOTATION, PREDICTOR_LABEL, render_inference_service
@@ -208,7 +208,7 @@ class KubernetesBackend:
             with _api_errors(f"list the {kind.plural} in {self.namespace}"):
                 jobs = self.api.list_namespaced_custom_object(
                     kind.group, kind.version, self.namespace, kind.plural,
-                    label_selector="app.kubernetes.io/managed-by=kuberec")["items"]
+                    label_selector=MANAGED_BY_SELECTOR)["items"]
             for job in jobs:
                 pod = (job["metadata"].get("annotations") or {}).get(CREATED_BY_POD)
                 progress = kind.progress(job)

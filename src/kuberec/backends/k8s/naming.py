@@ -47,8 +47,12 @@ def job_metadata(settings: Settings, step: str) -> dict:
     return metadata
 
 
+MANAGED_BY = ("app.kubernetes.io/managed-by", "kuberec")
+MANAGED_BY_SELECTOR = "=".join(MANAGED_BY)  # every resource kuberec created
+
+
 def resource_labels(settings: Settings, step: str) -> dict[str, str]:
-    return {"app.kubernetes.io/part-of": "kuberec", "app.kubernetes.io/managed-by": "kuberec",
+    return {"app.kubernetes.io/part-of": "kuberec", MANAGED_BY[0]: MANAGED_BY[1],
             "app.kubernetes.io/version": _label_value(settings.image_tag),
             "kuberec.io/step": _label_value(step)}
 
