@@ -39,6 +39,9 @@ OPTIONAL_SETTINGS = tuple(sorted(
 _DEFAULTS = ClusterOptions()
 SECRETS = ((_DEFAULTS.lake_secret, LAKE_SECRET_KEYS), (_DEFAULTS.mlflow_secret, MLFLOW_SECRET_KEYS))
 POD_LABELS = {"app.kubernetes.io/part-of": "kuberec"}
+# The Kubeflow Pipelines run a task belongs to, for the components that create MLflow runs or model versions: they
+# tag them with it (kuberec.tracking.pipeline_tags). The KFP local runner fills these in too.
+KFP_RUN = {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER}
 
 
 def component(func):

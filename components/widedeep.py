@@ -7,6 +7,8 @@ itself moves between them as that run's artifacts, so the components share no fi
 
 from typing import NamedTuple
 
+from kfp.dsl import ClassificationMetrics, Markdown, Metrics, Model, Output
+
 from components import component, training_component
 
 
@@ -49,11 +51,12 @@ def build_features(bronze: dict) -> NamedTuple("ExamplesTable", table_uri=str, t
 
 
 @component
-def train_widedeep(table_uri: str, table_version: int, config_json: str, workers: int, sweep_run_id: str) -> str:
+def train_widedeep(table_uri: str, table_version: int, config_json: str, workers: int, sweep_run_id: str,
+                   kfp_run_id: str = "", kfp_run_name: str = "") -> str:
     """Horovod job (`workers` processes locally via horovodrun, an MPIJob on Kubernetes): train on the examples
     table at `table_version` with WideDeepConfig fields from `config_json` (a JSON object; missing fields keep their
-    defaults); sweep_run_id: the sweep that chose them ("" = none). Returns the MLflow run id that holds params,
-    lineage, per-epoch metrics and the model."""
+    defaults); sweep_run_id: the sweep that chose them ("" = none); kfp_run_id/kfp_run_name: the pipeline run, as
+    tags of the MLflow run. Returns the MLflow run id that holds params, lineage, per-epoch metrics and the model."""
     import json
 
     from kuberec.lake.delta import TableRef
@@ -62,34 +65,48 @@ def train_widedeep(table_uri: str, table_version: int, config_json: str, workers
     from kuberec.widedeep.config import WideDeepConfig
 
     config = WideDeepConfig.from_dict(json.loads(config_json or "{}"))
-    return steps.train(load_settings(), TableRef(table_uri, table_version), config, workers=workers,
+    return steps.train(load_settings(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name),
+                       TableRef(table_uri, table_version), config, workers=workers,
                        sweep_run_id=sweep_run_id or None)
 
 
 @training_component
-def evaluate_widedeep(run_id: str, table_uri: str, table_version: int) -> dict:
+def evaluate_widedeep(run_id: str, table_uri: str, table_version: int, metrics: Output[Metrics],
+                      classification: Output[ClassificationMetrics]) -> dict:
     """Score the run's model, wide-only and deep-only (both trained here with the same config and budget, so this
     takes about twice the training time), popularity and gradient-boosted-trees baselines on the test split; logs
     the metrics into the run. Returns them as tracked: auc, user_auc, log_loss, map_at_10, recall_at_10,
-    f1 of the run's model, and `<baseline>_<metric>` of each baseline."""
+    f1 of the run's model, and `<baseline>_<metric>` of each baseline; `metrics` holds them for KFP's run
+    comparison, `classification` the model's ROC curve and its confusion matrix at its basket threshold."""
     from kuberec.lake.delta import TableRef
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
 
-    return steps.evaluate(load_settings(), run_id, TableRef(table_uri, table_version)).metrics()
+    result = steps.evaluate(load_settings(), run_id, TableRef(table_uri, table_version))
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, value)
+    classification.log_roc_curve(result.roc["fpr"], result.roc["tpr"], result.roc["thresholds"])
+    classification.log_confusion_matrix(["not reordered", "reordered"], result.confusion)
+    return result.metrics()
 
 
 @component
-def register_widedeep(run_id: str, set_champion: bool, model_name: str) -> NamedTuple(
-        "RegisteredModel", model_uri=str, version=int, champion=bool):
+def register_widedeep(run_id: str, champion: str, champion_tolerance: float, model_name: str,
+                      model: Output[Model], report: Output[Markdown], kfp_run_id: str = "",
+                      kfp_run_name: str = "") -> NamedTuple("RegisteredModel", model_uri=str, version=int,
+                                                            champion=bool, decision=dict):
     """Log the run's model with its gold features as an MLflow pyfunc and register it as a version of
-    `model_name`. `set_champion` true moves the `champion` alias to it; false sets it only when the model has no
-    champion yet."""
+    `model_name`. `champion` (gate, always, never) decides whether it takes the `champion` alias: gate scores it
+    and the champion by per-user AUC on the test split it trained with. `model` and `report` show the version,
+    the decision and their MLflow links."""
     from collections import namedtuple
 
+    from kuberec.reports import write_registration
     from kuberec.settings import load_settings
     from kuberec.widedeep import steps
 
-    registered = steps.register(load_settings(), run_id, set_champion=set_champion, name=model_name)
-    return namedtuple("RegisteredModel", ["model_uri", "version", "champion"])(
-        registered.model_uri, registered.version, registered.champion)
+    settings = load_settings(kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name)
+    registered = steps.register(settings, run_id, policy=champion, tolerance=champion_tolerance, name=model_name)
+    model.metadata.update(write_registration(settings, registered, model.path, report.path))
+    return namedtuple("RegisteredModel", ["model_uri", "version", "champion", "decision"])(
+        registered.model_uri, registered.version, registered.champion, registered.decision.to_dict())

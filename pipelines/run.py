@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from kuberec.backends.k8s.pods import LOCAL_ONLY_ENV
+from kuberec.champion import DEFAULT_POLICY, DEFAULT_TOLERANCE, check_policy
 from kuberec.errors import KuberecError
 from kuberec.models import MODELS
 from kuberec.settings import load_settings
@@ -92,6 +93,8 @@ def parse_params(name: str, pairs: list[str]) -> dict[str, object]:
             raise PipelineError(f"--param {key}: {value!r} is not valid JSON ({err.msg}); quote the whole pair "
                                 f"for the shell, e.g. --param '{key}={{\"epochs\": 2}}'") from None
         params[key] = value if inputs[key].type == "String" else parsed
+    if "champion" in params or "champion_tolerance" in params:  # refused now, not after training
+        check_policy(params.get("champion", DEFAULT_POLICY), params.get("champion_tolerance", DEFAULT_TOLERANCE))
     return params
 
 

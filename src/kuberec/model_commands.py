@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
+from kuberec.champion import DEFAULT_POLICY, DEFAULT_TOLERANCE, POLICIES
 from kuberec.errors import KuberecError
 from kuberec.lake.delta import TableRef
 from kuberec.model_config import ModelConfig, add_config_arguments, config_from_flags
@@ -71,5 +72,9 @@ def named_table(settings: Settings, args: argparse.Namespace, resolve_table: Tab
 
 def add_register_arguments(parser: argparse.ArgumentParser, registered_name: str) -> None:
     parser.add_argument("--name", default=registered_name, help=f"registered model name (default {registered_name})")
-    parser.add_argument("--champion", action="store_true",
-                        help="make this version the champion (default: only when there is none yet)")
+    parser.add_argument("--champion", choices=POLICIES, default=DEFAULT_POLICY,
+                        help="whether the new version takes the `champion` alias: gate (default) only when it beats "
+                             "the champion re-scored on the same data by more than --tolerance (a first version "
+                             "always does), always, or never")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"the margin the gate asks for in the headline metric (default {DEFAULT_TOLERANCE})")

@@ -34,6 +34,10 @@ ENV_VARS: dict[str, str] = {
     "spark_master": "KUBEREC_SPARK_MASTER",
     "s3_endpoint": "KUBEREC_S3_ENDPOINT",
     "mlflow_host": "KUBEREC_MLFLOW_HOST",
+    "mlflow_ui_url": "KUBEREC_MLFLOW_UI_URL",
+    "kfp_ui_url": "KUBEREC_KFP_UI_URL",
+    "kfp_run_id": "KUBEREC_KFP_RUN_ID",
+    "kfp_run_name": "KUBEREC_KFP_RUN_NAME",
 }
 
 
@@ -54,6 +58,12 @@ class Settings:
     spark_master: str = "local[*]"
     s3_endpoint: str = ""  # MinIO/S3 endpoint for s3:// lakes
     mlflow_host: str = ""  # where the embedded MLflow server listens; default: loopback only (LOOPBACK)
+    # Where a browser reaches the MLflow and Kubeflow Pipelines UIs (links between them; MLflow's default: the
+    # tracking URI when it is http(s)), and the Kubeflow Pipelines run a pipeline step belongs to (its MLflow tags).
+    mlflow_ui_url: str = ""
+    kfp_ui_url: str = ""
+    kfp_run_id: str = ""
+    kfp_run_name: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().absolute())

@@ -3,6 +3,8 @@ with the lead's `ingest_images` become recommendable in a new version with the s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,8 @@ from kuberec import cli, tracking
 from kuberec.datasets import fashion_mnist as fm
 from kuberec.ingest.fashion_mnist import ingest_fashion_mnist
 from kuberec.ingest.images import ingest_images
+from kuberec.lake.delta import TableRef
+from kuberec.similarity import steps as similarity_steps
 from kuberec.similarity.index import refresh as refresh_step
 from kuberec.similarity.index.build import build_and_register
 from kuberec.similarity.pyfunc import SOURCE_VERSION_TAG, SimilarityInputError, png_b64
@@ -107,27 +111,75 @@ def test_refresh_of_a_missing_model_says_so(registry):
     assert cli.main(["index", "refresh", "--name", "never-registered"]) == 2
 
 
-def test_register_step_sets_champion_as_both_pipelines_document(registry, lake, embedding_model_dir):
-    """The pipeline's register step (the KFP component's own function): set_champion false gives a model without a
-    champion its first one and then leaves the alias alone; true moves it."""
+def _exported(tmp_path, name: str, kernel: str) -> str:
+    """A real exported model: Flatten -> Dense(16) -> unit norm, with the kernel `kernel` ("zeros": every image gets
+    the same vector, retrieval at chance) or a seeded random projection (it keeps pixel neighbours together)."""
+    import tensorflow as tf
+
+    from kuberec.similarity.model import export_embedding_model
+
+    tf.keras.utils.set_random_seed(7)
+    inputs = tf.keras.layers.Input(shape=(28, 28, 1))
+    dense = tf.keras.layers.Dense(16, kernel_initializer=kernel, bias_initializer="ones")
+    outputs = tf.keras.layers.UnitNormalization()(dense(tf.keras.layers.Flatten()(inputs)))
+    return str(export_embedding_model(tf.keras.Model(inputs, outputs), tmp_path / name))
+
+
+def test_the_register_step_gates_champion_on_precision_at_5_of_both_models(registry, lake, tmp_path):
+    """The pipeline's register step (the KFP component's own function) with a known answer: a model that embeds
+    every image alike (precision@5 at chance) against a random projection of the pixels (far better). The better
+    challenger is promoted, the worse one and a tie (the same model again) leave the champion where it is; `never`
+    and `always` do as they say. Each decision is in the output, the training run, the version's tags and the KFP
+    Model and Markdown artifacts."""
+    from kfp.dsl import Markdown, Model
+
     from components.similarity import register_similarity
     from kuberec.similarity.train import MODEL_DIR
 
-    run_id = tracking.create_run(registry, "test-similarity-register", run_name="train-similarity")
-    tracking.client(registry).log_artifacts(run_id, str(embedding_model_dir), f"{tracking.TRAIN_ARTIFACTS}/{MODEL_DIR}")
-    name = "test-similarity-register"
+    runs = {}
+    for kind, kernel in (("flat", "zeros"), ("projection", "glorot_uniform")):
+        runs[kind] = tracking.create_run(registry, "test-similarity-register", run_name=f"train-{kind}")
+        tracking.client(registry).log_artifacts(runs[kind], _exported(tmp_path, kind, kernel),
+                                                f"{tracking.TRAIN_ARTIFACTS}/{MODEL_DIR}")
+    name = "test-similarity-gate"
 
-    def register(set_champion: bool):
-        return register_similarity.python_func(run_id=run_id, table_uri=lake, table_version=0,
-                                               set_champion=set_champion, model_name=name)
+    def register(kind: str, champion: str = "gate", model_name: str = name):
+        step = len(list(tmp_path.glob("out-*")))
+        model, report = Model(uri=str(tmp_path / f"out-{step}-model")), Markdown(uri=str(tmp_path / f"out-{step}-md"))
+        out = register_similarity.python_func(
+            run_id=runs[kind], table_uri=lake, table_version=0, champion=champion, champion_tolerance=0.001,
+            max_queries=0, model_name=model_name, model=model, report=report, kfp_run_id="run-1",
+            kfp_run_name="similarity-gate")
+        assert model.metadata["version"] == out.version and model.metadata["champion"] == out.champion
+        assert model.metadata["champion_decision"] == out.decision["reason"] in Path(report.path).read_text()
+        return out
 
-    first = register(set_champion=False)
-    assert first.version == 1 and first.champion and first.items == 2 * PER_SPLIT
-    second = register(set_champion=False)
-    assert second.version == 2 and not second.champion
-    assert tracking.alias_version(registry, name).version == "1"
-    third = register(set_champion=True)
-    assert third.champion and tracking.alias_version(registry, name).version == "3"
+    first = register("flat")
+    assert first.version == 1 and first.champion and first.decision["reason"] == "first version: no champion to beat"
+    better = register("projection")
+    assert better.champion and better.decision["challenger"] > better.decision["champion"] + 0.1
+    assert better.decision["champion_version"] == 1
+    worse = register("flat")
+    assert not worse.champion and worse.decision["challenger"] < worse.decision["champion"]
+    tie = register("projection")
+    assert not tie.champion and tie.decision["challenger"] == tie.decision["champion"] == better.decision["challenger"]
+    assert "within tolerance" in tie.decision["reason"]
+    assert tracking.alias_version(registry, name).version == "2"
+    # The challenger's score is what its evaluation measures: the same data, the same protocol.
+    assert better.decision["challenger"] == pytest.approx(
+        similarity_steps.evaluate(registry, runs["projection"], TableRef(lake, 0)).metrics()["precision_at_5"])
+
+    version = tracking.get_version(registry, name, version=3)
+    assert version.tags["kuberec.champion_gate.promote"] == "False"
+    assert version.tags[tracking.KFP_RUN_ID_TAG] == "run-1"
+    training = tracking.client(registry).get_run(runs["flat"]).data
+    assert training.tags["kuberec.champion_gate.reason"] == worse.decision["reason"]
+    assert training.metrics["champion_gate_champion_precision_at_5"] == worse.decision["champion"]
+
+    always = register("flat", champion="always")
+    assert always.champion and tracking.alias_version(registry, name).version == "5"
+    never = register("projection", champion="never", model_name="test-similarity-never")
+    assert not never.champion and tracking.alias_version(registry, "test-similarity-never") is None
 
 
 def test_images_ingested_during_a_refresh_wait_for_the_next_one(spark, registry, new_images, embedding_model_dir,

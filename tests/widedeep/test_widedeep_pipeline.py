@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,7 +63,7 @@ def test_steps_share_one_tracked_run(tracked_gold, examples_uri, test_config):
     assert evaluation.examples_version == examples.version
     assert "evaluation/evaluation.json" in _artifacts(client, run_id, "evaluation")
 
-    registered = steps.register(settings, run_id, set_champion=True, name=STEPS_MODEL)
+    registered = steps.register(settings, run_id, policy="always", name=STEPS_MODEL)
     assert registered.run_id == run_id and registered.champion and registered.version == 1
     model, version = load_ranker(settings, STEPS_MODEL)  # models:/test-widedeep-steps@champion
     assert version.run_id == run_id and int(version.version) == registered.version
@@ -78,28 +79,45 @@ def test_steps_share_one_tracked_run(tracked_gold, examples_uri, test_config):
     assert len(unknown) == 3 and unknown["fallback"].all()
 
 
-def test_register_step_sets_champion_as_both_pipelines_document(tracked_gold, examples_uri, test_config,
-                                                                monkeypatch):
-    """The pipeline's register step (the KFP component's own function): set_champion false gives a model without a
-    champion its first one and then leaves the alias alone; true moves it."""
+def test_the_register_step_gates_champion_on_per_user_auc_of_both_models(tracked_gold, examples_uri, test_config,
+                                                                         monkeypatch, tmp_path):
+    """The pipeline's register step (the KFP component's own function) with a known answer: a model trained for
+    one step at a learning rate of 1e-9 (its initial weights: per-user AUC near chance) against one trained for
+    three epochs. The trained challenger is promoted; the untrained one and a tie (the same run again) leave the
+    champion where it is."""
+    from kfp.dsl import Markdown, Model
+
     from components.widedeep import register_widedeep
 
     settings = tracked_gold
     for var, value in settings.to_env().items():  # what the component's own load_settings() reads
         monkeypatch.setenv(var, value)
-    config = WideDeepConfig.from_dict({**test_config, "epochs": 1, "steps_per_epoch": 2})
-    run_id = steps.train(settings, TableRef(examples_uri, table_version(examples_uri)), config, workers=1)
+    examples = TableRef(examples_uri, table_version(examples_uri))
+    runs = {"trained": steps.train(settings, examples, WideDeepConfig.from_dict(test_config), workers=1),
+            "untrained": steps.train(settings, examples, WideDeepConfig.from_dict(
+                {**test_config, "epochs": 1, "steps_per_epoch": 1, "wide_learning_rate": 1e-9,
+                 "deep_learning_rate": 1e-9}), workers=1)}
 
-    def register(set_champion: bool):
-        return register_widedeep.python_func(run_id=run_id, set_champion=set_champion, model_name=REGISTER_MODEL)
+    def register(kind: str):
+        step = len(list(tmp_path.iterdir()))
+        model, report = Model(uri=str(tmp_path / f"{step}-model")), Markdown(uri=str(tmp_path / f"{step}-md"))
+        out = register_widedeep.python_func(run_id=runs[kind], champion="gate", champion_tolerance=0.001,
+                                            model_name=REGISTER_MODEL, model=model, report=report)
+        assert model.metadata["mlflow_model_uri"] == out.model_uri and "## test-widedeep-register" in \
+            Path(report.path).read_text()
+        return out
 
-    first = register(set_champion=False)
+    first = register("untrained")
     assert first.version == 1 and first.champion
-    second = register(set_champion=False)
-    assert second.version == 2 and not second.champion
-    assert tracking.alias_version(settings, REGISTER_MODEL).version == "1"
-    third = register(set_champion=True)
-    assert third.champion and tracking.alias_version(settings, REGISTER_MODEL).version == "3"
+    better = register("trained")
+    assert better.champion and better.decision["champion_version"] == 1
+    assert better.decision["challenger"] > better.decision["champion"] + 0.05, better.decision
+    worse = register("untrained")
+    assert not worse.champion and worse.decision["challenger"] == better.decision["champion"]
+    tie = register("trained")
+    assert not tie.champion and tie.decision["challenger"] == tie.decision["champion"]
+    assert tracking.alias_version(settings, REGISTER_MODEL).version == "2"
+    assert tracking.get_version(settings, REGISTER_MODEL, version=4).tags["kuberec.champion_gate.promote"] == "False"
 
 
 def test_synthesize_reuses_matching_data(settings):

@@ -86,11 +86,11 @@ def _register(args: argparse.Namespace) -> None:
     from kuberec.similarity import steps
 
     settings = load_settings()
-    registered = steps.register(settings, args.run_id, named_table(settings, args, _table), set_champion=args.champion,
-                                name=args.name)
-    print(f"registered {registered.name} version {registered.version}"
-          f"{' (champion)' if registered.champion else ''}: {registered.items} items from {registered.table_uri} "
-          f"v{registered.table_version}, {registered.model_uri}")
+    registered = steps.register(settings, args.run_id, named_table(settings, args, _table), policy=args.champion,
+                                tolerance=args.tolerance, name=args.name)
+    print(f"registered {registered.name} version {registered.version}: {registered.items} items from "
+          f"{registered.table_uri} v{registered.table_version}, {registered.model_uri}\n"
+          f"{registered.decision.summary()}")
 
 
 def _register_args(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from kuberec.model_config import ConfigError, ModelConfig
 
 EXPERIMENT = "kuberec-similarity"  # MLflow experiment of training, evaluation and index runs
 REGISTERED_NAME = "kuberec-similarity"  # MLflow registered model (model + index)
+HEADLINE_METRIC = "precision_at_5"  # what the champion gate compares (kuberec.champion)
 # The architectures kuberec.similarity.model builds, with their default embedding sizes.
 ARCHITECTURE_EMBEDDING_SIZES = {"seed": 128, "databricks": 256, "vgg": 128}
 AUGMENTATIONS = ("none", "flip", "flip_shift")

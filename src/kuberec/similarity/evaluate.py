@@ -178,15 +178,28 @@ def plot_neighbours(path: Path, query_images: np.ndarray, query_labels: np.ndarr
     return path
 
 
-def evaluate_similarity(model_dir: str | Path, table_uri: str, version: int | None, out_dir: str | Path, *,
-                        query_split: str = "test", index_split: str = "train", max_queries: int | None = None,
-                        map_queries: int = DEFAULT_MAP_QUERIES, seed: int = 0) -> EvaluationResult:
-    """Load an exported model and both splits of one table version; evaluate and write the outputs."""
+@dataclass(frozen=True)
+class EvaluationData:
+    """The labelled queries and index images of one table version: what every model of one comparison is scored
+    on (the evaluation step, and the champion gate scoring challenger and champion alike)."""
+
+    query_images: np.ndarray
+    query_labels: np.ndarray
+    index_images: np.ndarray
+    index_labels: np.ndarray
+    table_uri: str
+    table_version: int
+    query_split: str
+    index_split: str
+
+
+def load_evaluation_data(table_uri: str, version: int | None, *, query_split: str = "test",
+                         index_split: str = "train", max_queries: int | None = None,
+                         seed: int = 0) -> EvaluationData:
+    """Both splits of one table version (default: latest); `max_queries`: a seeded sample of the queries."""
     from kuberec.lake import feed
     from kuberec.lake.delta import table_version
-    from kuberec.similarity.model import load_embedding_model
 
-    model = load_embedding_model(model_dir)
     version = table_version(table_uri) if version is None else version
     queries = feed.load_arrays(table_uri, version=version, split=query_split)
     index = feed.load_arrays(table_uri, version=version, split=index_split)
@@ -199,8 +212,31 @@ def evaluate_similarity(model_dir: str | Path, table_uri: str, version: int | No
         keep = np.sort(np.random.default_rng(seed).choice(len(q_images), size=max_queries, replace=False))
         q_images, q_labels = q_images[keep], q_labels[keep]
     labelled = index.labels >= 0
-    return evaluate_embeddings(model, q_images, q_labels, index.images[labelled], index.labels[labelled], out_dir,
-                               model_dir=str(model_dir), table_uri=table_uri, table_version=version,
+    return EvaluationData(q_images, q_labels, index.images[labelled], index.labels[labelled], table_uri, version,
+                          query_split, index_split)
+
+
+def score_model(model, data: EvaluationData, *, map_queries: int = DEFAULT_MAP_QUERIES,
+                seed: int = 0) -> RetrievalMetrics:
+    """The model's retrieval metrics alone (no baseline, no picture): what the champion gate compares."""
+    from kuberec.similarity.model import embed
+
+    return retrieval_metrics(embed(model, data.query_images), data.query_labels, embed(model, data.index_images),
+                             data.index_labels, ks=DEFAULT_KS, knn_k=DEFAULT_KNN_K, map_queries=map_queries,
+                             seed=seed)
+
+
+def evaluate_similarity(model_dir: str | Path, table_uri: str, version: int | None, out_dir: str | Path, *,
+                        query_split: str = "test", index_split: str = "train", max_queries: int | None = None,
+                        map_queries: int = DEFAULT_MAP_QUERIES, seed: int = 0) -> EvaluationResult:
+    """Load an exported model and both splits of one table version; evaluate and write the outputs."""
+    from kuberec.similarity.model import load_embedding_model
+
+    model = load_embedding_model(model_dir)
+    data = load_evaluation_data(table_uri, version, query_split=query_split, index_split=index_split,
+                                max_queries=max_queries, seed=seed)
+    return evaluate_embeddings(model, data.query_images, data.query_labels, data.index_images, data.index_labels,
+                               out_dir, model_dir=str(model_dir), table_uri=table_uri, table_version=data.table_version,
                                query_split=query_split, index_split=index_split, map_queries=map_queries, seed=seed)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from kuberec import tracking
+from kuberec.champion import ChampionDecision
 from kuberec.datasets.fashion_mnist import IMAGE_BYTES, IMAGE_SIDE
 from kuberec.errors import KuberecError
 from kuberec.model_input import MAX_K, ModelInputError, checked_params, parse_k
@@ -281,6 +282,7 @@ class RegisteredSimilarityModel:
     table_version: int | None
     items: int
     champion: bool
+    decision: ChampionDecision | None = None  # the champion gate's, when a pipeline step registered it
 
     @property
     def model_uri(self) -> str:

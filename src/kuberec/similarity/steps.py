@@ -7,15 +7,25 @@ outputs into the MLflow run the train step created, and the later steps read the
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import tempfile
 from pathlib import Path
 
 from kuberec import tracking
+from kuberec.champion import (
+    DEFAULT_POLICY,
+    DEFAULT_TOLERANCE,
+    ChampionDecision,
+    check_policy,
+    decide,
+    record_decision,
+)
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
-from kuberec.similarity.config import EXPERIMENT, REGISTERED_NAME, SimilarityConfig
+from kuberec.similarity.config import EXPERIMENT, HEADLINE_METRIC, REGISTERED_NAME, SimilarityConfig
 from kuberec.similarity.evaluate import EvaluationResult, evaluate_similarity
 from kuberec.similarity.pyfunc import RegisteredSimilarityModel
 from kuberec.similarity.train import MODEL_DIR
@@ -82,14 +92,66 @@ def evaluate(settings: Settings, run_id: str, table: TableRef | None = None, *,
     return result
 
 
-def register(settings: Settings, run_id: str, table: TableRef | None = None, *, set_champion: bool = False,
+def register(settings: Settings, run_id: str, table: TableRef | None = None, *, policy: str = DEFAULT_POLICY,
+             tolerance: float = DEFAULT_TOLERANCE, max_queries: int | None = None,
              name: str = REGISTERED_NAME) -> RegisteredSimilarityModel:
     """Index every catalog row of `table` (default: the table version the run trained on) with the run's model and
-    register model + index as a new version of `name`. `set_champion` True moves the `champion` alias to it; False
-    sets it only when the model has none yet."""
+    register model + index as a new version of `name`; `policy` (kuberec.champion: gate, always, never) decides
+    whether it takes the `champion` alias. The gate scores the run's model and the champion's on `table`'s test
+    queries (a seeded sample of `max_queries`, as the evaluation step took) against its train split by
+    precision@5. The decision is in the result, the training run and the version's tags."""
     from kuberec.similarity.index.build import build_and_register
 
+    check_policy(policy, tolerance)
     table = table or trained_table(settings, run_id)
+    decision = gate(settings, run_id, table, name=name, policy=policy, tolerance=tolerance, max_queries=max_queries)
     with tracking.continue_run(settings, run_id):  # the training run holds the registered model, as for wide & deep
-        return build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri, version=table.version,
-                                  name=name, training_run_id=run_id, set_champion=True if set_champion else None)
+        record_decision(decision)
+        registered = build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri,
+                                        version=table.version, name=name, training_run_id=run_id,
+                                        set_champion=decision.promote, tags=decision.tags())
+    log.info("%s version %s: %s", name, registered.version, decision.summary())
+    return dataclasses.replace(registered, decision=decision)
+
+
+def gate(settings: Settings, run_id: str, table: TableRef, *, name: str, policy: str, tolerance: float,
+         max_queries: int | None) -> ChampionDecision:
+    """The champion decision for run `run_id`'s model (kuberec.champion), both models scored on the same data."""
+    from kuberec.similarity.evaluate import load_evaluation_data, score_model
+    from kuberec.similarity.model import load_embedding_model
+    from kuberec.similarity.pyfunc import load_recommender
+
+    current = tracking.alias_version(settings, name)
+    data = functools.cache(lambda: load_evaluation_data(table.uri, table.version, max_queries=max_queries))
+
+    def score(model) -> float:
+        return score_model(model, data()).flat()[HEADLINE_METRIC]
+
+    def challenger() -> float:
+        with tempfile.TemporaryDirectory(prefix="kuberec-gate-") as tmp:
+            return score(load_embedding_model(tracking.download_artifacts(
+                settings, run_id, f"{tracking.TRAIN_ARTIFACTS}/{MODEL_DIR}", tmp)))
+
+    def champion() -> float:
+        return score(load_recommender(settings, name, version=current.version)[0].unwrap_python_model().model)
+
+    return decide(policy, metric=HEADLINE_METRIC, champion_version=int(current.version) if current else None,
+                  score_challenger=challenger, score_champion=champion, tolerance=tolerance)
+
+
+def evaluation_report(settings: Settings, run_id: str, result: EvaluationResult) -> str:
+    """The evaluation as an HTML page (the KFP run page's visualization): the quality table, model vs raw pixels,
+    the neighbour grid and the MLflow run that holds both."""
+    from kuberec.reports import metric_table_html, png_html
+    from kuberec.similarity.evaluate import GRID_FILE
+
+    with tempfile.TemporaryDirectory(prefix="kuberec-report-") as tmp:
+        png = tracking.download_artifacts(settings, run_id, f"{tracking.EVALUATION_ARTIFACTS}/{GRID_FILE}",
+                                          tmp).read_bytes()
+    url = tracking.run_url(settings, run_id)
+    run = f'<a href="{url}" target="_blank">{run_id}</a>' if url else run_id
+    protocol = result.table().splitlines()[-1]
+    return (f"<h3>Retrieval quality of training run {run}</h3><p>{protocol}, {result.table_uri} "
+            f"v{result.table_version}</p>"
+            + metric_table_html({"model": result.model.flat(), "raw pixels": result.raw_pixels.flat()})
+            + "<h3>Nearest neighbours (green = same class)</h3>" + png_html(png, "neighbour grid"))

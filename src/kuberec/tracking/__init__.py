@@ -35,6 +35,12 @@ TRAIN_ARTIFACTS = "train"
 EVALUATION_ARTIFACTS = "evaluation"
 LINEAGE_PREFIX = "kuberec.lineage."
 SWEEP_RUN_TAG = "kuberec.tuned_by_sweep_run"
+# The Kubeflow Pipelines run that created an MLflow run or model version (kuberec.settings: kfp_run_*), and the
+# kuberec version (the image tag) its components ran: an uploaded pipeline's versions are named after it.
+KFP_RUN_ID_TAG = "kuberec.kfp.run_id"
+KFP_RUN_NAME_TAG = "kuberec.kfp.run_name"
+KFP_RUN_URL_TAG = "kuberec.kfp.run_url"
+KUBEREC_VERSION_TAG = "kuberec.version"
 # MLflow retries a failed request 7 times over about 4 minutes, for remote servers that rate-limit. The embedded
 # server is on this machine: one that has not answered for ~15 s (retries after 0, 4 and 8 s) is gone, and waiting
 # longer only delays the error or the restart. Set for the embedded server only; the user's own values win.
@@ -59,6 +65,45 @@ def tracking_uri(settings: Settings) -> str:
     if not _embedded(settings):
         return settings.mlflow_tracking_uri
     return mlflow_server.ensure_server(settings).url
+
+
+def ui_url(settings: Settings) -> str | None:
+    """Where a browser opens MLflow: `mlflow_ui_url`, else the tracking URI when it is an http(s) server."""
+    if settings.mlflow_ui_url:
+        return settings.mlflow_ui_url.rstrip("/")
+    uri = tracking_uri(settings)
+    return redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def run_url(settings: Settings, run_id: str) -> str | None:
+    """The MLflow UI's page of a run (None when the UI's address is unknown)."""
+    base = ui_url(settings)
+    if base is None:
+        return None
+    return f"{base}/#/experiments/{client(settings).get_run(run_id).info.experiment_id}/runs/{run_id}"
+
+
+def model_version_url(settings: Settings, name: str, version: int | str) -> str | None:
+    base = ui_url(settings)
+    return f"{base}/#/models/{name}/versions/{version}" if base else None
+
+
+def kfp_run_url(settings: Settings) -> str | None:
+    """The Kubeflow Pipelines UI's page of the run this step belongs to, when both are known."""
+    if not (settings.kfp_ui_url and settings.kfp_run_id):
+        return None
+    return f"{settings.kfp_ui_url.rstrip('/')}/#/runs/details/{settings.kfp_run_id}"
+
+
+def pipeline_tags(settings: Settings) -> dict[str, str]:
+    """The tags that link an MLflow run or model version to the Kubeflow Pipelines run that made it (none outside
+    a pipeline)."""
+    if not settings.kfp_run_id:
+        return {}
+    tags = {KFP_RUN_ID_TAG: settings.kfp_run_id, KFP_RUN_NAME_TAG: settings.kfp_run_name,
+            KUBEREC_VERSION_TAG: settings.image_tag}
+    url = kfp_run_url(settings)
+    return {**tags, KFP_RUN_URL_TAG: url} if url else tags
 
 
 def _embedded(settings: Settings) -> bool:
@@ -157,7 +202,7 @@ def start_run(settings: Settings, experiment: str, *, run_name: str | None = Non
     import mlflow
 
     configure(settings)
-    all_tags = {**lineage_tags(lineage or {}), **(tags or {})}
+    all_tags = {**lineage_tags(lineage or {}), **pipeline_tags(settings), **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name, nested=nested,
                           tags=all_tags) as run:
         if params:
@@ -210,7 +255,7 @@ def register_model(settings: Settings, source_uri: str, name: str, *, tags: Mapp
     import mlflow
 
     configure(settings)
-    version = mlflow.register_model(source_uri, name, tags=dict(tags or {}))
+    version = mlflow.register_model(source_uri, name, tags={**pipeline_tags(settings), **(tags or {})})
     if description:
         client(settings).update_model_version(name, version.version, description=description)
     return version
@@ -335,7 +380,7 @@ def create_run(settings: Settings, experiment: str, *, run_name: str, lineage: M
 
     mlflow_client = client(settings)
     run = mlflow_client.create_run(experiment_id(experiment), run_name=run_name,
-                                   tags={**lineage_tags(lineage or {}), **(tags or {})})
+                                   tags={**lineage_tags(lineage or {}), **pipeline_tags(settings), **(tags or {})})
     if params:
         mlflow_client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in
                                                          _param_values(params).items()])

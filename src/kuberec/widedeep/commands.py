@@ -69,10 +69,10 @@ def _register(args: argparse.Namespace) -> None:
     from kuberec.widedeep import steps
 
     settings = load_settings()
-    registered = steps.register(settings, args.run_id, named_table(settings, args, _table), set_champion=args.champion,
-                                name=args.name)
-    print(f"registered {registered.name} version {registered.version}"
-          f"{' (champion)' if registered.champion else ''}: {registered.model_uri}")
+    registered = steps.register(settings, args.run_id, named_table(settings, args, _table), policy=args.champion,
+                                tolerance=args.tolerance, name=args.name)
+    print(f"registered {registered.name} version {registered.version}: {registered.model_uri}\n"
+          f"{registered.decision.summary()}")
 
 
 def _register_args(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from kuberec.model_config import ConfigError, ModelConfig
 
 EXPERIMENT = "kuberec-widedeep"  # MLflow experiment of training, evaluation and registration runs
 REGISTERED_NAME = "kuberec-widedeep"  # MLflow registered model (the pyfunc ranker with its features)
+HEADLINE_METRIC = "user_auc"  # what the champion gate compares (kuberec.champion)
 MODEL_KINDS = ("wide_deep", "wide", "deep")  # `kind`: both parts, or one of them (the baselines)
 DEEP_OPTIMIZERS = ("adagrad", "adam")
 # The gold examples' columns that training, evaluation and tuning trials read: the model's inputs and the label.

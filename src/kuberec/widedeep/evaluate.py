@@ -42,7 +42,14 @@ import pandas as pd
 
 from kuberec.ingest.instacart_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from kuberec.widedeep.config import FEED_COLUMNS, WideDeepConfig
-from kuberec.widedeep.metrics import METRICS, EvaluationError, best_threshold, metrics
+from kuberec.widedeep.metrics import (
+    METRICS,
+    EvaluationError,
+    best_threshold,
+    confusion_matrix,
+    metrics,
+    roc_curve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +132,9 @@ class EvaluationResult:
     thresholds: dict[str, float] = field(default_factory=dict)  # model -> basket threshold chosen on valid
     seconds: dict[str, float] = field(default_factory=dict)  # training time of each model trained here
     files: dict[str, str] = field(default_factory=dict)
+    # The trained model's ROC curve on the test split, and its confusion matrix at its basket threshold.
+    roc: dict[str, list[float]] = field(default_factory=dict)
+    confusion: list[list[int]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names as tracked: the trained model's unprefixed, each baseline's as `<baseline>_<metric>`."""
@@ -143,6 +153,20 @@ def flat_metrics(scores: dict[str, dict[str, float]]) -> dict[str, float]:
     """model -> metric -> value as tracked metric names (see `EvaluationResult.metrics`)."""
     return {(metric if model == TRAINED else f"{model}_{metric}"): value
             for model, values in scores.items() for metric, value in values.items()}
+
+
+def load_test_split(examples_uri: str, version: int) -> dict[str, np.ndarray]:
+    from kuberec.lake import feed
+
+    return feed.load_table_arrays(examples_uri, FEED_COLUMNS, version=version, split="test").columns
+
+
+def score_model(model, test: dict[str, np.ndarray]) -> dict[str, float]:
+    """One model's metrics on the test split (`load_test_split`; no baselines, no basket threshold): what the
+    champion gate compares."""
+    from kuberec.widedeep import model as wd
+
+    return metrics(test["user_id"], test["label"], wd.predict(model, test))
 
 
 def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str | Path | None = None,
@@ -191,14 +215,17 @@ def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str 
     gbt = GradientBoosted.fit(train, valid, seed=config.seed)
     seconds["gbt"] = round(time.perf_counter() - started, 2)
     scorers["gbt"] = gbt.score
-    results, thresholds = {}, {}
+    results, thresholds, test_scores = {}, {}, {}
     for name in SCORED_MODELS:
         thresholds[name] = best_threshold(valid["user_id"], valid["label"], scorers[name](valid))
-        results[name] = metrics(users, labels, scorers[name](columns), thresholds[name])
+        test_scores[name] = scorers[name](columns)
+        results[name] = metrics(users, labels, test_scores[name], thresholds[name])
     result = EvaluationResult(
         examples_uri=examples_uri, examples_version=version, test_rows=len(test),
         test_users_with_positives=int(pd.Series(labels).groupby(users).max().sum()), train_rows=len(train["label"]),
-        config=config.to_dict(), scores=results, thresholds=thresholds, seconds=seconds)
+        config=config.to_dict(), scores=results, thresholds=thresholds, seconds=seconds,
+        roc=roc_curve(labels, test_scores[TRAINED]),
+        confusion=confusion_matrix(labels, test_scores[TRAINED], thresholds[TRAINED]))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULT_FILE
     result.files = {"json": str(path)}

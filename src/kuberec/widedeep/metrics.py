@@ -95,6 +95,29 @@ def best_threshold(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) ->
     return float(max(candidates, key=lambda t: basket_f1(users, labels, scores, t)))
 
 
+def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 101) -> dict[str, list[float]]:
+    """The ROC curve at `points` score thresholds (quantiles of the scores, plus one above the highest): false and
+    true positive rates of "score >= threshold", for a chart (KFP's ClassificationMetrics)."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    if labels.all() or not labels.any():
+        raise EvaluationError("a ROC curve needs both labels")
+    thresholds = np.unique(np.quantile(scores, np.linspace(0, 1, points - 1)))[::-1]
+    thresholds = np.concatenate([[np.nextafter(scores.max(), np.inf)], thresholds])
+    chosen = scores[None, :] >= thresholds[:, None]
+    tpr = (chosen & labels).sum(axis=1) / labels.sum()
+    fpr = (chosen & ~labels).sum(axis=1) / (~labels).sum()
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()}
+
+
+def confusion_matrix(labels: np.ndarray, scores: np.ndarray, threshold: float) -> list[list[int]]:
+    """[[true negatives, false positives], [false negatives, true positives]] of "score >= threshold"."""
+    labels = np.asarray(labels).astype(bool)
+    chosen = np.asarray(scores, np.float64) >= threshold
+    return [[int((~labels & ~chosen).sum()), int((~labels & chosen).sum())],
+            [int((labels & ~chosen).sum()), int((labels & chosen).sum())]]
+
+
 def metrics(users: np.ndarray, labels: np.ndarray, scores: np.ndarray,
             threshold: float | None = None) -> dict[str, float]:
     """The metrics of the module docstring; `f1` only with the basket `threshold` (chosen on other rows)."""

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from kuberec import tracking
+from kuberec.champion import ChampionDecision
 from kuberec.ingest.instacart_features import (
     PRODUCT_FEATURES,
     PRODUCT_TABLE,
@@ -246,6 +247,7 @@ class RegisteredWideDeepModel:
     run_id: str
     tables: dict[str, int]  # every Delta table the model's artifacts were read from
     champion: bool
+    decision: ChampionDecision | None = None  # the champion gate's, when a pipeline step registered it
 
     @property
     def model_uri(self) -> str:
@@ -255,14 +257,15 @@ class RegisteredWideDeepModel:
 def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str = REGISTERED_NAME,
                        set_champion: bool | None = None, experiment: str = EXPERIMENT,
                        evaluation: Mapping[str, float] | None = None, run_name: str | None = None,
-                       tables: Mapping[str, int] | None = None) -> RegisteredWideDeepModel:
+                       tables: Mapping[str, int] | None = None,
+                       tags: Mapping[str, str] | None = None) -> RegisteredWideDeepModel:
     """Log a `kuberec train widedeep` output as a pyfunc with its features, register it, maybe make it champion.
 
     Runs inside the active MLflow run if there is one (`kuberec.widedeep.steps.register`: the training run), else in
     a new run of `experiment`. `evaluation` (`EvaluationResult.metrics()`) is logged as metrics of
     the logged model. `set_champion`: True moves `champion` to the new version, False
     leaves it, None sets it only when there is no champion yet. `tables` ({uri: version}): the gold build whose
-    features the ranker serves with (default: the one it trained on).
+    features the ranker serves with (default: the one it trained on). `tags`: more tags of the model version.
     """
     import mlflow
 
@@ -290,7 +293,8 @@ def log_widedeep_model(settings: Settings, train_dir: str | Path, *, name: str =
                 mlflow.log_metrics(dict(evaluation), model_id=info.model_id)
             run_id = run.info.run_id
     version, champion = tracking.register_and_promote(
-        settings, info.model_uri, name, set_champion=set_champion, tags=tracking.lineage_tags(lineage),
+        settings, info.model_uri, name, set_champion=set_champion,
+        tags={**tracking.lineage_tags(lineage), **(tags or {})},
         description=f"wide & deep ({trained.config.kind}) trained on {trained.examples_uri}"
                     f"@v{trained.tables.get(trained.examples_uri)}")
     log.info("registered %s version %s%s", name, version.version, " as champion" if champion else "")

@@ -10,15 +10,25 @@ with another.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import tempfile
 from pathlib import Path
 
 from kuberec import tracking
+from kuberec.champion import (
+    DEFAULT_POLICY,
+    DEFAULT_TOLERANCE,
+    ChampionDecision,
+    check_policy,
+    decide,
+    record_decision,
+)
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
-from kuberec.widedeep.config import EXPERIMENT, REGISTERED_NAME, WideDeepConfig
+from kuberec.widedeep.config import EXPERIMENT, HEADLINE_METRIC, REGISTERED_NAME, WideDeepConfig
 from kuberec.widedeep.evaluate import EvaluationResult
 from kuberec.widedeep.pyfunc import RegisteredWideDeepModel
 
@@ -71,20 +81,27 @@ def evaluate(settings: Settings, run_id: str, table: TableRef | None = None) -> 
     return result
 
 
-def register(settings: Settings, run_id: str, table: TableRef | None = None, *, set_champion: bool = False,
-             name: str = REGISTERED_NAME) -> RegisteredWideDeepModel:
+def register(settings: Settings, run_id: str, table: TableRef | None = None, *, policy: str = DEFAULT_POLICY,
+             tolerance: float = DEFAULT_TOLERANCE, name: str = REGISTERED_NAME) -> RegisteredWideDeepModel:
     """Log run `run_id`'s model with its features as a pyfunc in that run and register it as a version of `name`
     (default kuberec-widedeep), with the run's evaluation when it has one. Returns the RegisteredWideDeepModel.
     The features come from the gold build of the examples `table` (default: the build the run trained on).
 
-    `set_champion` True moves the `champion` alias to it; False sets it only when the model has none yet.
+    `policy` (kuberec.champion: gate, always, never) decides whether it takes the `champion` alias; the gate scores
+    the run's model and the champion's on the test split of `table` by per-user AUC. The decision is in the
+    result, the training run and the version's tags.
     """
     from kuberec.ingest.instacart_features import gold_tables
     from kuberec.widedeep.evaluate import RESULT_FILE, flat_metrics
     from kuberec.widedeep.pyfunc import log_widedeep_model
+    from kuberec.widedeep.train import TrainResult
 
+    check_policy(policy, tolerance)
     with tempfile.TemporaryDirectory(prefix="kuberec-widedeep-register-") as tmp:
         model_dir = tracking.download_artifacts(settings, run_id, tracking.TRAIN_ARTIFACTS, tmp)
+        trained = TrainResult.load(model_dir)
+        scored_on = table or TableRef(trained.examples_uri, trained.tables[trained.examples_uri])
+        decision = gate(settings, trained.model_dir, scored_on, name=name, policy=policy, tolerance=tolerance)
         evaluated = [item.path
                      for item in tracking.client(settings).list_artifacts(run_id, tracking.EVALUATION_ARTIFACTS)]
         evaluation = None
@@ -94,6 +111,31 @@ def register(settings: Settings, run_id: str, table: TableRef | None = None, *, 
             # "metrics": what evaluations logged before the per-model key was renamed call it.
             evaluation = flat_metrics(saved.get("scores") or saved["metrics"])
         with tracking.continue_run(settings, run_id):
-            return log_widedeep_model(settings, model_dir, name=name, set_champion=True if set_champion else None,
-                                      evaluation=evaluation,
-                                      tables=gold_tables(table.uri, table.version) if table else None)
+            record_decision(decision)
+            registered = log_widedeep_model(settings, model_dir, name=name, set_champion=decision.promote,
+                                            evaluation=evaluation, tags=decision.tags(),
+                                            tables=gold_tables(table.uri, table.version) if table else None)
+    log.info("%s version %s: %s", name, registered.version, decision.summary())
+    return dataclasses.replace(registered, decision=decision)
+
+
+def gate(settings: Settings, model_dir: Path, table: TableRef, *, name: str, policy: str,
+         tolerance: float) -> ChampionDecision:
+    """The champion decision (kuberec.champion) for the model saved in `model_dir`, both models scored on the test
+    split of `table`."""
+    from kuberec.widedeep.evaluate import load_test_split, score_model
+    from kuberec.widedeep.model import load_model
+    from kuberec.widedeep.pyfunc import load_ranker
+
+    current = tracking.alias_version(settings, name)
+    test = functools.cache(lambda: load_test_split(table.uri, table.version))
+
+    def challenger() -> float:
+        return score_model(load_model(model_dir), test())[HEADLINE_METRIC]
+
+    def champion() -> float:
+        ranker = load_ranker(settings, name, version=current.version)[0].unwrap_python_model()
+        return score_model(ranker.model, test())[HEADLINE_METRIC]
+
+    return decide(policy, metric=HEADLINE_METRIC, champion_version=int(current.version) if current else None,
+                  score_challenger=challenger, score_champion=champion, tolerance=tolerance)

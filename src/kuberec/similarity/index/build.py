@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from kuberec import tracking
 from kuberec.ingest.catalog import TABLE_NAME
@@ -38,7 +38,8 @@ def local_model_path(settings: Settings, model: str) -> tuple[Path, str | None]:
 def build_and_register(settings: Settings, model: str, *, table_uri: str | None = None, version: int | None = None,
                        splits: Sequence[str] | None = None, params: HnswParams | None = None,
                        name: str = REGISTERED_NAME, training_run_id: str | None = None,
-                       set_champion: bool | None = None, save_to: Path | None = None) -> RegisteredSimilarityModel:
+                       set_champion: bool | None = None, save_to: Path | None = None,
+                       tags: Mapping[str, str] | None = None) -> RegisteredSimilarityModel:
     from kuberec.similarity.model import embed, load_embedding_model
 
     path, run_from_uri = local_model_path(settings, model)
@@ -48,4 +49,4 @@ def build_and_register(settings: Settings, model: str, *, table_uri: str | None 
     if save_to is not None:
         index.save(save_to)
     return log_similarity_model(settings, path, index, name=name, training_run_id=training_run_id or run_from_uri,
-                                set_champion=set_champion, run_name="index-build")
+                                set_champion=set_champion, run_name="index-build", tags=tags)
