@@ -4,7 +4,7 @@ VENV := .venv
 PIPELINE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup k8s-test-tools lint test test-fast test-faults pipeline-run pipeline-compile pipeline-upload serve images lock clean \
+.PHONY: setup k8s-test-tools lint test test-fast test-faults pipeline-run pipeline-compile pipeline-upload pipeline-schedule serve images lock clean \
 	cluster-up cluster-down cluster-status cluster-smoke cluster-images kfp-ui e2e
 
 setup:
@@ -39,6 +39,12 @@ pipeline-compile: setup
 # Compiles each pipeline and uploads it to Kubeflow Pipelines at KFP_HOST (a new version after the first upload).
 pipeline-upload: setup
 	$(VENV)/bin/python -m pipelines.run $(PIPELINE) --upload
+
+# Uploads one pipeline (default: the catalog refresh) to KFP_HOST and runs it on a schedule: KFP's 6-field cron,
+# seconds first (default hourly), one run at a time, no catch-up; PIPELINE_ARGS="--param name=value" sets its inputs.
+SCHEDULE ?= 0 0 * * * *
+pipeline-schedule: setup
+	$(VENV)/bin/python -m pipelines.run $(if $(filter all,$(PIPELINE)),refresh,$(PIPELINE)) --schedule "$(SCHEDULE)" $(PIPELINE_ARGS)
 
 # The registered champions on MLServer (V2) at 127.0.0.1:8080; SERVE_ARGS="--demo" adds the demo page on :8000.
 serve: setup

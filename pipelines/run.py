@@ -1,7 +1,7 @@
 """Run, compile, submit or upload kuberec's pipelines.
 
-    python -m pipelines.run [all|catalog|...] [--param name=value ...] [--compile-only DIR | --upload]
-                            [--runner subprocess|docker]
+    python -m pipelines.run [all|catalog|...] [--param name=value ...]
+                            [--compile-only DIR | --upload | --schedule CRON] [--runner subprocess|docker]
 
 Without KFP_HOST the pipeline runs here with the KFP local runner: each component a subprocess of this venv
 (`--runner subprocess`, the default; steps on the configured backend), or each component in its container
@@ -13,6 +13,9 @@ With KFP_HOST it is compiled and submitted to Kubeflow Pipelines as a run in the
 account kuberec-runner), and the run's URL is printed. `--compile-only DIR` writes
 the pipeline YAML and stops. `--upload` compiles each pipeline and uploads it to KFP_HOST: a new pipeline the first
 time, else a new version of it named `<image tag>-<UTC time>`; it prints the pipeline's dashboard URL.
+`--schedule CRON` uploads that way and makes the new version a recurring run (`kuberec-<pipeline>-schedule` in the
+`kuberec` experiment, replacing an earlier one of that name) on KFP's 6-field cron (seconds first: "0 0 * * * *" is
+hourly), at most one run at a time and no catch-up of missed times; `--param` values become the runs' inputs.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from kuberec.settings import load_settings
 log = logging.getLogger("pipelines")
 
 # Every model has its pipeline, `pipelines/<model>.py` defining `<model>_pipeline`; `all` runs them in order. The
-# catalog pipeline (Fashion-MNIST ingestion alone) is the first step of `similarity`.
+# catalog pipeline (Fashion-MNIST ingestion alone) is the first step of `similarity`; `refresh` grows the similarity
+# champion's index with staged catalog images (a recurring run: --schedule).
 ALL: tuple[str, ...] = tuple(MODELS)
-PIPELINES: tuple[str, ...] = ("catalog", *ALL)
+PIPELINES: tuple[str, ...] = ("catalog", *ALL, "refresh")
 SUMMARY_MARK = "== kuberec pipeline summary =="  # the line before main's JSON summary
 KFP_HOST_ENV = "KFP_HOST"  # the Kubeflow Pipelines API endpoint: runs are submitted there instead of run here
 # Parameters every model's pipeline has but that name one model's things: `all` cannot give one value to both.
@@ -212,6 +216,32 @@ def upload(name: str, host: str, out_dir: Path) -> dict[str, str]:
             "url": f"{host.rstrip('/')}/#/pipelines/details/{pipeline_id}/version/{version_id}"}
 
 
+def schedule(name: str, params: dict[str, object], cron: str, host: str, out_dir: Path,
+             service_account: str = SERVICE_ACCOUNT) -> dict[str, str]:
+    """Upload pipeline `name` (a new version) and make that version the recurring run `kuberec-<name>-schedule`
+    (module docstring), replacing an earlier one of that name; returns its id, the version and the URL."""
+    import kfp
+
+    if len(cron.split()) != 6:
+        raise PipelineError(f"--schedule {cron!r}: KFP's cron has 6 fields, seconds first (e.g. '0 */10 * * * *' "
+                            f"every ten minutes); nothing was uploaded")
+    uploaded = upload(name, host, out_dir)
+    client = kfp.Client(host=host)
+    experiment = client.create_experiment(EXPERIMENT)  # the existing one when it exists
+    job_name = f"kuberec-{name}-schedule"
+    listed = client.list_recurring_runs(experiment_id=experiment.experiment_id, page_size=100).recurring_runs or []
+    for earlier in (job for job in listed if job.display_name == job_name):
+        client.delete_recurring_run(earlier.recurring_run_id)
+        log.info("replaced recurring run %s (%s)", job_name, earlier.recurring_run_id)
+    job = client.create_recurring_run(
+        experiment.experiment_id, job_name, description=f"{load_pipeline(name).description} ({cron})",
+        cron_expression=cron, max_concurrency=1, no_catchup=True, params=params,
+        pipeline_id=uploaded["pipeline_id"], version_id=uploaded["version_id"],
+        service_account=service_account or None)
+    return {"recurring_run": job_name, "recurring_run_id": job.recurring_run_id, "cron": cron,
+            "version": uploaded["version"], "url": f"{host.rstrip('/')}/#/recurringrun/details/{job.recurring_run_id}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", nargs="?", default="all", choices=["all", *PIPELINES])
@@ -220,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--compile-only", type=Path, metavar="DIR", help="write pipeline YAML to DIR and stop")
     mode.add_argument("--upload", action="store_true",
                       help="compile and upload to Kubeflow Pipelines at KFP_HOST as a new pipeline version")
+    mode.add_argument("--schedule", metavar="CRON",
+                      help="upload (as --upload) and run that version on KFP's 6-field cron at KFP_HOST, one run at "
+                           "a time, no catch-up")
     parser.add_argument("--runner", choices=RUNNERS, default="subprocess",
                         help="without KFP_HOST: run each component as a subprocess of this venv (default) or in its "
                              "container on the Docker daemon of DOCKER_HOST (needs KUBEREC_BACKEND=kubernetes)")
@@ -240,12 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no pipeline of {', '.join(names)} takes --param {', '.join(sorted(unknown))}; see "
                      f"{', '.join(f'{n}: {sorted(pipeline_inputs(n))}' for n in names)}")
     kfp_host = os.environ.get(KFP_HOST_ENV, "")
+    if args.schedule and len(names) > 1:
+        parser.error("--schedule makes one pipeline a recurring run: name it (e.g. refresh)")
     if args.runner != "subprocess" and (args.compile_only or args.upload or kfp_host):
         parser.error("--runner chooses how a run here executes its components; Kubeflow Pipelines (KFP_HOST, "
                      "--upload) always runs them in their containers, and --compile-only runs nothing")
-    if args.upload and not kfp_host:
-        raise PipelineError("--upload needs KFP_HOST, the Kubeflow Pipelines API endpoint (e.g. "
-                         "KFP_HOST=https://kubeflow.example.com/pipeline make pipeline-upload); nothing was uploaded")
+    if (args.upload or args.schedule) and not kfp_host:
+        mode_flag = "--upload" if args.upload else "--schedule"
+        raise PipelineError(f"{mode_flag} needs KFP_HOST, the Kubeflow Pipelines API endpoint (e.g. "
+                            "KFP_HOST=https://kubeflow.example.com/pipeline make pipeline-upload); nothing was "
+                            "uploaded")
     summary: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="kuberec-pipelines-") as packages:
         for name in names:
@@ -254,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary[name] = str(compile_pipeline(name, args.compile_only))
             elif args.upload:
                 summary[name] = upload(name, kfp_host, Path(packages))
+            elif args.schedule:
+                summary[name] = schedule(name, params, args.schedule, kfp_host, Path(packages), args.service_account)
             elif kfp_host:
                 url = submit(name, params, kfp_host, Path(packages), args.service_account)
                 summary[name] = {"run_url": url}

@@ -43,6 +43,15 @@ def test_a_first_version_passes_the_gate_unscored_and_always_and_never_score_not
     assert not never.promote and scored == [] and "stays unset" in never.reason
 
 
+def test_an_index_refresh_only_has_to_hold_the_champions_score():
+    def hold(challenger: float):
+        return decide("gate", metric="index_precision_at_5", champion_version=2, score_challenger=lambda: challenger,
+                      score_champion=lambda: 0.80, tolerance=0.01, hold=True)
+
+    assert hold(0.80).promote and hold(0.791).promote and "holds champion v2's 0.8000" in hold(0.791).reason
+    assert not hold(0.78).promote and "below champion v2's 0.8000 by 0.0200" in hold(0.78).reason
+
+
 def test_the_decision_is_recorded_as_tags_and_metrics():
     decision, _ = _decide("gate", 0.80, 0.78)
     assert decision.tags()["kuberec.champion_gate.promote"] == "True"

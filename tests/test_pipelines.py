@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from kuberec.champion import ChampionPolicyError
 from kuberec.lake.delta import table_version
 from pipelines import run
+from tests.kfp_local import artifact, executor_output
 
 # The tasks each pipeline compiles to (KFP names a task after its component, with dashes).
 TASKS = {
@@ -14,6 +18,7 @@ TASKS = {
                    "register-similarity"},
     "widedeep": {"instacart-source", "ingest-instacart", "build-features", "tune-config", "train-widedeep",
                  "evaluate-widedeep", "register-widedeep"},
+    "refresh": {"ingest-staged-images", "refresh-index"},
 }
 
 
@@ -56,6 +61,30 @@ def test_params_are_typed_and_a_config_that_lost_its_quotes_is_refused_before_an
         run.parse_params("similarity", ["config_json={epochs:1}"])
     with pytest.raises(run.PipelineError, match="workers: 'two' is not valid JSON"):
         run.parse_params("similarity", ["workers=two"])
+    with pytest.raises(ChampionPolicyError, match="unknown champion policy 'yes'"):  # before training, not after
+        run.parse_params("widedeep", ["champion=yes"])
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("name", sorted(run.PIPELINES))
+def test_every_pipeline_parameter_has_a_description_the_dashboard_shows(name, tmp_path):
+    import yaml
+
+    spec, _ = yaml.safe_load_all(run.compile_pipeline(name, tmp_path).read_text())
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert {key for key, value in parameters.items() if not value.get("description")} == set()
+
+
+@pytest.mark.fast
+def test_a_schedule_is_checked_before_anything_is_uploaded(monkeypatch, capsys):
+    with pytest.raises(run.PipelineError, match="--schedule needs KFP_HOST"):
+        run.main(["refresh", "--schedule", "0 0 * * * *"])
+    monkeypatch.setenv("KFP_HOST", "http://127.0.0.1:9")  # nothing listens: a bad cron must fail before any call
+    with pytest.raises(run.PipelineError, match="KFP's cron has 6 fields, seconds first"):
+        run.main(["refresh", "--schedule", "0 * * * *"])
+    with pytest.raises(SystemExit):
+        run.main(["all", "--schedule", "0 0 * * * *"])
+    assert "--schedule makes one pipeline a recurring run" in capsys.readouterr().err
 
 
 @pytest.mark.fast
@@ -119,3 +148,41 @@ def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_setti
     by_image = model.predict(pd.DataFrame({"image_b64": [png_b64(image)]}))
     by_item = model.predict(pd.DataFrame({"item_id": [3]}), params={"k": 5})
     assert len(by_image) == 5 and len(by_item) == 5 and 3 not in by_item["item_id"].tolist()
+
+    # What the KFP run page shows: every metric, the report, the registered version with its MLflow links.
+    evaluated, registered = executor_output(tracked_settings, "evaluate-similarity"), \
+        executor_output(tracked_settings, "register-similarity")
+    assert artifact(evaluated, "metrics")["metadata"] == pytest.approx(outputs["metrics"])
+    report = Path(artifact(evaluated, "report")["uri"]).read_text()
+    assert "raw pixels" in report and '<img alt="neighbour grid" src="data:image/png;base64,' in report
+    assert f"/runs/{training.info.run_id}" in report  # the MLflow run, one click away
+    model_artifact = artifact(registered, "model")["metadata"]
+    assert model_artifact["mlflow_model_uri"] == outputs["model_uri"] and model_artifact["champion"] is True
+    assert outputs["decision"]["reason"] == "first version: no champion to beat"
+    assert "is now **champion**" in Path(artifact(registered, "report")["uri"]).read_text()
+    # ... and the MLflow side names the KFP run (the local runner's id and name).
+    assert training.data.tags[tracking.KFP_RUN_NAME_TAG].startswith("kuberec-similarity-")
+    assert sweep.data.tags[tracking.KFP_RUN_ID_TAG] == training.data.tags[tracking.KFP_RUN_ID_TAG] == \
+        version.tags[tracking.KFP_RUN_ID_TAG]
+
+    # The catalog refresh: three new pictures staged in the lake become a new champion (the grown index holds the
+    # champion's precision@5: with 150 queries one neighbour moved by the grown HNSW graph is 0.0013, hence a
+    # tolerance above the default); the next run finds nothing and registers nothing.
+    from PIL import Image
+
+    from kuberec.ingest.steps import ARCHIVE, STAGING, lake_location
+
+    staging = Path(lake_location(tracked_settings, STAGING))
+    (staging / "shirts").mkdir(parents=True)
+    for number in range(3):
+        Image.fromarray(np.full((28, 28), 40 * (number + 1), np.uint8)).save(staging / "shirts" / f"{number}.png")
+    refreshed = run.run_local("refresh", {"champion_tolerance": 0.01})
+    assert refreshed["ingested"] == 3 and refreshed["added"] == 3 and refreshed["version"] == outputs["version"] + 1
+    assert refreshed["champion"] is True and "holds champion" in refreshed["decision"]["reason"]
+    assert not list(staging.rglob("*.png"))
+    assert sorted(p.name for p in Path(lake_location(tracked_settings, ARCHIVE)).rglob("*.png")) == \
+        ["0.png", "1.png", "2.png"]
+    again = run.run_local("refresh", {"champion_tolerance": 0.01})
+    assert again["ingested"] == 0 and again["version"] == 0 and again["champion"] is False
+    assert int(tracking.get_version(tracked_settings, "kuberec-similarity").version) == refreshed["version"]
+

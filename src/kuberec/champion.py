@@ -69,9 +69,13 @@ class ChampionDecision:
 
 
 def decide(policy: str, *, metric: str, champion_version: int | None, score_challenger: Callable[[], float],
-           score_champion: Callable[[], float], tolerance: float = DEFAULT_TOLERANCE) -> ChampionDecision:
+           score_champion: Callable[[], float], tolerance: float = DEFAULT_TOLERANCE,
+           hold: bool = False) -> ChampionDecision:
     """Apply `policy` (module docstring). The score functions run only under `gate` with a champion to beat;
-    `score_champion` re-scores the current champion (`champion_version`) on the challenger's evaluation data."""
+    `score_champion` re-scores the current champion (`champion_version`) on the challenger's evaluation data.
+
+    `hold`: the challenger only has to hold the champion's score within `tolerance` instead of beating it by more
+    (an index refresh: the same weights over more items, which exists for coverage, not for a better score)."""
     check_policy(policy, tolerance)
     common = dict(policy=policy, metric=metric, tolerance=tolerance, champion_version=champion_version)
     if policy == "always":
@@ -83,6 +87,13 @@ def decide(policy: str, *, metric: str, champion_version: int | None, score_chal
         return ChampionDecision(promote=True, reason="first version: no champion to beat", **common)
     challenger, champion = float(score_challenger()), float(score_champion())
     margin = challenger - champion
+    if hold:
+        promote = margin >= -tolerance
+        reason = (f"{metric} {challenger:.4f} holds champion v{champion_version}'s {champion:.4f} within tolerance "
+                  f"{tolerance:g}" if promote else
+                  f"{metric} {challenger:.4f} is below champion v{champion_version}'s {champion:.4f} by {-margin:.4f} "
+                  f"(> tolerance {tolerance:g}): the champion stays")
+        return ChampionDecision(promote=promote, reason=reason, challenger=challenger, champion=champion, **common)
     if margin > tolerance:
         reason = (f"{metric} {challenger:.4f} beats champion v{champion_version}'s {champion:.4f} by {margin:.4f} "
                   f"(> tolerance {tolerance:g})")

@@ -66,6 +66,15 @@ def write_registration(settings: Settings, registered: Registered, model_path: s
     return metadata
 
 
+def write_nothing_registered(name: str, reason: str, model_path: str, report_path: str) -> dict[str, Any]:
+    """A register step's KFP outputs when it registered nothing (a refresh that found nothing new)."""
+    metadata = {"registered_model": name, "version": 0, "mlflow_model_uri": "", "champion": False,
+                "champion_decision": reason}
+    Path(model_path).write_text(json.dumps(metadata, indent=2))
+    Path(report_path).write_text(f"## {name}: nothing registered\n\n{reason}\n")
+    return metadata
+
+
 def registration_markdown(settings: Settings, *, name: str, version: int, run_id: str,
                           decision: ChampionDecision) -> str:
     """A registered version, the champion gate's decision and where both live in MLflow."""

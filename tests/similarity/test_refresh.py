@@ -102,7 +102,7 @@ def test_build_refresh_and_promote(spark, registry, lake, new_images, embedding_
     # ... version 2 itself is up to date ...
     assert refresh_step.refresh(registry, name=NAME, version=2).new_version is None
     # ... and the CLI promotes it when asked.
-    assert cli.main(["index", "refresh", "--name", NAME, "--set-champion"]) == 0
+    assert cli.main(["index", "refresh", "--name", NAME, "--champion", "always"]) == 0
     assert "version 2" in capsys.readouterr().out
     assert tracking.alias_version(registry, NAME).version == "2"
 

@@ -20,6 +20,7 @@ from kuberec.widedeep.evaluate import SCORED_MODELS, TRAINED
 from kuberec.widedeep.pyfunc import load_ranker
 from kuberec.widedeep.train import TrainResult
 from pipelines import run
+from tests.kfp_local import artifact, executor_output
 
 # Own model names: the session's MLflow server is shared with the pyfunc and serving tests' kuberec-widedeep.
 STEPS_MODEL, PIPELINE_MODEL = "test-widedeep-steps", "test-widedeep-pipeline"
@@ -147,3 +148,16 @@ def test_pipeline_runs_locally(tracked_gold, examples_uri, synth_args, test_conf
     assert metrics["auc"] == pytest.approx(outputs["metrics"]["auc"])
     version = tracking.get_version(settings, PIPELINE_MODEL)  # @champion
     assert version.run_id == outputs["run_id"] and version.version == "1"
+    assert outputs["champion"] is True and outputs["decision"]["policy"] == "gate"
+    # What the KFP run page shows: every model's metrics, the ROC curve and confusion matrix, the registered version.
+    evaluated = executor_output(settings, "evaluate-widedeep")
+    assert artifact(evaluated, "metrics")["metadata"] == pytest.approx(outputs["metrics"])
+    classification = artifact(evaluated, "classification")["metadata"]
+    roc = classification["confidenceMetrics"]
+    assert roc[0]["falsePositiveRate"] == roc[0]["recall"] == 0 and roc[-1]["recall"] == 1
+    matrix = classification["confusionMatrix"]
+    assert [row["displayName"] for row in matrix["annotationSpecs"]] == ["not reordered", "reordered"]
+    assert sum(map(sum, (row["row"] for row in matrix["rows"]))) == len(
+        feed.load_table_arrays(examples_uri, ("label",), split="test").columns["label"])
+    model = artifact(executor_output(settings, "register-widedeep"), "model")["metadata"]
+    assert model["mlflow_model_uri"] == outputs["model_uri"] and model["mlflow_run_id"] == outputs["run_id"]

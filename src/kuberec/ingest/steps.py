@@ -19,7 +19,7 @@ from kuberec.backends import SparkJob, get_backend
 from kuberec.datasets.instacart import FILES as INSTACART_SPECS
 from kuberec.ingest.catalog import TABLE_NAME as CATALOG_TABLE
 from kuberec.lake.delta import TableRef, table_version
-from kuberec.lake.raw import is_remote, stage, stage_directory
+from kuberec.lake.raw import archive, is_remote, list_staged, stage, stage_directory
 from kuberec.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,34 @@ def ingest_images(settings: Settings | None, paths: list[str], label: int | None
     args += [] if chunk_size is None else ["--chunk-size", str(chunk_size)]
     get_backend(settings).run_spark(SparkJob("ingest-images", "kuberec.ingest.images", tuple(args)))
     return TableRef(table, table_version(table))
+
+
+STAGING = "staging/catalog"  # under the lake: where new catalog images are dropped for the catalog refresh
+ARCHIVE = "staging/catalog-ingested"  # where they go once ingested
+
+
+def lake_location(settings: Settings, path: str) -> str:
+    """A location under the lake root (a local directory or an s3:// prefix, as users and the lake name it)."""
+    return f"{settings.lake_uri.removeprefix('file://').rstrip('/')}/{path}"
+
+
+def ingest_staged_images(settings: Settings, staging: str = "", archived: str = "") -> tuple[TableRef, list[str]]:
+    """Ingest every PNG/JPEG under `staging` (default: <lake>/staging/catalog) into the catalog table, then move
+    them under `archived` (default: <lake>/staging/catalog-ingested), so the next call takes only newer ones;
+    returns the catalog table (version after the ingestion) and the files ingested (none: no Spark job ran).
+    Images already in the catalog are skipped by the ingestion, so files left by a call that died before
+    archiving are harmless."""
+    from kuberec.ingest.images import IMAGE_SUFFIXES
+
+    staging = staging or lake_location(settings, STAGING)
+    files = list_staged(staging, IMAGE_SUFFIXES)
+    if not files:
+        table = settings.table_uri(CATALOG_TABLE)
+        log.info("no images staged under %s", staging)
+        return TableRef(table, table_version(table)), []
+    table = ingest_images(settings, files)
+    archive(files, staging, archived or lake_location(settings, ARCHIVE))
+    return table, files
 
 
 def synthesize(settings: Settings, users: int, seed: int = 0) -> str:

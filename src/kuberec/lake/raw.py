@@ -129,3 +129,51 @@ def fetch(uri: str, directory: Path, endpoint: str | None = None) -> Path:
                       destination_filesystem=fs.LocalFileSystem())
     log.info("fetched %d files from %s", len(files), uri)
     return directory
+
+
+# -- a staging area: files dropped under a prefix, picked up once --------------------------------------------------
+# A recurring job takes what was dropped under a location (a local directory or an s3:// prefix) since its last run,
+# and then moves it to an archive location (Auto Loader's cleanSource=MOVE): the next run sees only newer files, and
+# a run that dies between ingesting and archiving leaves the files for the next one (whose ingestion must then
+# skip what already landed).
+
+
+def _store(location: str):
+    """(pyarrow filesystem, its path) of a local path or an s3:// / s3a:// URI."""
+    from pyarrow import fs
+
+    if is_remote(location):
+        return s3_filesystem(), _key(location)
+    return fs.LocalFileSystem(), str(Path(location).absolute())
+
+
+def list_staged(location: str, suffixes: Sequence[str]) -> list[str]:
+    """The files under `location` (any depth) whose names end with one of `suffixes`, sorted; [] when there are
+    none or the location does not exist."""
+    from pyarrow import fs
+
+    store, root = _store(location)
+    try:
+        found = store.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+    except OSError as err:
+        raise DataError(f"cannot list the staging location {location}: {err}") from err
+    files = sorted(item.path for item in found
+                   if item.type == fs.FileType.File and item.path.lower().endswith(tuple(suffixes)))
+    base = location.rstrip("/")
+    return [f"{base}/{path[len(root):].lstrip('/')}" for path in files]
+
+
+def archive(files: Sequence[str], location: str, archive_location: str) -> list[str]:
+    """Move `files` (from `list_staged(location)`) to the same relative paths under `archive_location`; returns
+    where they went."""
+    store, root = _store(location)
+    _, archive_root = _store(archive_location)
+    moved = []
+    for file in files:
+        relative = _store(file)[1][len(root):].lstrip("/")
+        target = f"{archive_root}/{relative}"
+        store.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        store.move(_store(file)[1], target)
+        moved.append(f"{archive_location.rstrip('/')}/{relative}")
+    log.info("archived %d staged files from %s to %s", len(moved), location, archive_location)
+    return moved

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kuberec.champion import DEFAULT_TOLERANCE, POLICIES
 from kuberec.cli import Command
 from kuberec.similarity.config import REGISTERED_NAME
 
@@ -42,8 +43,12 @@ def refresh_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="model version to refresh (default: the champion)")
     which.add_argument("--alias", help="model alias to refresh (default: champion)")
-    parser.add_argument("--set-champion", action="store_true",
-                        help="move the champion alias to the new version (default: leave it where it is)")
+    parser.add_argument("--champion", choices=POLICIES, default="never",
+                        help="whether the new version takes the champion alias: never (default: leave it where it "
+                             "is), always, or gate (when the grown index holds the champion's precision@5 within "
+                             "--tolerance)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"the gate's tolerance (default {DEFAULT_TOLERANCE})")
     parser.add_argument("--table", help="catalog table URI (default: the one the index was built from)")
 
 
@@ -70,7 +75,7 @@ def _refresh(args: argparse.Namespace) -> None:
     from kuberec.similarity.index.refresh import refresh
 
     result = refresh(load_settings(), name=args.name or REGISTERED_NAME, version=args.version, alias=args.alias,
-                     set_champion=args.set_champion, table_uri=args.table)
+                     policy=args.champion, tolerance=args.tolerance, table_uri=args.table)
     if result.new_version is None:
         print(f"{result.name} version {result.source_version} is up to date (table v{result.table_version}, "
               f"{result.items} items); nothing registered")
@@ -81,12 +86,13 @@ def _refresh(args: argparse.Namespace) -> None:
               f"({ids[0]}..{ids[-1]}), {result.items} in all, table v{result.indexed_table_version} -> "
               f"v{result.table_version}, from version {result.source_version}; "
               + (f"now @{tracking.CHAMPION}" if result.champion
-                 else f"@{tracking.CHAMPION} unchanged (promote with --set-champion)"))
+                 else f"@{tracking.CHAMPION} unchanged (promote with --champion always)")
+              + f"\n{result.decision.summary()}")
 
 
 COMMANDS = [
     Command("index", "build", "embed the catalog table, build the ANN index, register model + index in MLflow",
             _build, build_arguments),
     Command("index", "refresh", "add catalog rows new since the indexed table version and register a new version "
-            "with the same weights (champion unchanged unless --set-champion)", _refresh, refresh_arguments),
+            "with the same weights (champion unchanged unless --champion always|gate)", _refresh, refresh_arguments),
 ]

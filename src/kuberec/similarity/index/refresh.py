@@ -3,8 +3,12 @@
 Loads a registered similarity model (default: `champion`), finds the catalog rows inserted into its Delta table
 since the version its index was built from, embeds only those with the model's own weights, adds them to the index
 and registers the result as a new model version (same embedding model, grown index, new table version recorded).
-The `champion` alias moves to it only with `--set-champion`; by default it stays where it is, so a refresh can be
-checked (or served by version number) before it is promoted. Earlier versions are untouched and stay loadable.
+Whether `champion` moves to it is a policy (kuberec.champion; `--champion`): never (the CLI's default: a refresh
+can be checked, or served by version number, before it is promoted), always, or gate (the catalog refresh
+pipeline's): the grown index must hold the champion's precision@5 within the tolerance, both measured here with the
+labelled test-split rows of the indexed table version as queries against each index, as served (HNSW, the query
+item itself left out; unlabelled neighbours are neither right nor wrong, so they are skipped). Earlier versions are
+untouched and stay loadable.
 
 New rows come from `kuberec.lake.delta.rows_added_since` (the change data feed, read without a JVM): inserts in
 (indexed version, latest], minus rows deleted again in that range, restricted to the index's splits. Items already
@@ -19,10 +23,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
+
 from kuberec import tracking
+from kuberec.champion import DEFAULT_TOLERANCE, ChampionDecision, check_policy, decide, record_decision
 from kuberec.errors import KuberecError
 from kuberec.settings import Settings
-from kuberec.similarity.config import REGISTERED_NAME
+from kuberec.similarity.config import EXPERIMENT, HEADLINE_METRIC, REGISTERED_NAME
 from kuberec.similarity.index.catalog import CatalogRows, catalog_rows_added_since, embed_in_batches
 from kuberec.similarity.pyfunc import (
     INDEX_VERSION_TAG,
@@ -46,6 +53,16 @@ class RefreshResult:
     items: int  # items in the new index (or the source index when nothing changed)
     champion: bool  # the new version is now champion
     reused: bool = False  # an earlier refresh of the same source to the same table version was returned
+    decision: ChampionDecision | None = None  # None: nothing new, nothing decided
+    run_id: str = ""  # the MLflow run that logged the new version ("" when none was logged)
+
+    @property
+    def version(self) -> int | None:
+        return self.new_version
+
+    @property
+    def model_uri(self) -> str:
+        return tracking.model_uri(self.name, version=self.new_version) if self.new_version else ""
 
 
 def _earlier_refresh(settings: Settings, name: str, source_version: int | str, table_version: int):
@@ -56,9 +73,37 @@ def _earlier_refresh(settings: Settings, name: str, source_version: int | str, t
     return max(matches, key=lambda v: int(v.version)) if matches else None
 
 
+QUERY_SPLIT = "test"
+PRECISION_K = 5  # the headline metric's k
+NEIGHBOURS_FETCHED = 4 * PRECISION_K  # room for unlabelled neighbours before the first 5 labelled ones
+
+
+def index_precision(index, embed, table_uri: str, version: int, max_queries: int | None = None) -> float:
+    """precision@5 of the labelled `test` rows of one table version as queries against `index` (module doc): of
+    each query's nearest neighbours (itself left out), the first 5 labelled ones."""
+    from kuberec.lake import feed
+
+    queries = feed.load_arrays(table_uri, version=version, split=QUERY_SPLIT)
+    labelled = np.flatnonzero(queries.labels >= 0)
+    if max_queries is not None and max_queries < len(labelled):
+        labelled = np.sort(np.random.default_rng(0).choice(labelled, size=max_queries, replace=False))
+    if not len(labelled):
+        raise KuberecError(f"{table_uri} v{version} has no labelled {QUERY_SPLIT} rows to score an index with")
+    found, _ = index.search(embed(queries.images[labelled]), NEIGHBOURS_FETCHED, exclude=queries.item_ids[labelled])
+    neighbour_labels = np.full(found.shape, -1, np.int64)
+    neighbour_labels[found >= 0] = index.labels(found[found >= 0])[0]
+    judged = (neighbour_labels >= 0) & (np.cumsum(neighbour_labels >= 0, axis=1) <= PRECISION_K)
+    hits = (neighbour_labels == queries.labels[labelled][:, None]) & judged
+    scored = judged.any(axis=1)
+    return float(np.mean(hits[scored].sum(axis=1) / judged[scored].sum(axis=1)))
+
+
 def refresh(settings: Settings, *, name: str = REGISTERED_NAME, version: int | None = None, alias: str | None = None,
-            set_champion: bool = False, table_uri: str | None = None) -> RefreshResult:
-    """Add catalog rows that arrived since the model's index was built; register the grown model. See module doc."""
+            policy: str = "never", tolerance: float = DEFAULT_TOLERANCE, table_uri: str | None = None,
+            max_queries: int | None = None) -> RefreshResult:
+    """Add catalog rows that arrived since the model's index was built; register the grown model; `policy` decides
+    whether it becomes champion (module doc; `max_queries`: a seeded sample of the gate's queries)."""
+    check_policy(policy, tolerance)
     pyfunc_model, source = load_recommender(settings, name, version=version, alias=alias)
     recommender = pyfunc_model.unwrap_python_model()
     index = recommender.index
@@ -79,26 +124,43 @@ def refresh(settings: Settings, *, name: str = REGISTERED_NAME, version: int | N
                  index.table_version, latest)
         return RefreshResult(name, int(source.version), None, [], index.table_version, index.table_version,
                              len(index), False)
+    indexed_version = index.table_version
+    current = tracking.alias_version(settings, name)
+
+    def score(scored_index, embed) -> float:
+        return index_precision(scored_index, embed, table_uri, indexed_version, max_queries)
+
+    champion_score = None
+    if policy == "gate" and current is not None:  # scored before the source's index grows in place
+        champion = recommender if current.version == source.version else \
+            load_recommender(settings, name, version=current.version)[0].unwrap_python_model()
+        champion_score = score(champion.index, champion.embed)
+    fresh = CatalogRows(rows.item_ids[new], rows.labels[new], rows.images[new], rows.version, rows.splits)
+    log.info("embedding %d new catalog items (%s v%d..v%d)", len(fresh.item_ids), table_uri, indexed_version,
+             latest)
+    index.add(embed_in_batches(recommender.embed, fresh.images), fresh.frame(), table_version=latest)
+    decision = decide(policy, metric=f"index_{HEADLINE_METRIC}",
+                      champion_version=int(current.version) if current else None,
+                      score_challenger=lambda: score(index, recommender.embed),
+                      score_champion=lambda: champion_score, tolerance=tolerance, hold=True)
+    log.info("refresh of %s v%s: %s", name, source.version, decision.summary())
     done = _earlier_refresh(settings, name, source.version, latest)
     if done is not None:
         # The same source already caught up to this table version: hand that version back instead of a twin.
         log.info("%s version %s already holds %s v%s refreshed to table v%d", name, done.version, name,
                  source.version, latest)
-        if set_champion:
+        if decision.promote:
             tracking.set_alias(settings, name, done.version)
-        champion = tracking.alias_version(settings, name)
-        return RefreshResult(name, int(source.version), int(done.version), rows.item_ids[new].tolist(),
-                             index.table_version, latest, len(index) + int(new.sum()),
-                             champion is not None and champion.version == done.version, reused=True)
-    fresh = CatalogRows(rows.item_ids[new], rows.labels[new], rows.images[new], rows.version, rows.splits)
-    log.info("embedding %d new catalog items (%s v%d..v%d)", len(fresh.item_ids), table_uri, index.table_version,
-             latest)
-    vectors = embed_in_batches(recommender.embed, fresh.images)
-    indexed_version = index.table_version
-    index.add(vectors, fresh.frame(), table_version=latest)
-    registered = log_similarity_model(
-        settings, recommender.embedding_model_path, index, name=name,
-        training_run_id=source.tags.get(TRAINING_RUN_TAG), set_champion=set_champion, run_name="index-refresh",
-        tags={SOURCE_VERSION_TAG: str(source.version)})
+        champion_now = tracking.alias_version(settings, name)
+        return RefreshResult(name, int(source.version), int(done.version), fresh.item_ids.tolist(), indexed_version,
+                             latest, len(index), champion_now is not None and champion_now.version == done.version,
+                             reused=True, decision=decision, run_id=done.run_id)
+    with tracking.start_run(settings, EXPERIMENT, run_name="index-refresh",
+                            lineage={table_uri: latest}):
+        record_decision(decision)
+        registered = log_similarity_model(
+            settings, recommender.embedding_model_path, index, name=name,
+            training_run_id=source.tags.get(TRAINING_RUN_TAG), set_champion=decision.promote,
+            tags={SOURCE_VERSION_TAG: str(source.version), **decision.tags()})
     return RefreshResult(name, int(source.version), registered.version, fresh.item_ids.tolist(), indexed_version,
-                         latest, len(index), registered.champion)
+                         latest, len(index), registered.champion, decision=decision, run_id=registered.run_id)
