@@ -22,8 +22,10 @@ def test_every_model_takes_the_same_flags(model):
         args = build_parser([verb, model]).parse_args([verb, model, "--run", "abc", "--table", "/t", "--version", "2"])
         assert (args.run_id, args.table, args.version) == ("abc", "/t", 2)
     registered = build_parser(["register", model]).parse_args(["register", model, "--run", "r", "--name", "n",
-                                                               "--champion"])
-    assert (registered.name, registered.champion) == ("n", True)
+                                                               "--champion", "always", "--tolerance", "0.01"])
+    assert (registered.name, registered.champion, registered.tolerance) == ("n", "always", 0.01)
+    gated = build_parser(["register", model]).parse_args(["register", model, "--run", "r"])
+    assert (gated.champion, gated.tolerance) == ("gate", 0.001)
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
