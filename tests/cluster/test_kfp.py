@@ -6,6 +6,8 @@ log, still readable once its pod is gone; terminating a run stops the MPIJob it 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -174,3 +176,80 @@ def test_terminating_a_run_stops_the_mpijob_it_started(kfp_server, cluster_env):
     phases = set(kubectl("-n", KFP_NAMESPACE, "get", "pods", "-l", f"pipeline/runid={run_id}", "-o",
                          "jsonpath={.items[*].status.phase}").split())
     assert phases <= {"Succeeded", "Failed"}, phases
+
+
+REFRESH_CRON = "0 */3 * * * *"  # every three minutes: two firings in one test
+LAKE = "s3://kuberec/lake"  # the kuberec-settings ConfigMap's lake, where the task pods' catalog table is
+
+
+def test_the_catalog_refresh_schedule_fires_with_and_without_new_images(kfp_server, cluster_env, tmp_path):
+    """`python -m pipelines.run refresh --schedule CRON` on the cluster: its first run takes three images staged in
+    the lake into the catalog and the champion's index, a new version that passes the gate and is served; its next
+    run finds nothing, and registers nothing. The recurring run is disabled at the end (kept for the UI)."""
+    import io
+
+    import numpy as np
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from kuberec.serving.client import recommend_similar
+    from pipelines.run import KFP_HOST_ENV, SUMMARY_MARK
+
+    name = "kuberec-similarity"
+    registry = MlflowClient(cluster_env["MLFLOW_TRACKING_URI"])
+    try:
+        before = registry.get_model_version_by_alias(name, "champion")
+    except Exception:  # noqa: BLE001 (MLflow raises its own RestException for a missing alias)
+        pytest.skip(f"no {name}@champion on the cluster yet: run make e2e first")
+    batch = uuid.uuid4().hex[:8]
+    store = object_store(cluster_env)
+    rng = np.random.default_rng(int(batch, 16))
+    pictures = []
+    for number in range(3):  # new pixels (the ingestion skips a picture already in the catalog), on black
+        png = io.BytesIO()
+        picture = np.zeros((28, 28), np.uint8)
+        picture[4:24, 4:24] = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+        Image.fromarray(picture).save(png, format="PNG")
+        pictures.append(png.getvalue())
+        store.put_object(Bucket="kuberec", Key=f"lake/staging/catalog/{batch}/{number}.png", Body=pictures[-1])
+
+    done = subprocess.run([sys.executable, "-m", "pipelines.run", "refresh", "--schedule", REFRESH_CRON,
+                           "--param", "eval_queries=1000"], capture_output=True, text=True, timeout=600,
+                          env={**cluster_env, KFP_HOST_ENV: kfp_server.host})
+    assert done.returncode == 0, done.stderr[-3000:]
+    scheduled = json.loads(done.stdout.split(SUMMARY_MARK, 1)[1])["refresh"]
+    runs = []
+    try:
+        deadline = time.monotonic() + 1500
+        while len(runs) < 2 and time.monotonic() < deadline:
+            time.sleep(20)
+            listed = kfp_server.client.list_runs(page_size=20, sort_by="created_at desc").runs or []
+            runs = sorted((run for run in listed if run.recurring_run_id == scheduled["recurring_run_id"]
+                           and str(run.state) in ("SUCCEEDED", "FAILED")), key=lambda run: run.created_at)
+    finally:
+        kfp_server.client.disable_recurring_run(scheduled["recurring_run_id"])
+    assert len(runs) >= 2, f"the recurring run {scheduled['url']} finished {len(runs)} runs in 25 minutes"
+    first, second = runs[:2]
+    assert str(first.state) == str(second.state) == "SUCCEEDED", (kfp_server.run_url(first.run_id),
+                                                                    kfp_server.run_url(second.run_id))
+
+    def registered_by(run) -> list:
+        return [v for v in registry.search_model_versions(f"name='{name}'")
+                if v.tags.get("kuberec.kfp.run_id") == run.run_id]
+
+    [grown] = registered_by(first)
+    assert grown.tags["kuberec.champion_gate.promote"] == "True", grown.tags
+    assert int(grown.tags["kuberec.index.items"]) >= int(before.tags["kuberec.index.items"]) + 3
+    assert registry.get_model_version_by_alias(name, "champion").version == grown.version
+    assert registered_by(second) == []
+    print(f"refresh: {kfp_server.run_url(first.run_id)} -> version {grown.version}; "
+          f"{kfp_server.run_url(second.run_id)} -> nothing; schedule {scheduled['url']}")
+
+    # Served: the champion rolled out finds a staged picture itself as the nearest item of that picture.
+    run_kuberec(cluster_env, "k8s", "deploy", name, "--model-uri", f"models:/{name}@champion")
+    predictor = access().forward(f"svc/{name}-predictor", 80)
+    try:
+        neighbours = recommend_similar(predictor.url, image=pictures[0], k=5, model=name)
+    finally:
+        predictor.stop()
+    assert neighbours[0]["distance"] < 1e-4, neighbours

@@ -14,15 +14,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+from kuberec import champion as gates
 from kuberec import tracking
-from kuberec.champion import (
-    DEFAULT_POLICY,
-    DEFAULT_TOLERANCE,
-    ChampionDecision,
-    check_policy,
-    decide,
-    record_decision,
-)
+from kuberec.champion import ChampionDecision
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
 from kuberec.similarity.config import EXPERIMENT, HEADLINE_METRIC, REGISTERED_NAME, SimilarityConfig
@@ -92,9 +86,9 @@ def evaluate(settings: Settings, run_id: str, table: TableRef | None = None, *,
     return result
 
 
-def register(settings: Settings, run_id: str, table: TableRef | None = None, *, policy: str = DEFAULT_POLICY,
-             tolerance: float = DEFAULT_TOLERANCE, max_queries: int | None = None,
-             name: str = REGISTERED_NAME) -> RegisteredSimilarityModel:
+def register(settings: Settings, run_id: str, table: TableRef | None = None, *,
+             policy: str = gates.DEFAULT_POLICY, tolerance: float = gates.DEFAULT_TOLERANCE,
+             max_queries: int | None = None, name: str = REGISTERED_NAME) -> RegisteredSimilarityModel:
     """Index every catalog row of `table` (default: the table version the run trained on) with the run's model and
     register model + index as a new version of `name`; `policy` (kuberec.champion: gate, always, never) decides
     whether it takes the `champion` alias. The gate scores the run's model and the champion's on `table`'s test
@@ -102,11 +96,11 @@ def register(settings: Settings, run_id: str, table: TableRef | None = None, *, 
     precision@5. The decision is in the result, the training run and the version's tags."""
     from kuberec.similarity.index.build import build_and_register
 
-    check_policy(policy, tolerance)
+    gates.check_policy(policy, tolerance)
     table = table or trained_table(settings, run_id)
     decision = gate(settings, run_id, table, name=name, policy=policy, tolerance=tolerance, max_queries=max_queries)
     with tracking.continue_run(settings, run_id):  # the training run holds the registered model, as for wide & deep
-        record_decision(decision)
+        gates.record_decision(decision)
         registered = build_and_register(settings, trained_model_uri(run_id), table_uri=table.uri,
                                         version=table.version, name=name, training_run_id=run_id,
                                         set_champion=decision.promote, tags=decision.tags())
@@ -135,7 +129,7 @@ def gate(settings: Settings, run_id: str, table: TableRef, *, name: str, policy:
     def champion() -> float:
         return score(load_recommender(settings, name, version=current.version)[0].unwrap_python_model().model)
 
-    return decide(policy, metric=HEADLINE_METRIC, champion_version=int(current.version) if current else None,
+    return gates.decide(policy, metric=HEADLINE_METRIC, champion_version=int(current.version) if current else None,
                   score_challenger=challenger, score_champion=champion, tolerance=tolerance)
 
 

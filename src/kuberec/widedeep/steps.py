@@ -17,15 +17,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+from kuberec import champion as gates
 from kuberec import tracking
-from kuberec.champion import (
-    DEFAULT_POLICY,
-    DEFAULT_TOLERANCE,
-    ChampionDecision,
-    check_policy,
-    decide,
-    record_decision,
-)
+from kuberec.champion import ChampionDecision
 from kuberec.lake.delta import TableRef
 from kuberec.settings import Settings
 from kuberec.widedeep.config import EXPERIMENT, HEADLINE_METRIC, REGISTERED_NAME, WideDeepConfig
@@ -81,8 +75,9 @@ def evaluate(settings: Settings, run_id: str, table: TableRef | None = None) -> 
     return result
 
 
-def register(settings: Settings, run_id: str, table: TableRef | None = None, *, policy: str = DEFAULT_POLICY,
-             tolerance: float = DEFAULT_TOLERANCE, name: str = REGISTERED_NAME) -> RegisteredWideDeepModel:
+def register(settings: Settings, run_id: str, table: TableRef | None = None, *,
+             policy: str = gates.DEFAULT_POLICY, tolerance: float = gates.DEFAULT_TOLERANCE,
+             name: str = REGISTERED_NAME) -> RegisteredWideDeepModel:
     """Log run `run_id`'s model with its features as a pyfunc in that run and register it as a version of `name`
     (default kuberec-widedeep), with the run's evaluation when it has one. Returns the RegisteredWideDeepModel.
     The features come from the gold build of the examples `table` (default: the build the run trained on).
@@ -96,7 +91,7 @@ def register(settings: Settings, run_id: str, table: TableRef | None = None, *, 
     from kuberec.widedeep.pyfunc import log_widedeep_model
     from kuberec.widedeep.train import TrainResult
 
-    check_policy(policy, tolerance)
+    gates.check_policy(policy, tolerance)
     with tempfile.TemporaryDirectory(prefix="kuberec-widedeep-register-") as tmp:
         model_dir = tracking.download_artifacts(settings, run_id, tracking.TRAIN_ARTIFACTS, tmp)
         trained = TrainResult.load(model_dir)
@@ -111,7 +106,7 @@ def register(settings: Settings, run_id: str, table: TableRef | None = None, *, 
             # "metrics": what evaluations logged before the per-model key was renamed call it.
             evaluation = flat_metrics(saved.get("scores") or saved["metrics"])
         with tracking.continue_run(settings, run_id):
-            record_decision(decision)
+            gates.record_decision(decision)
             registered = log_widedeep_model(settings, model_dir, name=name, set_champion=decision.promote,
                                             evaluation=evaluation, tags=decision.tags(),
                                             tables=gold_tables(table.uri, table.version) if table else None)
@@ -137,5 +132,5 @@ def gate(settings: Settings, model_dir: Path, table: TableRef, *, name: str, pol
         ranker = load_ranker(settings, name, version=current.version)[0].unwrap_python_model()
         return score_model(ranker.model, test())[HEADLINE_METRIC]
 
-    return decide(policy, metric=HEADLINE_METRIC, champion_version=int(current.version) if current else None,
+    return gates.decide(policy, metric=HEADLINE_METRIC, champion_version=int(current.version) if current else None,
                   score_challenger=challenger, score_champion=champion, tolerance=tolerance)
