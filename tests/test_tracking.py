@@ -116,3 +116,20 @@ def test_missing_models_and_aliases_give_clear_errors(tracked_settings):
         tracking.get_version(tracked_settings, "no-such-model")
     assert tracking.model_uri("m") == "models:/m@champion"
     assert tracking.model_uri("m", version=3) == "models:/m/3"
+
+
+@pytest.mark.fast
+def test_what_a_pipeline_creates_links_back_to_its_kubeflow_run(tmp_path):
+    from kuberec.settings import Settings
+
+    outside = Settings(home=tmp_path)
+    assert tracking.pipeline_tags(outside) == tracking.pipeline_run_tags(outside) == {}
+    inside = Settings(home=tmp_path, kfp_run_id="4c99", kfp_run_name="kuberec-refresh-x",
+                      kfp_ui_url="http://127.0.0.1:8088/", image_tag="dev")
+    assert tracking.pipeline_tags(inside) == {
+        tracking.KFP_RUN_ID_TAG: "4c99", tracking.KFP_RUN_NAME_TAG: "kuberec-refresh-x",
+        tracking.KUBEREC_VERSION_TAG: "dev", tracking.KFP_RUN_URL_TAG: "http://127.0.0.1:8088/#/runs/details/4c99"}
+    # A run's description is Markdown in the MLflow UI: the KFP run is one click away.
+    assert tracking.pipeline_run_tags(inside)["mlflow.note.content"] == \
+        "Created by Kubeflow Pipelines run [kuberec-refresh-x](http://127.0.0.1:8088/#/runs/details/4c99)"
+    assert "mlflow.note.content" not in tracking.pipeline_run_tags(Settings(home=tmp_path, kfp_run_id="4c99"))

@@ -106,6 +106,15 @@ def pipeline_tags(settings: Settings) -> dict[str, str]:
     return {**tags, KFP_RUN_URL_TAG: url} if url else tags
 
 
+def pipeline_run_tags(settings: Settings) -> dict[str, str]:
+    """`pipeline_tags` for an MLflow run, plus its description (which the MLflow UI renders as Markdown): a link
+    to the Kubeflow Pipelines run, one click away, when its URL is known."""
+    url = kfp_run_url(settings)
+    note = {"mlflow.note.content": f"Created by Kubeflow Pipelines run [{settings.kfp_run_name or settings.kfp_run_id}]"
+                                   f"({url})"} if url else {}
+    return {**pipeline_tags(settings), **note}
+
+
 def _embedded(settings: Settings) -> bool:
     """Whether MLflow is this home's embedded server: none is configured, or the one configured is the embedded
     server's own URL (MLflow exports the URI it is set to, so the jobs a kuberec process starts inherit it)."""
@@ -202,7 +211,7 @@ def start_run(settings: Settings, experiment: str, *, run_name: str | None = Non
     import mlflow
 
     configure(settings)
-    all_tags = {**lineage_tags(lineage or {}), **pipeline_tags(settings), **(tags or {})}
+    all_tags = {**lineage_tags(lineage or {}), **pipeline_run_tags(settings), **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name, nested=nested,
                           tags=all_tags) as run:
         if params:
@@ -380,7 +389,7 @@ def create_run(settings: Settings, experiment: str, *, run_name: str, lineage: M
 
     mlflow_client = client(settings)
     run = mlflow_client.create_run(experiment_id(experiment), run_name=run_name,
-                                   tags={**lineage_tags(lineage or {}), **pipeline_tags(settings), **(tags or {})})
+                                   tags={**lineage_tags(lineage or {}), **pipeline_run_tags(settings), **(tags or {})})
     if params:
         mlflow_client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in
                                                          _param_values(params).items()])
