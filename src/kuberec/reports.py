@@ -33,6 +33,11 @@ def png_html(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
 
 
+def markdown_text(text: str) -> str:
+    """`text` shown as it is in Markdown (metric names' underscores are not emphasis)."""
+    return "".join(f"\\{char}" if char in "\\`*_[]<>#|" else char for char in text)
+
+
 def link_markdown(text: str, url: str | None) -> str:
     return f"[{text}]({url})" if url else text
 
@@ -71,7 +76,7 @@ def write_nothing_registered(name: str, reason: str, model_path: str, report_pat
     metadata = {"registered_model": name, "version": 0, "mlflow_model_uri": "", "champion": False,
                 "champion_decision": reason}
     Path(model_path).write_text(json.dumps(metadata, indent=2))
-    Path(report_path).write_text(f"## {name}: nothing registered\n\n{reason}\n")
+    Path(report_path).write_text(f"## {markdown_text(name)}: nothing registered\n\n{markdown_text(reason)}\n")
     return metadata
 
 
@@ -79,7 +84,7 @@ def registration_markdown(settings: Settings, *, name: str, version: int, run_id
                           decision: ChampionDecision) -> str:
     """A registered version, the champion gate's decision and where both live in MLflow."""
     verdict = "is now **champion**" if decision.promote else "is **not** champion"
-    scores = [("policy", decision.policy), ("metric", decision.metric)]
+    scores = [("policy", decision.policy), ("metric", markdown_text(decision.metric))]
     if decision.challenger is not None:
         scores.append(("challenger (this version)", f"{decision.challenger:.4f}"))
     if decision.champion is not None:
@@ -91,6 +96,7 @@ def registration_markdown(settings: Settings, *, name: str, version: int, run_id
     rows = "\n".join(f"| {key} | {value} |" for key, value in scores)
     model_link = link_markdown(tracking.model_uri(name, version=version),
                                tracking.model_version_url(settings, name, version))
-    return (f"## {name} version {version} {verdict}\n\n{decision.reason}\n\n| | |\n|---|---|\n{rows}\n\n"
+    return (f"## {markdown_text(name)} version {version} {verdict}\n\n{markdown_text(decision.reason)}\n\n"
+            f"| | |\n|---|---|\n{rows}\n\n"
             f"- MLflow model version: {model_link}\n"
             f"- MLflow training run: {link_markdown(run_id, tracking.run_url(settings, run_id))}\n")

@@ -134,6 +134,7 @@ def test_the_register_step_gates_champion_on_precision_at_5_of_both_models(regis
     from kfp.dsl import Markdown, Model
 
     from components.similarity import register_similarity
+    from kuberec.reports import markdown_text
     from kuberec.similarity.train import MODEL_DIR
 
     runs = {}
@@ -151,7 +152,8 @@ def test_the_register_step_gates_champion_on_precision_at_5_of_both_models(regis
             max_queries=0, model_name=model_name, model=model, report=report, kfp_run_id="run-1",
             kfp_run_name="similarity-gate")
         assert model.metadata["version"] == out.version and model.metadata["champion"] == out.champion
-        assert model.metadata["champion_decision"] == out.decision["reason"] in Path(report.path).read_text()
+        assert model.metadata["champion_decision"] == out.decision["reason"]
+        assert markdown_text(out.decision["reason"]) in Path(report.path).read_text()
         return out
 
     first = register("flat")
