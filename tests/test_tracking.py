@@ -133,3 +133,4 @@ def test_what_a_pipeline_creates_links_back_to_its_kubeflow_run(tmp_path):
     assert tracking.pipeline_run_tags(inside)["mlflow.note.content"] == \
         "Created by Kubeflow Pipelines run [kuberec-refresh-x](http://127.0.0.1:8088/#/runs/details/4c99)"
     assert "mlflow.note.content" not in tracking.pipeline_run_tags(Settings(home=tmp_path, kfp_run_id="4c99"))
+    assert tracking.KFP_RUN_NAME_TAG not in tracking.pipeline_tags(Settings(home=tmp_path, kfp_run_id="4c99"))

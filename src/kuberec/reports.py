@@ -99,4 +99,4 @@ def registration_markdown(settings: Settings, *, name: str, version: int, run_id
     return (f"## {markdown_text(name)} version {version} {verdict}\n\n{markdown_text(decision.reason)}\n\n"
             f"| | |\n|---|---|\n{rows}\n\n"
             f"- MLflow model version: {model_link}\n"
-            f"- MLflow training run: {link_markdown(run_id, tracking.run_url(settings, run_id))}\n")
+            f"- MLflow run: {link_markdown(run_id, tracking.run_url(settings, run_id))}\n")

@@ -100,8 +100,9 @@ def pipeline_tags(settings: Settings) -> dict[str, str]:
     a pipeline)."""
     if not settings.kfp_run_id:
         return {}
-    tags = {KFP_RUN_ID_TAG: settings.kfp_run_id, KFP_RUN_NAME_TAG: settings.kfp_run_name,
-            KUBEREC_VERSION_TAG: settings.image_tag}
+    tags = {KFP_RUN_ID_TAG: settings.kfp_run_id, KUBEREC_VERSION_TAG: settings.image_tag}
+    if settings.kfp_run_name:  # KFP 2.17 resolves a recurring run's runs' job name placeholder to ""
+        tags[KFP_RUN_NAME_TAG] = settings.kfp_run_name
     url = kfp_run_url(settings)
     return {**tags, KFP_RUN_URL_TAG: url} if url else tags
 
