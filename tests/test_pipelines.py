@@ -11,6 +11,7 @@ from kuberec.lake.delta import table_version
 from pipelines import run
 from tests.kfp_local import artifact, executor_output
 
+PIPELINE_MODEL = "test-pipeline-similarity"
 # The tasks each pipeline compiles to (KFP names a task after its component, with dashes).
 TASKS = {
     "catalog": {"ingest-fashion-mnist"},
@@ -126,9 +127,10 @@ def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_setti
     from kuberec.similarity.pyfunc import load_recommender, png_b64
 
     config = '{"architecture": "seed", "epochs": 2, "steps_per_epoch": 4}'
+    # A model of its own: the session's MLflow server holds other tests' kuberec-similarity.
     outputs = run.run_local("similarity", {"max_per_split": 150, "workers": 2, "config_json": config,
-                                           "eval_queries": 100, "tune_trials": 2})
-    assert outputs["champion"] is True and outputs["model_uri"].startswith("models:/kuberec-similarity/")
+                                           "eval_queries": 100, "tune_trials": 2, "model_name": PIPELINE_MODEL})
+    assert outputs["champion"] is True and outputs["model_uri"] == f"models:/{PIPELINE_MODEL}/1"
     assert 0 <= outputs["metrics"]["precision_at_5"] <= 1 and "raw_pixels_precision_at_5" in outputs["metrics"]
 
     client = tracking.client(tracked_settings)
@@ -142,7 +144,7 @@ def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_setti
     assert sweep.data.params["model"] == "similarity" and sweep.info.status == "FINISHED"
     assert training.data.params["architecture"] == "seed" and training.data.params["epochs"] == "2"
 
-    model, version = load_recommender(tracked_settings)
+    model, version = load_recommender(tracked_settings, PIPELINE_MODEL)
     assert int(version.version) == outputs["version"]
     image = np.frombuffer(model.unwrap_python_model().index.items["image"].iloc[0], np.uint8).reshape(28, 28)
     by_image = model.predict(pd.DataFrame({"image_b64": [png_b64(image)]}))
@@ -176,13 +178,13 @@ def test_similarity_pipeline_runs_locally_and_registers_a_champion(tracked_setti
     (staging / "shirts").mkdir(parents=True)
     for number in range(3):
         Image.fromarray(np.full((28, 28), 40 * (number + 1), np.uint8)).save(staging / "shirts" / f"{number}.png")
-    refreshed = run.run_local("refresh", {"champion_tolerance": 0.01})
+    refreshed = run.run_local("refresh", {"champion_tolerance": 0.01, "model_name": PIPELINE_MODEL})
     assert refreshed["ingested"] == 3 and refreshed["added"] == 3 and refreshed["version"] == outputs["version"] + 1
     assert refreshed["champion"] is True and "holds champion" in refreshed["decision"]["reason"]
     assert not list(staging.rglob("*.png"))
     assert sorted(p.name for p in Path(lake_location(tracked_settings, ARCHIVE)).rglob("*.png")) == \
         ["0.png", "1.png", "2.png"]
-    again = run.run_local("refresh", {"champion_tolerance": 0.01})
+    again = run.run_local("refresh", {"champion_tolerance": 0.01, "model_name": PIPELINE_MODEL})
     assert again["ingested"] == 0 and again["version"] == 0 and again["champion"] is False
-    assert int(tracking.get_version(tracked_settings, "kuberec-similarity").version) == refreshed["version"]
+    assert int(tracking.get_version(tracked_settings, PIPELINE_MODEL).version) == refreshed["version"]
 

@@ -88,7 +88,8 @@ def _register(args: argparse.Namespace) -> None:
     settings = load_settings()
     registered = steps.register(settings, args.run_id, named_table(settings, args, _table), policy=args.champion,
                                 tolerance=args.tolerance, name=args.name)
-    print(f"registered {registered.name} version {registered.version}: {registered.items} items from "
+    print(f"registered {registered.name} version {registered.version}"
+          f"{' (champion)' if registered.champion else ''}: {registered.items} items from "
           f"{registered.table_uri} v{registered.table_version}, {registered.model_uri}\n"
           f"{registered.decision.summary()}")
 

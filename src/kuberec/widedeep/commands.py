@@ -71,7 +71,8 @@ def _register(args: argparse.Namespace) -> None:
     settings = load_settings()
     registered = steps.register(settings, args.run_id, named_table(settings, args, _table), policy=args.champion,
                                 tolerance=args.tolerance, name=args.name)
-    print(f"registered {registered.name} version {registered.version}: {registered.model_uri}\n"
+    print(f"registered {registered.name} version {registered.version}"
+          f"{' (champion)' if registered.champion else ''}: {registered.model_uri}\n"
           f"{registered.decision.summary()}")
 
 
