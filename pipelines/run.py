@@ -183,6 +183,18 @@ def submit(name: str, params: dict[str, object], host: str, out_dir: Path,
     return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
 
 
+def upload_description(name: str) -> str:
+    """What the dashboard shows of an uploaded pipeline and its versions: its description, then each parameter's
+    (KFP 2.17's run form shows a parameter's name and type only; the compiled spec keeps the descriptions too)."""
+    from kuberec.reports import markdown_text
+
+    pipeline = load_pipeline(name)
+    inputs = pipeline.component_spec.inputs or {}
+    lines = [f"- **{markdown_text(key)}**: {markdown_text(' '.join((spec.description or '').split()))}"
+             for key, spec in sorted(inputs.items())]
+    return f"{pipeline.description}\n\nParameters:\n" + "\n".join(lines) if lines else pipeline.description
+
+
 def version_name(now: datetime | None = None) -> str:
     """A pipeline version's name: the image tag the components run (the package version by default) and when."""
     now = now or datetime.now(timezone.utc)
@@ -201,7 +213,7 @@ def upload(name: str, host: str, out_dir: Path) -> dict[str, str]:
     pipeline_id = client.get_pipeline_id(pipeline.name)
     if pipeline_id is None:
         pipeline_id = client.upload_pipeline(str(package), pipeline_name=pipeline.name,
-                                             description=pipeline.description).pipeline_id
+                                             description=upload_description(name)).pipeline_id
         # KFP makes the package the pipeline's first version (named after the pipeline).
         first = client.list_pipeline_versions(pipeline_id, page_size=1).pipeline_versions[0]
         version, version_id = first.display_name, first.pipeline_version_id
@@ -210,7 +222,7 @@ def upload(name: str, host: str, out_dir: Path) -> dict[str, str]:
         version = version_name()
         version_id = client.upload_pipeline_version(str(package), pipeline_version_name=version,
                                                     pipeline_id=pipeline_id,
-                                                    description=pipeline.description).pipeline_version_id
+                                                    description=upload_description(name)).pipeline_version_id
         log.info("uploaded %s as version %s of pipeline %s", package, version, pipeline.name)
     return {"pipeline": pipeline.name, "pipeline_id": pipeline_id, "version": version, "version_id": version_id,
             "url": f"{host.rstrip('/')}/#/pipelines/details/{pipeline_id}/version/{version_id}"}

@@ -71,9 +71,16 @@ def test_params_are_typed_and_a_config_that_lost_its_quotes_is_refused_before_an
 def test_every_pipeline_parameter_has_a_description_the_dashboard_shows(name, tmp_path):
     import yaml
 
+    from kuberec.reports import markdown_text
+
     spec, _ = yaml.safe_load_all(run.compile_pipeline(name, tmp_path).read_text())
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert {key for key, value in parameters.items() if not value.get("description")} == set()
+    # ... and beside the pipeline's own description in the dashboard (the run form shows names and types only).
+    shown = run.upload_description(name)
+    assert shown.startswith(run.load_pipeline(name).description)
+    assert all(f"- **{markdown_text(key)}**: {markdown_text(' '.join(value['description'].split()))}" in shown
+               for key, value in parameters.items())
 
 
 @pytest.mark.fast
