@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kuberec.ingest.instacart_features import NUMERIC_FEATURES
 from kuberec.model_config import ConfigError
@@ -47,7 +48,7 @@ def test_each_optimizer_trains_only_its_part(kind):
     wide_opt, deep_opt = wd.build_optimizers(config, model)
     assert (wide_opt is None) == (kind == "deep") and (deep_opt is None) == (kind == "wide")
     if wide_opt is not None:
-        assert type(wide_opt).__name__ == "Ftrl"
+        assert isinstance(wide_opt, tf.keras.optimizers.Ftrl)
     before = [v.numpy().copy() for v in model.trainable_variables]
     step = wd.make_train_step(model, wide_opt, deep_opt)
     inputs = wd.to_model_inputs(cols)
@@ -61,6 +62,35 @@ def test_each_optimizer_trains_only_its_part(kind):
             assert int(opt.iterations.numpy()) == 30
             # Its slots (beyond the iteration counter) were built for its own variables only.
             assert len(opt.variables) - 1 == 2 * len(own)  # FTRL: accumulator + linear; Adam: m + v
+
+
+def test_sparse_ftrl_updates_exactly_as_keras_dense_ftrl():
+    """SparseFtrl touches only the rows in the gradient, and ends where Keras's Ftrl (which applies the same
+    gradient densely, over every row) ends: duplicate indices summed, l1 clipping, l2, the untouched rows unmoved.
+    Weights start at 0 as the wide part's do (the dense update also recomputes untouched rows from their FTRL state,
+    which puts them where they are only when they start there)."""
+    rng = np.random.default_rng(0)
+    options = dict(learning_rate=0.3, l1_regularization_strength=0.01, l2_regularization_strength=0.5,
+                   initial_accumulator_value=0.1)
+    start = np.zeros((50, 1), np.float32)
+    sparse_var, dense_var = tf.Variable(start), tf.Variable(start)
+    sparse_opt, dense_opt = wd.SparseFtrl(**options), tf.keras.optimizers.Ftrl(**options)
+    sparse_opt.build([sparse_var])
+    dense_opt.build([dense_var])
+    touched = set()
+    for _ in range(5):
+        indices = rng.integers(0, 20, size=12)  # rows 20.. never get a gradient; repeats do
+        touched.update(indices.tolist())
+        values = tf.constant(rng.normal(size=(12, 1)).astype(np.float32))
+        gradient = tf.IndexedSlices(values, tf.constant(indices), tf.constant([50, 1]))
+        sparse_opt.apply_gradients([(gradient, sparse_var)])
+        dense_opt.apply_gradients([(tf.convert_to_tensor(gradient), dense_var)])
+    np.testing.assert_allclose(sparse_var.numpy(), dense_var.numpy(), rtol=1e-5, atol=1e-6)
+    for sparse_slot, dense_slot in zip(sparse_opt.variables, dense_opt.variables):
+        np.testing.assert_allclose(sparse_slot.numpy(), dense_slot.numpy(), rtol=1e-5, atol=1e-6)
+    untouched = sorted(set(range(50)) - touched)
+    np.testing.assert_array_equal(sparse_var.numpy()[untouched], start[untouched])
+    assert len(untouched) >= 30 and not np.allclose(sparse_var.numpy(), start)
 
 
 def test_saved_model_reloads_with_identical_predictions(tmp_path):
@@ -106,7 +136,6 @@ def test_vocabulary_lookup_is_exact_and_unknown_ids_share_index_0():
 
 def _fit(kind: str, cols, labels, epochs: int = 12, batch_size: int = 256, **config):
     """A model of `kind` trained with the real train step (both optimizers) on shuffled mini-batches."""
-    import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
     stats = wd.FeatureStats.from_sums(*wd.feature_sums(cols))

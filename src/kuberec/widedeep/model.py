@@ -120,8 +120,11 @@ class IdLookup(tf.keras.layers.Layer):
 
     def call(self, ids):
         ids = tf.cast(ids, tf.int64)
-        at = tf.searchsorted(self.vocabulary, ids, side="left", out_type=tf.int32)
-        found = tf.gather(self.vocabulary, tf.minimum(at, self.size - 1)) == ids
+        # One read of the variable as a tensor, used by both ops: a gather on the variable itself would put it in
+        # copy-on-read mode, and then every read copied the whole vocabulary (11 ms a batch for 14M pairs).
+        vocabulary = tf.convert_to_tensor(self.vocabulary)
+        at = tf.searchsorted(vocabulary, ids, side="left", out_type=tf.int32)
+        found = tf.gather(vocabulary, tf.minimum(at, self.size - 1)) == ids
         return tf.where(found, at + 1, 0)
 
     def get_config(self):
@@ -222,15 +225,37 @@ def split_variables(model) -> tuple[list, list]:
     return wide, deep
 
 
+class SparseFtrl(tf.keras.optimizers.Ftrl):
+    """Keras's FTRL-Proximal, except that a sparse gradient (an embedding's IndexedSlices: the wide part's weights)
+    updates only the rows it touches. Keras's Ftrl applies it as a dense tensor, so every step cost the whole wide
+    vocabulary (14M pairs at full Instacart scale; docs/BENCHMARKS.md, "Wide & deep at full Instacart scale"). The
+    update is TensorFlow's own sparse FTRL kernel with the same formula, on the same slot variables (checkpoints are
+    unchanged); rows without a gradient do not move in the dense update either, since the wide weights start at 0,
+    where their FTRL state puts them. `apply_gradients` has
+    already summed duplicate indices, as the kernel needs."""
+
+    def update_step(self, gradient, variable):
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable)
+        slot = self._index_dict[self._var_key(variable)]
+        lr = tf.cast(self.learning_rate, variable.dtype)
+        return tf.raw_ops.ResourceSparseApplyFtrlV2(
+            var=variable.handle, accum=self._accumulators[slot].handle, linear=self._linears[slot].handle,
+            grad=gradient.values, indices=gradient.indices, lr=lr,
+            l1=tf.cast(self.l1_regularization_strength, variable.dtype),
+            l2=tf.cast(self.l2_regularization_strength, variable.dtype) + self.beta / (2.0 * lr),
+            l2_shrinkage=tf.cast(self.l2_shrinkage_regularization_strength, variable.dtype),
+            lr_power=tf.cast(self.learning_rate_power, variable.dtype))
+
+
 def build_optimizers(config: WideDeepConfig, model) -> tuple[Any, Any]:
     """(wide FTRL or None, deep Adagrad/Adam or None), built over their variables so their slots exist now."""
     wide_vars, deep_vars = split_variables(model)
     wide_opt = deep_opt = None
     if wide_vars:
-        wide_opt = tf.keras.optimizers.Ftrl(config.wide_learning_rate, l1_regularization_strength=config.ftrl_l1,
-                                            l2_regularization_strength=config.ftrl_l2,
-                                            initial_accumulator_value=config.ftrl_initial_accumulator,
-                                            name="wide_ftrl")
+        wide_opt = SparseFtrl(config.wide_learning_rate, l1_regularization_strength=config.ftrl_l1,
+                              l2_regularization_strength=config.ftrl_l2,
+                              initial_accumulator_value=config.ftrl_initial_accumulator, name="wide_ftrl")
         wide_opt.build(wide_vars)
     if deep_vars:
         cls = tf.keras.optimizers.Adam if config.deep_optimizer == "adam" else tf.keras.optimizers.Adagrad
