@@ -150,7 +150,8 @@ class PeakRss:
         while not self._stop.wait(0.5):
             for child in me.children(recursive=True):
                 try:
-                    if "kuberec.widedeep.train" in child.cmdline() and "kuberec.backends.horovodrun" not in child.cmdline():
+                    command = child.cmdline()
+                    if "kuberec.widedeep.train" in command and "kuberec.backends.horovodrun" not in command:
                         self.peaks[child.pid] = max(self.peaks.get(child.pid, 0.0), rss_gib(child))
                 except psutil.Error:
                     pass
@@ -192,10 +193,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", action="append", required=True, help="LABEL=DIR (a widedeep_quality seed dir)")
     parser.add_argument("--config", default='{"batch_size": 1024}', help="WideDeepConfig fields as JSON")
-    parser.add_argument("--feed-steps", type=int, default=200)
+    parser.add_argument("--feed-steps", type=int, default=3000)
     parser.add_argument("--step-steps", type=int, default=100)
     parser.add_argument("--score-rows", type=int, default=500_000)
-    parser.add_argument("--train-steps", type=int, default=300, help="steps per epoch of the 2-worker run")
+    parser.add_argument("--train-steps", type=int, default=1000, help="steps per epoch of the 2-worker run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

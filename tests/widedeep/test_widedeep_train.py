@@ -41,6 +41,15 @@ def test_table_feed_shards_cover_the_split_once(spark, examples_uri):
     assert batches[0][NUMERIC_FEATURES[0]].dtype.name == "float32"
     with pytest.raises(feed.FeedError, match="no rows in split 'nope'"):
         feed.load_table_arrays(examples_uri, ("user_id",), split="nope")
+    # A sample keeps about that share of the rows, whole rows of the snapshot, the same ones for the same seed.
+    sample = feed.load_table_arrays(examples_uri, (*key, "label"), split="train", fraction=0.3, seed=4)
+    sampled = sorted(zip(*(sample.columns[k].tolist() for k in key)))
+    assert 0.25 * len(expected) < len(sampled) < 0.35 * len(expected)
+    assert set(sampled) <= set(expected) and len(set(sampled)) == len(sampled)
+    assert sampled == sorted(zip(*(feed.load_table_arrays(examples_uri, key, split="train", fraction=0.3,
+                                                          seed=4).columns[k].tolist() for k in key)))
+    with pytest.raises(feed.FeedError, match="fraction must be in"):
+        feed.load_table_arrays(examples_uri, key, split="train", fraction=0)
 
 
 def test_single_process_training(trained, examples_uri, test_config):

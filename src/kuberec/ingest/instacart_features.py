@@ -99,6 +99,10 @@ GLOBAL_TABLE = "instacart_gold_global_metrics"
 USER_PRODUCT_TABLE = "instacart_gold_user_products"
 GOLD_TABLES = (EXAMPLES_TABLE, USER_TABLE, PRODUCT_TABLE, GLOBAL_TABLE, USER_PRODUCT_TABLE)
 EXAMPLE_FILES = 8  # files per split: Petastorm shards by row group, so each Horovod rank needs some
+# Rows per examples file, so per row group: Petastorm gives row group i to rank i % workers, and at full Instacart
+# scale a file of 4.2M rows held two row groups of 2.85M and 1.37M rows, so rank 0 got every large one (22.8M rows
+# against 10.96M) and each epoch showed rank 1's rows twice as often.
+EXAMPLE_ROWS_PER_FILE = 500_000
 
 ID_COLUMNS = ("user_id", "product_id")
 CATEGORICAL_FEATURES = ("aisle_id", "department_id")
@@ -436,7 +440,8 @@ def build_features(settings: Settings, spark: "SparkSession | None" = None, forc
             if name == EXAMPLES_TABLE:
                 # File statistics only for the id columns (lookups by user/product); the other feature columns
                 # are never filtered on, and collecting their min/max cost a third of the write.
-                writer = writer.partitionBy("split").option("delta.dataSkippingNumIndexedCols", "4")
+                writer = writer.partitionBy("split").option("delta.dataSkippingNumIndexedCols", "4") \
+                    .option("maxRecordsPerFile", EXAMPLE_ROWS_PER_FILE)
             # A table that already holds this build (a concurrent run of this step, or a run that stopped between
             # tables) is kept, unless forced.
             overwrite_table(lambda: writer.save(uris[name]), what=f"writing {name}", force=force,  # called at once

@@ -170,14 +170,21 @@ class TableArrays:
 
 
 def load_table_arrays(table_uri: str, columns: Sequence[str], *, version: int | None = None,
-                      split: str | None = None, shard: int = 0, num_shards: int = 1) -> TableArrays:
-    """Scalar columns of one snapshot (one shard of it) as numpy arrays."""
+                      split: str | None = None, shard: int = 0, num_shards: int = 1, fraction: float = 1.0,
+                      seed: int = 0) -> TableArrays:
+    """Scalar columns of one snapshot (one shard of it) as numpy arrays; with `fraction` < 1, a uniform sample
+    that keeps each row with that probability (`seed`), taken as the rows stream by, so memory holds only the
+    sample."""
+    if not 0 < fraction <= 1:
+        raise FeedError(f"fraction must be in (0, 1], not {fraction}")
     version, files = split_files(table_uri, version, split)
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    rng = np.random.default_rng(seed)
     with _reader(files, shard, num_shards, num_epochs=1, shuffle=False, seed=None, columns=columns) as reader:
         for batch in reader:
+            keep = rng.random(len(getattr(batch, columns[0]))) < fraction if fraction < 1 else slice(None)
             for c in columns:
-                parts[c].append(np.asarray(getattr(batch, c)))
+                parts[c].append(np.asarray(getattr(batch, c))[keep])
     if not parts[columns[0]]:
         raise FeedError(f"shard {shard}/{num_shards} of {table_uri} v{version} is empty: the snapshot has fewer "
                         "Parquet row groups than shards")

@@ -67,6 +67,7 @@ from kuberec.widedeep.metrics import log_loss
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
+PROGRESS_SECONDS = 60.0  # rank 0 logs the step, loss and rate this often within an epoch (a full-scale epoch: minutes)
 
 
 @dataclass
@@ -151,13 +152,19 @@ def train_widedeep_model(config: WideDeepConfig, examples_uri: str, out_dir: str
     if error:
         raise TrainingError(error)
     version = tables[examples_uri]
+    started = time.perf_counter()
     stats, rank_examples = _feature_stats(hvd, examples_uri, version, split)
     steps = steps_per_epoch(config, stats.count, size)
+    if rank == 0:
+        log.info("feature statistics of %d rows in %.0f s", stats.count, time.perf_counter() - started)
 
     vocabulary = None
     if config.kind != "deep":
+        started = time.perf_counter()
         vocabulary = wd.Vocabulary.from_columns(feed.load_table_arrays(
             examples_uri, wd.VOCABULARY_COLUMNS, version=version, split=split).columns)
+        if rank == 0:
+            log.info("wide vocabulary %s in %.0f s", vocabulary.sizes(), time.perf_counter() - started)
     tf.keras.utils.set_random_seed(config.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
     model = wd.build_model(config, stats, vocabulary)
     wide_opt, deep_opt = wd.build_optimizers(config, model)
@@ -231,6 +238,9 @@ def _feature_stats(hvd, examples_uri: str, version: int, split: str):
     if min(rank_examples) == 0:
         raise TrainingError(f"a worker's shard of {examples_uri} v{version} split {split} is empty "
                             f"(rows per worker: {rank_examples}); use fewer workers")
+    if hvd.rank() == 0 and max(rank_examples) > 1.2 * min(rank_examples):
+        log.warning("shards of unequal size (rows per worker: %s): every worker runs the same steps, so an epoch "
+                    "shows the smaller shards' rows more often", rank_examples)
     return wd.FeatureStats.from_sums(sum(rank_examples), total, total_sq), rank_examples
 
 
@@ -255,11 +265,17 @@ class _Epochs:
         hvd, config = self.hvd, self.config
         size = hvd.size()
         for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
+            started = reported = time.perf_counter()
             loss_sum = tf.constant(0.0)
-            for _ in range(steps):
+            for step in range(steps):
                 batch = next(batches)
                 loss_sum += train_step(wd.to_model_inputs(batch), batch["label"])
+                if hvd.rank() == 0 and time.perf_counter() - reported >= PROGRESS_SECONDS:
+                    reported = time.perf_counter()
+                    rate = (step + 1) / (reported - started)
+                    log.info("epoch %d/%d: step %d/%d, loss %.4f, %.0f examples/s, about %.0f s left in the epoch",
+                             epoch + 1, config.epochs, step + 1, steps, float(loss_sum) / (step + 1),
+                             rate * config.batch_size * size, (steps - step - 1) / rate)
             loss = loss_sum / steps
             if size > 1:
                 loss = hvd.allreduce(loss, op=hvd.Average)
