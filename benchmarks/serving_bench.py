@@ -8,8 +8,9 @@ process that costs the server little CPU, cycling through the request bodies wit
     warm-up): requests/s, p50/p90/p99, errors (non-2xx and socket errors; any error fails the run);
   - the server's CPU per request: CPU seconds of the server's process tree during the run / requests.
 Also times the pyfunc's predict in-process for the same requests (what the model itself costs), so the table shows
-how much the HTTP server layer adds. Everything runs on loopback. `--mlserver-workers 0,2` runs MLServer once per
-inference worker count (default: what `kuberec serve` picks for this machine).
+how much the HTTP server layer adds, and records the model directory's size, the pyfunc's load time and memory, and
+each server process's resident memory after the concurrent run. Everything runs on loopback. `--mlserver-workers
+0,2` runs MLServer once per inference worker count (default: what `kuberec serve` picks for this machine).
 
 `--servers ...,inferenceservice` adds the model's KServe InferenceService on the cluster of `make cluster-up` (or
 the one KUBECONFIG names), reached through `kubectl port-forward svc/<model>-predictor` on 127.0.0.1; `--model`
@@ -197,13 +198,32 @@ def model_queries(served, catalog_size: int) -> dict[str, tuple[str, list]]:
     return {"image": ("image_b64", pngs), "item_id": ("item_id", item_ids)}
 
 
+def tree_rss_gib(pid: int | None) -> list[float]:
+    """Resident memory (GiB) of `pid` and each of its descendants, largest first ([]: not a local process)."""
+    import psutil
+
+    if pid is None:
+        return []
+    root = psutil.Process(pid)
+    sizes = []
+    for process in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            sizes.append(round(process.memory_info().rss / 2 ** 30, 2))
+    return sorted(sizes, reverse=True)
+
+
 def in_process(model_dir: Path, queries: dict[str, list], repeats: int) -> dict:
-    """p50 of the pyfunc's own predict per query kind (no HTTP)."""
+    """The pyfunc's load time and this process's memory growth loading it; p50 of its own predict per query kind
+    (no HTTP)."""
     import mlflow.pyfunc
     import pandas as pd
+    import psutil
 
+    me = psutil.Process()
+    rss_before, started = me.memory_info().rss, time.perf_counter()
     model = mlflow.pyfunc.load_model(str(model_dir))
-    out = {}
+    out = {"load_s": round(time.perf_counter() - started, 2),
+           "load_rss_growth_gib": round((me.memory_info().rss - rss_before) / 2 ** 30, 2)}
     for kind, (column, values) in queries.items():
         times = []
         for i in range(repeats):
@@ -308,6 +328,8 @@ def main() -> int:
         served = fetch_model(settings, spec)
         queries = model_queries(served, args.catalog_size)
         report = {"model": f"{served.name} v{served.version}", "catalog_size": args.catalog_size, "k": K,
+                  "model_size_mib": round(sum(f.stat().st_size for f in served.path.rglob("*") if f.is_file())
+                                          / 2 ** 20, 1),
                   "machine": platform.platform(), "cpus": usable_cpus(), "load_generator": "wrk -t1",
                   "results": {}}
         work = Path(tempfile.mkdtemp(prefix="kuberec-serving-bench-wrk-"))
@@ -328,6 +350,7 @@ def main() -> int:
                 url = f"http://127.0.0.1:{port}{path}"
                 single = wrk_load(url, bodies, script, 1, args.single_seconds, server_pid)
                 concurrent = wrk_load(url, bodies, script, args.clients, args.concurrent_seconds, server_pid)
+                concurrent["server_rss_gib"] = tree_rss_gib(server_pid)  # after the load: every process
                 report["results"].setdefault(name, {})[kind] = {"one_client": single, "concurrent": concurrent}
                 print(name, kind, "1 connection:", json.dumps(single), flush=True)
                 print(name, kind, f"{args.clients} connections:", json.dumps(concurrent), flush=True)

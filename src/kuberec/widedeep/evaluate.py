@@ -219,6 +219,8 @@ def evaluate_widedeep(examples_uri: str, out_dir: str | Path, *, model_dir: str 
         scorers[kind] = lambda rows, model=model: wd.predict(model, rows)
     popularity = Popularity.fit(train["product_id"], train["label"])
     scorers["popularity"] = lambda rows: popularity.score(rows["product_id"])
+    log.info("fitting gradient-boosted trees on %d of the %d train rows (a uniform sample of about GBT_MAX_ROWS "
+             "%d)", min(len(gbt_train["label"]), GBT_MAX_ROWS), train_rows, GBT_MAX_ROWS)
     started = time.perf_counter()
     gbt = GradientBoosted.fit(gbt_train, valid, seed=config.seed)
     seconds["gbt"] = round(time.perf_counter() - started, 2)

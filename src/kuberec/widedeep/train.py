@@ -283,8 +283,9 @@ class _Epochs:
             entry = {"epoch": epoch + 1, "loss": float(loss), "seconds": round(seconds, 3),
                      "examples_per_second": round(steps * config.batch_size * size / seconds, 1)}
             if self._end_epoch(epoch, entry):
-                log.info("early stop after epoch %d: best valid log loss %.4f at epoch %d", epoch + 1,
-                         self.best_loss, self.best_epoch)
+                if hvd.rank() == 0:  # only rank 0 scores the valid split
+                    log.info("early stop after epoch %d: best valid log loss %.4f at epoch %d", epoch + 1,
+                             self.best_loss, self.best_epoch)
                 break
 
     def _end_epoch(self, epoch: int, entry: dict[str, float]) -> bool:
