@@ -19,7 +19,8 @@ For each lake (LABEL=DIR), in order:
    --steps-per-epoch S`, early stopping off, as the local backend launches it; the second epoch's examples/s (the
    first includes the feed's start) and each worker's peak RSS, sampled every 0.5 s.
 
-The last table line is each lake's training examples/s over the first lake's (one run, same machine).
+`ratio_to_first` is each lake's training examples/s over the first lake's (one run, same machine). The trainer of
+an older tree: `PYTHONPATH=<its checkout>/src ... --training-only`.
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ def main() -> None:
     parser.add_argument("--score-rows", type=int, default=500_000)
     parser.add_argument("--train-steps", type=int, default=1000, help="steps per epoch of the 2-worker run")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--training-only", action="store_true",
+                        help="only phase 5, e.g. for another tree's trainer: PYTHONPATH=<tree>/src (this script "
+                             "then imports that tree too, and needs nothing newer from it)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -210,15 +214,16 @@ def main() -> None:
         settings = lake_settings(Path(root))
         uri = settings.table_uri(gold.EXAMPLES_TABLE)
         log.info("%s: %s", label, uri)
-        vocabulary, vocab = vocabulary_phase(uri)
-        batches, feed_result = feed_phase(uri, config, args.feed_steps)
-        stats = wd.FeatureStats.from_sums(*wd.feature_sums(
-            {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}))
-        step = step_phase(batches, stats, vocabulary, config, args.step_steps)
-        step.update(scoring_phase(uri, stats, vocabulary, config, args.score_rows))
-        del vocabulary, batches
-        training = training_phase(settings, uri, config, args.train_steps, args.workers)
-        results["lakes"][label] = {"vocabulary": vocab, "feed": feed_result, "step": step, "training": training}
+        lake = results["lakes"][label] = {}
+        if not args.training_only:
+            vocabulary, lake["vocabulary"] = vocabulary_phase(uri)
+            batches, lake["feed"] = feed_phase(uri, config, args.feed_steps)
+            stats = wd.FeatureStats.from_sums(*wd.feature_sums(
+                {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}))
+            lake["step"] = step_phase(batches, stats, vocabulary, config, args.step_steps)
+            lake["step"].update(scoring_phase(uri, stats, vocabulary, config, args.score_rows))
+            del vocabulary, batches
+        lake["training"] = training_phase(settings, uri, config, args.train_steps, args.workers)
         log.info("%s: %s", label, json.dumps(results["lakes"][label]))
     first = next(iter(results["lakes"].values()))["training"]["examples_per_s"]
     for lake in results["lakes"].values():
