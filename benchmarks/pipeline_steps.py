@@ -20,39 +20,27 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from sampling import Every
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([^']+)'")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 
-class Sampler:
-    """(time, used memory GiB, free disk GiB, 1-minute load) every `every` seconds, in a thread."""
+class Sampler(Every):
+    """(time, used memory GiB, free disk GiB, 1-minute load) every `every` seconds while a `with` block runs."""
 
     def __init__(self, every: float) -> None:
-        self.every, self.samples = every, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(every, self._take)
+        self.samples: list[tuple[float, float, float, float]] = []
 
-    def _run(self) -> None:
-        while True:
-            self.samples.append((time.time(), psutil.virtual_memory().used / 2 ** 30,
-                                 shutil.disk_usage(".").free / 2 ** 30, os.getloadavg()[0]))
-            if self._stop.wait(self.every):
-                return
-
-    def __enter__(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _take(self) -> None:
+        self.samples.append((time.time(), psutil.virtual_memory().used / 2 ** 30,
+                             shutil.disk_usage(".").free / 2 ** 30, os.getloadavg()[0]))
 
     def during(self, start: float, end: float) -> dict[str, float]:
         inside = [s for s in self.samples if start <= s[0] <= end] or \

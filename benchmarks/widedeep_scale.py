@@ -30,12 +30,12 @@ import json
 import logging
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+from sampling import Every
 
 from kuberec.ingest import instacart_features as gold
 from kuberec.lake import feed
@@ -138,32 +138,22 @@ def scoring_phase(examples_uri: str, stats: wd.FeatureStats, vocabulary: wd.Voca
             "metrics_examples_per_s": round(len(scores) / (done - predicted), 1)}
 
 
-class PeakRss:
-    """Peak RSS (GiB) of each `python -m kuberec.widedeep.train` process below this one, sampled in a thread."""
+class PeakRss(Every):
+    """Peak RSS (GiB) of each `python -m kuberec.widedeep.train` process below this one, sampled every 0.5 s while a
+    `with` block runs."""
 
     def __init__(self) -> None:
+        super().__init__(0.5, self._take)
         self.peaks: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(0.5):
-            for child in me.children(recursive=True):
-                try:
-                    command = child.cmdline()
-                    if "kuberec.widedeep.train" in command and "kuberec.backends.horovodrun" not in command:
-                        self.peaks[child.pid] = max(self.peaks.get(child.pid, 0.0), rss_gib(child))
-                except psutil.Error:
-                    pass
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _take(self) -> None:
+        for child in psutil.Process().children(recursive=True):
+            try:
+                command = child.cmdline()
+                if "kuberec.widedeep.train" in command and "kuberec.backends.horovodrun" not in command:
+                    self.peaks[child.pid] = max(self.peaks.get(child.pid, 0.0), rss_gib(child))
+            except psutil.Error:
+                pass
 
 
 def training_phase(settings, examples_uri: str, config: WideDeepConfig, steps: int, workers: int) -> dict:
