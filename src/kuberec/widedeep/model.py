@@ -228,11 +228,11 @@ def split_variables(model) -> tuple[list, list]:
 class SparseFtrl(tf.keras.optimizers.Ftrl):
     """Keras's FTRL-Proximal, except that a sparse gradient (an embedding's IndexedSlices: the wide part's weights)
     updates only the rows it touches. Keras's Ftrl applies it as a dense tensor, so every step cost the whole wide
-    vocabulary (14M pairs at full Instacart scale; docs/BENCHMARKS.md, "Wide & deep at full Instacart scale"). The
-    update is TensorFlow's own sparse FTRL kernel with the same formula, on the same slot variables (checkpoints are
-    unchanged); rows without a gradient do not move in the dense update either, since the wide weights start at 0,
-    where their FTRL state puts them. `apply_gradients` has
-    already summed duplicate indices, as the kernel needs."""
+    vocabulary (12.9M ids at full Instacart scale: 93 ms a step against 6 ms; docs/BENCHMARKS.md, "Wide & deep at
+    full Instacart scale"). The update is TensorFlow's own sparse FTRL kernel with the same formula, on the same slot
+    variables (checkpoints are unchanged); rows without a gradient do not move in the dense update either, since the
+    wide weights start at 0, where their FTRL state puts them. `apply_gradients` has already summed duplicate
+    indices, as the kernel needs."""
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices):

@@ -263,14 +263,14 @@ class _Epochs:
         from kuberec.widedeep import model as wd
 
         hvd, config = self.hvd, self.config
-        size = hvd.size()
+        size, reports = hvd.size(), hvd.rank() == 0
         for epoch in range(start_epoch, config.epochs):
             started = reported = time.perf_counter()
             loss_sum = tf.constant(0.0)
             for step in range(steps):
                 batch = next(batches)
                 loss_sum += train_step(wd.to_model_inputs(batch), batch["label"])
-                if hvd.rank() == 0 and time.perf_counter() - reported >= PROGRESS_SECONDS:
+                if reports and time.perf_counter() - reported >= PROGRESS_SECONDS:
                     reported = time.perf_counter()
                     rate = (step + 1) / (reported - started)
                     log.info("epoch %d/%d: step %d/%d, loss %.4f, %.0f examples/s, about %.0f s left in the epoch",
