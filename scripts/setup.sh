@@ -38,6 +38,16 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.kuberec-stamp 2>/dev/null)" != "
   [ -x .venv/bin/python ] || $PYTHON -m venv .venv
   .venv/bin/python -m pip install -q --upgrade "pip==25.3"
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  # What an earlier pin set installed and this one does not (MLServer, say) goes: .venv holds what CI installs.
+  .venv/bin/python - <<'PY' | xargs -r .venv/bin/python -m pip uninstall -q -y
+import importlib.metadata, re
+def canonical(name): return re.sub(r"[-_.]+", "-", name).lower()
+pinned = {canonical(re.split(r"[=@ ]", line)[0]) for line in open("constraints.txt") if line.strip()}
+for dist in importlib.metadata.distributions():
+    name = canonical(dist.metadata["Name"])
+    if name not in pinned | {"pip", "kuberec"}:
+        print(name)
+PY
   echo "$stamp" > .venv/.kuberec-stamp
 fi
 

@@ -112,7 +112,7 @@ def s3_server() -> Iterator[S3Server]:
 
 
 # What a `fast` test must not start (directly or through another fixture): the JVM, a server, the API server.
-HEAVY_FIXTURES = frozenset({"spark", "mlflow_server", "tracked_settings", "apiserver", "mlserver"})
+HEAVY_FIXTURES = frozenset({"spark", "mlflow_server", "tracked_settings", "apiserver", "model_server"})
 
 
 def pytest_collection_modifyitems(config, items):

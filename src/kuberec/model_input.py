@@ -1,5 +1,5 @@
-"""Request checks shared by the registered pyfuncs: an input error that MLServer and `mlflow models serve` answer
-with a 4xx (INVALID_PARAMETER_VALUE), and the params every recommender takes."""
+"""Request checks shared by the registered pyfuncs: an input error that the model server and `mlflow models serve`
+answer with a 4xx (INVALID_PARAMETER_VALUE), and the params every recommender takes."""
 
 from __future__ import annotations
 

@@ -147,7 +147,8 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
-LOOPBACK = "127.0.0.1"  # where kuberec's own servers (MLflow, MLServer, the demo page) listen unless told otherwise
+# Where kuberec's own servers (MLflow, the model server, the demo page) listen unless told otherwise.
+LOOPBACK = "127.0.0.1"
 
 
 def exposure_warning(host: str, server: str) -> str | None:

@@ -142,7 +142,7 @@ def test_image_requirements_resolve_to_exact_pins(tmp_path):
     off = sorted(f"{name}: {version} != {pinned[name]}" for name, version in resolved.items()
                  if pinned[name] != version)
     assert not off, off
-    for must in ("tensorflow", "mlserver", "mlserver-mlflow", "boto3", "psycopg2-binary", "nvidia-nccl-cu12"):
+    for must in ("tensorflow", "kserve", "boto3", "psycopg2-binary", "nvidia-nccl-cu12"):
         assert must in resolved
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(report))

@@ -110,26 +110,28 @@ def test_backend_defaults_match_the_manifests(built):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_serving_runtime_sizes_workers_as_kuberec_serve_does(built, target):
-    """The predictor's MLServer worker count is what `kuberec serve` picks for the CPUs its container may use."""
+    """One model server process per predictor pod, which is what `kuberec serve` picks for the CPUs its container may
+    use; the server is kuberec's runtime on KServe's model server over the model KServe puts in /mnt/models."""
     import math
 
     from kuberec.backends.k8s.pods import cpu_millis
     from kuberec.serving.server import default_workers
 
     container = find(built[target], "ClusterServingRuntime", "kuberec-mlflow")["spec"]["containers"][0]
-    env = {e["name"]: e.get("value") for e in container["env"]}
     cpus = math.ceil(cpu_millis(container["resources"]["limits"]["cpu"]) / 1000)
-    assert int(env["MLSERVER_PARALLEL_WORKERS"]) == default_workers(cpus)
+    assert default_workers(cpus) == 1 and "--workers" not in container["args"]
+    args = dict(zip(container["args"][::2], container["args"][1::2]))
+    assert args["--model-dir"] == "/mnt/models" and args["--model-name"] == "{{.Name}}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_predictors_are_ready_only_once_their_model_is_loaded(built, target):
-    """MLServer opens its port before the model is loaded; the probe must ask MLServer, on the port it serves."""
+    """The probe asks the model server whether its model is loaded, on the port it serves."""
     container = find(built[target], "ClusterServingRuntime", "kuberec-mlflow")["spec"]["containers"][0]
-    env = {e["name"]: e.get("value") for e in container["env"]}
+    args = dict(zip(container["args"][::2], container["args"][1::2]))
     probe = container["readinessProbe"]["httpGet"]
-    assert probe["path"] == "/v2/health/ready"  # false while any model is loading (mlserver DataPlane.ready)
-    assert str(probe["port"]) == env["MLSERVER_HTTP_PORT"] == str(container["ports"][0]["containerPort"])
+    assert probe["path"] == "/v2/health/ready"  # false while any model is loading
+    assert str(probe["port"]) == args["--http-port"] == str(container["ports"][0]["containerPort"])
 
 
 @pytest.mark.parametrize("target", TARGETS)

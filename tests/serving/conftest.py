@@ -42,7 +42,7 @@ def registered(serving_settings, catalog, embedding_model, embedding_model_dir):
 
 
 @pytest.fixture(scope="session")
-def mlserver(serving_settings, registered):
+def model_server(serving_settings, registered):
     """MLServer started by kuberec.serving.server, for the whole session."""
     from kuberec.serving.server import ModelSpec, running
 

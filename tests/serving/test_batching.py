@@ -1,6 +1,6 @@
 """kuberec's runtime answers concurrent similarity requests in one model call, with each request's own answer.
 
-In-process (MLServer's runtime class on the registered model, no HTTP) so that which requests share a call is
+In-process (kuberec's KServe model on the registered model, no HTTP) so that which requests share a call is
 deterministic: `asyncio.gather` queues them all before the batch runs. The pyfunc is the real one; it is only
 wrapped to count its calls.
 """
@@ -12,20 +12,17 @@ import json
 
 import pandas as pd
 import pytest
-from mlserver.errors import InferenceError
-from mlserver.settings import ModelParameters, ModelSettings
-from mlserver.types import InferenceRequest
+from kserve import InferInput, InferRequest
+from kserve.errors import InvalidInput
 from serving_helpers import MODEL, png_b64
 
-from kuberec.serving.runtime import KuberecMLflowRuntime
+from kuberec.serving.runtime import KuberecModel
 from kuberec.serving.server import ModelSpec, fetch_model
 
 
-def v2(column: str, values: list, **params) -> InferenceRequest:
+def v2(column: str, values: list, **params) -> InferRequest:
     datatype = "BYTES" if isinstance(values[0], str) else "INT64"
-    return InferenceRequest.model_validate({
-        "inputs": [{"name": column, "shape": [len(values)], "datatype": datatype, "data": values}],
-        "parameters": params})
+    return InferRequest(MODEL, [InferInput(column, [len(values)], datatype, values)], parameters=params)
 
 
 def concurrently(model, loop, requests: list, **kwargs) -> list:
@@ -36,16 +33,15 @@ def concurrently(model, loop, requests: list, **kwargs) -> list:
 
 
 def frame(response) -> pd.DataFrame:
-    return pd.DataFrame({output.name: output.data.root for output in response.outputs})
+    return pd.DataFrame({output.name: output.data for output in response.outputs})
 
 
 @pytest.fixture(scope="module")
 def runtime(serving_settings, registered):
     served = fetch_model(serving_settings, ModelSpec(MODEL, version=registered.version))
-    model = KuberecMLflowRuntime(ModelSettings(name=MODEL, implementation=KuberecMLflowRuntime,
-                                               parameters=ModelParameters(uri=str(served.path))))
+    model = KuberecModel(MODEL, str(served.path), str(served.version))
+    model.load()
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(model.load())
     calls = []
     predict = model._model.predict
 
@@ -82,6 +78,21 @@ def test_a_bad_request_fails_alone(runtime):
     model, loop, calls = runtime
     requests = [v2("item_id", [5], k=4), v2("item_id", [999_999], k=4), v2("item_id", [6], k=4)]
     results = concurrently(model, loop, requests, return_exceptions=True)
-    assert isinstance(results[1], InferenceError) and "999999" in str(results[1])
+    assert isinstance(results[1], InvalidInput) and "999999" in str(results[1])
     assert [len(frame(results[i])) for i in (0, 2)] == [4, 4]
     assert frame(results[0])["item_id"].ne(5).all() and frame(results[2])["item_id"].ne(6).all()
+
+
+def test_an_answer_does_not_depend_on_its_batch(runtime, catalog):
+    """Bit for bit: ids, distances and ranks of one request alone and batched with 1..15 others of its kind."""
+    model, loop, calls = runtime
+    images, _ = catalog
+    for column, query, others in (("item_id", 3, list(range(100, 160))),
+                                  ("image_b64", png_b64(images[3]), [png_b64(images[i]) for i in range(100, 160)])):
+        alone = frame(loop.run_until_complete(model.predict(v2(column, [query], k=10))))
+        for size in (1, 2, 7, 15):
+            calls.clear()
+            together = concurrently(model, loop, [v2(column, [query], k=10)] +
+                                    [v2(column, [other], k=10) for other in others[:size]])
+            assert calls == [size + 1]
+            pd.testing.assert_frame_equal(frame(together[0]), alone, check_exact=True, obj=f"{column} in {size + 1}")

@@ -22,8 +22,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 @pytest.fixture(scope="module")
-def demo(mlserver):
-    page = start_demo(mlserver.url, port=0)
+def demo(model_server):
+    page = start_demo(model_server.url, port=0)
     yield page
     page.stop()
 

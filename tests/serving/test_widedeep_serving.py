@@ -1,4 +1,5 @@
-"""Both recommenders in one MLServer: the wide & deep ranker over HTTP, next to the similarity model.
+"""Both recommenders in one model server: the wide & deep ranker over HTTP, next to the similarity model, and both
+asked by the standard V2 clients (NVIDIA's tritonclient, KServe's own) over REST and gRPC.
 
 Builds the wide & deep test model as tests/widedeep does (generated Instacart data -> real Spark bronze/gold ->
 short real training), reusing that area's fixtures.
@@ -90,3 +91,151 @@ def test_cli_and_demo_page_for_a_shopper(both, history, capsys):
         demo.stop()
     assert "Top products for a shopper" in page and WIDEDEEP in page
     assert len(re.findall(rf"^{user}\s+\d+\s+\d+", page, re.M)) == 10
+
+
+def _standard_queries(history) -> dict[str, tuple[dict, dict]]:
+    """model -> (columns, params) of one query each, answered by kuberec's own client for comparison."""
+    return {MODEL: ({"item_id": [3]}, {"k": 3}), WIDEDEEP: ({"user_id": [int(history[0][0])]}, {"k": 3})}
+
+
+def _id_column(model: str) -> str:
+    return "item_id" if model == MODEL else "product_id"
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_over_http(both, history, binary):
+    import numpy as np
+    import tritonclient.http as triton
+
+    server = triton.InferenceServerClient(f"127.0.0.1:{both.http_port}")
+    assert server.is_server_ready() and server.is_model_ready(WIDEDEEP)
+    for model, (columns, params) in _standard_queries(history).items():
+        expected = client.infer(both.url, model, columns, params)
+        inputs = []
+        for name, values in columns.items():
+            tensor = triton.InferInput(name, [len(values)], "INT64")
+            tensor.set_data_from_numpy(np.asarray(values, np.int64), binary_data=binary)
+            inputs.append(tensor)
+        outputs = None if binary else [triton.InferRequestedOutput(_id_column(model), binary_data=False)]
+        result = server.infer(model, inputs, outputs=outputs, parameters=params)
+        assert result.as_numpy(_id_column(model)).tolist() == expected[_id_column(model)]
+    with pytest.raises(triton.InferenceServerException, match="unknown parameters"):
+        server.infer(MODEL, [_int64(triton, "item_id", [3])], parameters={"top": 3})
+
+
+def _int64(module, name: str, values: list):
+    import numpy as np
+
+    tensor = module.InferInput(name, [len(values)], "INT64")
+    tensor.set_data_from_numpy(np.asarray(values, np.int64))
+    return tensor
+
+
+TRITON_GRPC = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+
+port, queries = sys.argv[1], json.loads(sys.argv[2])
+server = triton.InferenceServerClient(f"127.0.0.1:{port}")
+answers = {"ready": server.is_server_ready() and all(server.is_model_ready(m) for m in queries)}
+
+
+def ask(model, columns, params):
+    inputs = []
+    for name, values in columns.items():
+        tensor = triton.InferInput(name, [len(values)], "INT64")
+        tensor.set_data_from_numpy(np.asarray(values, np.int64))
+        inputs.append(tensor)
+    try:
+        result = server.infer(model, inputs, parameters=params)
+    except triton.InferenceServerException as err:
+        return {"status": err.status(), "message": err.message()}
+    response = result.get_response()
+    return {"outputs": {o.name: result.as_numpy(o.name).tolist() for o in response.outputs},
+            "model_version": response.model_version}
+
+
+for model, (columns, params) in queries.items():
+    answers[model] = ask(model, columns, params)
+answers["unknown parameter"] = ask("kuberec-similarity", {"item_id": [3]}, {"top": 3})
+answers["k zero"] = ask("kuberec-similarity", {"item_id": [3]}, {"k": 0})
+answers["no such model"] = ask("no-such-model", {"item_id": [3]}, {})
+print(json.dumps(answers, default=bytes.decode))  # BYTES outputs come as bytes
+"""
+
+
+def test_tritonclient_over_grpc(both, history):
+    """In a process of its own: tritonclient's and KServe's generated protos both define `inference.*` messages, and
+    one Python process cannot import both (protobuf: duplicate symbol 'inference.ServerLiveRequest')."""
+    import json
+    import subprocess
+    import sys
+
+    queries = _standard_queries(history)
+    run = subprocess.run([sys.executable, "-c", TRITON_GRPC, str(both.grpc_port), json.dumps(queries)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    answers = json.loads(run.stdout.strip().splitlines()[-1])
+    assert answers["ready"]
+    for model, (columns, params) in queries.items():
+        expected = client.infer(both.url, model, columns, params)
+        assert answers[model]["outputs"][_id_column(model)] == expected[_id_column(model)]
+        assert answers[model]["model_version"] == expected_version(both, model)
+    assert answers["unknown parameter"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "unknown parameters ['top']" in answers["unknown parameter"]["message"]
+    assert answers["k zero"]["status"] == "StatusCode.INVALID_ARGUMENT" and "k must be" in answers["k zero"]["message"]
+    assert answers["no such model"]["status"] == "StatusCode.NOT_FOUND"
+
+
+def expected_version(server, model: str) -> str:
+    return str(next(m.version for m in server.models if m.name == model))
+
+
+def test_kserve_clients_over_rest_and_grpc(both, history):
+    import asyncio
+
+    import numpy as np
+    from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    async def ask() -> None:
+        rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
+        rpc = InferenceGRPCClient(f"127.0.0.1:{both.grpc_port}", timeout=60)
+        try:
+            for model, (columns, params) in _standard_queries(history).items():
+                expected = client.infer(both.url, model, columns, params)[_id_column(model)]
+                inputs = []
+                for name, values in columns.items():
+                    tensor = InferInput(name, [len(values)], "INT64")
+                    tensor.set_data_from_numpy(np.asarray(values, np.int64), binary_data=False)
+                    inputs.append(tensor)
+                request = InferRequest(model, inputs, parameters=params)
+                over_rest = await rest.infer(both.url, request, model_name=model)
+                over_grpc = await rpc.infer(InferRequest(model, inputs, parameters=params))
+                for response in (over_rest, over_grpc):
+                    ids = next(o for o in response.outputs if o.name == _id_column(model)).as_numpy().tolist()
+                    assert ids == expected
+                # (KServe's REST client does not read model_version from the answer; the server sends it.)
+                assert over_grpc.model_version == expected_version(both, model)
+        finally:
+            await rest.close()
+            await rpc.close()
+
+    asyncio.run(ask())
+
+
+def test_prometheus_metrics_per_model(both):
+    client.infer(both.url, MODEL, {"item_id": [3]}, {"k": 2})
+    client.recommend_products(both.url, 987654321, k=1)
+    with pytest.raises(client.ServingRequestError):
+        client.infer(both.url, MODEL, {"item_id": [3]}, {"k": 0})
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{both.url}/metrics", timeout=30) as response:
+        samples = [(sample.name, sample.labels, sample.value)
+                   for family in text_string_to_metric_families(response.read().decode()) for sample in family.samples]
+    for model in (MODEL, WIDEDEEP):
+        assert any(name == "request_predict_seconds_count" and labels == {"model_name": model} and value >= 1
+                   for name, labels, value in samples), model
+    assert any(name == "kuberec_request_errors_total" and labels == {"model_name": MODEL, "kind": "refused"}
+               and value >= 1 for name, labels, value in samples)

@@ -1,1 +1,4 @@
-"""Serving: registered recommenders behind MLServer's Open Inference Protocol (V2), a client and a demo page."""
+"""Serving: registered recommenders on KServe's Python model server (Open Inference Protocol, V2), a client and a demo
+page."""
+
+MAX_REQUEST_BYTES = 8 * 2**20  # decoded request payload; the pyfunc's own limit is 5 MiB per image, 1024 rows

@@ -27,8 +27,8 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP (V2 REST) port")
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port")
     parser.add_argument("--workers", type=int, default=None,
-                        help="MLServer inference worker processes, each loading every model (default: 0 on up to "
-                             "2 CPUs, else one per CPU but one; see docs/serving.md)")
+                        help="model server processes, each loading every model, sharing the ports (default: 1 on up "
+                             "to 2 CPUs, else one per CPU; see docs/serving.md)")
     parser.add_argument("--follow", type=float, default=FOLLOW_S, metavar="SECONDS",
                         help=f"check the registry every SECONDS and serve the version the alias points at now, "
                              f"switching without failed requests (default {FOLLOW_S:g}; 0: never)")
@@ -105,7 +105,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [
-    Command("serve", None, "serve the registered recommenders on MLServer (V2 REST + gRPC) on loopback",
+    Command("serve", None, "serve the registered recommenders on KServe's model server (V2 REST + gRPC) on loopback",
             _serve, _serve_arguments),
     Command("recommend", None, "ask a running server for similar items (--image/--item-id) or products "
             "(--user-id)", _recommend, _recommend_arguments),

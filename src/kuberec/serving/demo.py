@@ -107,13 +107,11 @@ def products_fragment(server: str, user_id: int) -> str:
 
 
 def served_models(server: str) -> list[str]:
-    """Names of the models the server has loaded (V2 repository index)."""
+    """Names of the models the server serves (KServe's `GET /v2/models`; it lists a model once it has loaded)."""
     try:
-        request = urllib.request.Request(f"{server}/v2/repository/index", data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return [m["name"] for m in json.loads(response.read()) if m.get("state") == "READY"]
-    except (OSError, ValueError):
+        with urllib.request.urlopen(f"{server}/v2/models", timeout=10) as response:
+            return list(json.loads(response.read())["models"])
+    except (OSError, ValueError, KeyError):
         return []
 
 

@@ -1,6 +1,6 @@
 """Requests kuberec's model servers must refuse, each with the HTTP status and the words of the refusal.
 
-One list for every place a model is served: the serving tests send it to `kuberec serve`'s MLServer, and `make
+One list for every place a model is served: the serving tests send it to `kuberec serve`'s model server, and `make
 e2e` sends it to the InferenceServices on the cluster (the same runtime in kuberec's serving image), so a bad input
 gets the same 4xx naming the problem wherever it is asked. After each refusal the server must go on serving.
 """
@@ -12,8 +12,7 @@ import json
 from dataclasses import dataclass
 
 from kuberec.models import SIMILARITY, WIDEDEEP
-from kuberec.serving import client
-from kuberec.serving.runtime import MAX_REQUEST_BYTES
+from kuberec.serving import MAX_REQUEST_BYTES, client
 
 UNKNOWN_ID = 10 ** 9  # no catalog item or product has it
 
@@ -48,7 +47,7 @@ def bad_requests(model: str) -> list[BadRequest]:
     common = [
         BadRequest("malformed JSON", model, '{"inputs": [', 422, "json"),
         BadRequest("empty body", model, "", 422, ""),
-        BadRequest("model not found", "no-such-model", _body({"item_id": [1]}), 404, "no-such-model not found"),
+        BadRequest("model not found", "no-such-model", _body({"item_id": [1]}), 404, "no-such-model does not exist"),
     ]
     if model == SIMILARITY.registered_name:
         return common + [

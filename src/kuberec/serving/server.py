@@ -1,23 +1,21 @@
-"""`kuberec serve`: the registered recommenders on MLServer 1.7.1 (V2 REST + gRPC) on loopback.
+"""`kuberec serve`: the registered recommenders on KServe's Python model server (V2 REST + gRPC) on loopback.
 
 Each model spec (`name`, `name@alias`, `name:version`) is resolved in the MLflow registry to one version, whose
 model directory is downloaded once into `<home>/serving/models/<name>/v<version>` (so a restart with a cached
-version starts in seconds; `--version N` with a cached copy does not even contact the registry). A model
-repository with `settings.json` and one `model-settings.json` per model is written to `<home>/serving/repo` and
-`mlserver start` runs it as a child process. Liveness and readiness are MLServer's `/v2/health/live` and
-`/v2/health/ready`; SIGTERM/SIGINT stop the child cleanly.
+version starts in seconds; `--version N` with a cached copy does not even contact the registry). A repository
+(kuberec.serving.repository: one spec per model) is written to `<home>/serving/repo/<port>` and `--workers` model
+server processes (kuberec.serving.model_server) serve it on the same ports. Liveness and readiness are KServe's
+`/v2/health/live` and `/v2/health/ready`; SIGTERM/SIGINT stop the processes cleanly.
 
 Following an alias: a model served by alias (`name@champion`, the default) is checked against the registry every
-`follow_s` seconds; when the alias has moved (a promotion or a rollback), the new version is downloaded, its
-model-settings.json rewritten and MLServer told to reload the model, which loads the new version beside the old and
-then swaps: requests never see a model that is not loaded (docs/serving.md). A version that fails to load is
-reported and skipped; the old one keeps serving.
+`follow_s` seconds; when the alias has moved (a promotion or a rollback), the new version is downloaded and its spec
+rewritten; every server process loads it beside the old one and then swaps: requests never see a model that is not
+loaded (docs/serving.md). A version that fails to load is reported and skipped; the old one keeps serving.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -37,7 +35,7 @@ from typing import Iterator, Sequence
 from kuberec import tracking
 from kuberec.backends.local import die_with_parent
 from kuberec.errors import KuberecError
-from kuberec.serving.runtime import IMPLEMENTATION, MAX_REQUEST_BYTES, REGISTRY_VERSION
+from kuberec.serving import MAX_REQUEST_BYTES, repository
 from kuberec.settings import LOOPBACK, Settings, exposure_warning
 
 log = logging.getLogger(__name__)
@@ -149,45 +147,19 @@ def usable_cpus() -> int:
 
 
 def default_workers(cpus: int) -> int:
-    """MLServer `parallel_workers` for `cpus` CPUs: 0 (inference on the server's event loop) up to 2 CPUs, where
-    measured worker processes lose (each request crosses two queues and is pickled twice: 2 workers served 304 image
-    queries/s against 544 in-process, docs/BENCHMARKS.md); above that one worker per CPU left after the HTTP process
-    (not measured here: no machine with more cores ran the serving image)."""
-    return 0 if cpus <= 2 else cpus - 1
+    """Model server processes for `cpus` CPUs: one up to 2 CPUs (inference on the server's event loop: with MLServer,
+    worker processes lost there, 304 image queries/s against 544 in-process, docs/BENCHMARKS.md), else one per CPU,
+    each answering its share of the connections (not measured here: no machine with more cores ran it)."""
+    return 1 if cpus <= 2 else cpus
 
 
-def write_repository(root: Path, models: Sequence[ServedModel], *, http_port: int, grpc_port: int,
-                     workers: int | None = None, max_request_bytes: int = MAX_REQUEST_BYTES, host: str = HOST) -> Path:
-    """An MLServer model repository: settings.json plus <name>/model-settings.json per model. `workers`: MLServer
-    inference worker processes, each loading every model (None: `default_workers` of the usable CPUs); `host`: the
-    address it listens on."""
-    if workers is not None and workers < 0:
-        raise ServingError(f"workers must be 0 (inference in the server process) or more, not {workers}")
+def write_repository(root: Path, models: Sequence[ServedModel]) -> Path:
+    """A repository for kuberec's model server: one spec per model (kuberec.serving.repository)."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    server_settings = {
-        "debug": False, "host": host, "http_port": http_port, "grpc_port": grpc_port,
-        "grpc_max_message_length": max_request_bytes,
-        "parallel_workers": default_workers(usable_cpus()) if workers is None else workers,
-        "metrics_endpoint": None,  # no third port on loopback; KServe scrapes its own
-        "load_models_at_startup": True,
-    }
-    (root / "settings.json").write_text(json.dumps(server_settings, indent=2))
     for model in models:
-        (root / model.name).mkdir()
-        write_model_settings(root, model)
+        repository.write_spec(root, model.name, str(model.path), str(model.version))
     return root
-
-
-def write_model_settings(root: Path, model: ServedModel) -> Path:
-    """<root>/<name>/model-settings.json for `model`; the registry version goes where kuberec's runtime reads it
-    (not MLServer's `version`: see kuberec.serving.runtime on why)."""
-    path = root / model.name / "model-settings.json"
-    path.write_text(json.dumps({
-        "name": model.name, "implementation": IMPLEMENTATION,
-        "parameters": {"uri": str(model.path), "extra": {REGISTRY_VERSION: str(model.version)}},
-    }, indent=2))
-    return path
 
 
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -204,79 +176,111 @@ def _check_port(port: int) -> None:
             raise ServingError(f"port {port} on {HOST} is already in use; pick another (--port / --grpc-port)")
 
 
-class MLServer:
-    """A running `mlserver start <repo>` child process."""
+class ModelServer:
+    """`workers` model server processes (kuberec.serving.model_server) serving one repository on shared ports."""
 
-    def __init__(self, repo: Path, http_port: int, models: Sequence[ServedModel], log_file: Path,
-                 host: str = HOST) -> None:
-        self.repo, self.http_port, self.models, self.log_file = repo, http_port, list(models), log_file
+    def __init__(self, repo: Path, models: Sequence[ServedModel], log_file: Path, *, http_port: int, grpc_port: int,
+                 workers: int = 1, host: str = HOST, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+        if workers < 1:
+            raise ServingError(f"workers must be 1 or more (model server processes), not {workers}")
+        self.repo, self.models, self.log_file = repo, list(models), log_file
+        self.http_port, self.grpc_port, self.workers = http_port, grpc_port, workers
+        self.listen_host, self.max_request_bytes = host, max_request_bytes
         # Reached on loopback when it listens there or on every address; else at the address it was given.
         self.host = HOST if host in ("0.0.0.0", "::", "localhost") or exposure_warning(host, "") is None else host
-        self.process: subprocess.Popen | None = None
+        self.processes: list[subprocess.Popen] = []
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
-    def start(self, timeout: float = READY_TIMEOUT_S, abort: threading.Event | None = None) -> "MLServer":
-        """Start and wait until ready; `abort` (set by a signal handler) stops the wait and the child."""
-        mlserver = Path(sys.executable).with_name("mlserver")
-        command = [str(mlserver) if mlserver.exists() else "mlserver", "start", str(self.repo)]
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "kuberec.serving.model_server", "--repository", str(self.repo),
+                "--host", self.listen_host, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+                "--max-request-bytes", str(self.max_request_bytes)]
+
+    def start(self, timeout: float = READY_TIMEOUT_S, abort: threading.Event | None = None) -> "ModelServer":
+        """Start the processes and wait until each has loaded every model and the server answers ready; `abort`
+        (set by a signal handler) stops the wait and the processes."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_file, "ab") as out:
-            # Own process group, so stopping it also stops anything it forked.
-            self.process = subprocess.Popen(command, cwd=self.repo, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                            preexec_fn=die_with_parent)
-        log.info("starting MLServer (pid %d) on %s with %s; log: %s", self.process.pid, self.url,
+            for _ in range(self.workers):
+                # Own process group each, so stopping one also stops anything it forked.
+                self.processes.append(subprocess.Popen(
+                    self.command(), cwd=self.repo, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, start_new_session=True, preexec_fn=die_with_parent))
+        log.info("starting the model server (%d process%s, pids %s) on %s with %s; log: %s", self.workers,
+                 "" if self.workers == 1 else "es", ", ".join(str(p.pid) for p in self.processes), self.url,
                  ", ".join(f"{m.name} v{m.version}" for m in self.models), self.log_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if abort is not None and abort.is_set():
                 self.stop()
                 return self
-            if self.process.poll() is not None:
-                raise ServingError(f"MLServer exited with status {self.process.returncode} while starting; "
-                                   f"see {self.log_file}:\n{_tail(self.log_file)}")
-            if _http_ok(f"{self.url}/v2/health/ready"):
-                log.info("MLServer ready at %s", self.url)
+            self.check_running("while starting")
+            if all(self._status(m.name, p.pid) for m in self.models for p in self.processes) and \
+                    _http_ok(f"{self.url}/v2/health/ready"):
+                log.info("model server ready at %s", self.url)
                 return self
             time.sleep(0.5)
         self.stop()
-        raise ServingError(f"MLServer was not ready within {timeout:.0f} s; see {self.log_file}:\n"
+        raise ServingError(f"the model server was not ready within {timeout:.0f} s; see {self.log_file}:\n"
                            f"{_tail(self.log_file)}")
+
+    def check_running(self, when: str = "") -> None:
+        for process in self.processes:
+            if process.poll() is not None:
+                self.stop()
+                raise ServingError(f"a model server process exited with status {process.returncode} {when}; "
+                                   f"see {self.log_file}:\n{_tail(self.log_file)}".replace("  ", " "))
+
+    def _status(self, name: str, pid: int) -> dict | None:
+        return repository.read_json(repository.status_path(self.repo, name, pid))
 
     def switch(self, model: ServedModel, timeout: float = READY_TIMEOUT_S) -> None:
         """Serve `model` in place of the loaded version of the same name, without a moment with no model loaded;
-        if the new version fails to load, the old one keeps serving and ServingError says why."""
+        if a process cannot load the new version, every process goes on serving the old one and ServingError says
+        why."""
         current = next(m for m in self.models if m.name == model.name)
-        write_model_settings(self.repo, model)
-        request = urllib.request.Request(f"{self.url}/v2/repository/models/{model.name}/load", data=b"",
-                                         method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout):
-                pass
-        except (urllib.error.URLError, OSError) as err:
-            write_model_settings(self.repo, current)  # what is loaded, for MLServer's next repository scan
-            detail = err.read().decode(errors="replace") if isinstance(err, urllib.error.HTTPError) else err
-            raise ServingError(f"{model.name} v{model.version} did not load ({detail}); still serving "
-                               f"v{current.version}") from err
+        repository.write_spec(self.repo, model.name, str(model.path), str(model.version))
+        deadline, pending = time.monotonic() + timeout, {p.pid for p in self.processes}
+        while pending and time.monotonic() < deadline:
+            self.check_running(f"while switching {model.name}")
+            for pid in list(pending):
+                status = self._status(model.name, pid) or {}
+                if status.get("registry_version") != str(model.version):
+                    continue
+                if status.get("error"):
+                    repository.write_spec(self.repo, current.name, str(current.path), str(current.version))
+                    raise ServingError(f"{model.name} v{model.version} did not load ({status['error']}); still "
+                                       f"serving v{current.version}")
+                pending.discard(pid)
+            time.sleep(0.2)
+        if pending:
+            repository.write_spec(self.repo, current.name, str(current.path), str(current.version))
+            raise ServingError(f"{model.name} v{model.version} did not load within {timeout:.0f} s; still serving "
+                               f"v{current.version}")
         self.models = [model if m.name == model.name else m for m in self.models]
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
+        running = [p for p in self.processes if p.poll() is None]
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(timeout=timeout)
+            for process in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
+            ends = time.monotonic() + timeout
+            for process in running:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=max(0.0, ends - time.monotonic()))
+            running = [p for p in running if p.poll() is None]
+            if not running:
                 break
-            except subprocess.TimeoutExpired:
-                log.warning("MLServer did not stop within %.0f s of %s", timeout, sig.name)
-        log.info("MLServer stopped (status %s)", self.process.returncode)
+            log.warning("%d model server process(es) did not stop within %.0f s of %s", len(running), timeout,
+                        sig.name)
+        if self.processes:
+            log.info("model server stopped (status %s)", ", ".join(str(p.returncode) for p in self.processes))
 
-    def __enter__(self) -> "MLServer":
+    def __enter__(self) -> "ModelServer":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -292,23 +296,26 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 def prepare(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int = DEFAULT_HTTP_PORT,
             grpc_port: int = DEFAULT_GRPC_PORT, required: bool = True, workers: int | None = None,
-            host: str = HOST) -> MLServer:
-    """Resolve, cache and configure: an MLServer ready to `start()`, listening on `host`."""
-    warning = exposure_warning(host, "MLServer")
+            host: str = HOST) -> ModelServer:
+    """Resolve, cache and configure: a model server ready to `start()`, listening on `host`."""
+    warning = exposure_warning(host, "the model server")
     if warning:
         log.warning(warning)
+    if workers is not None and workers < 1:
+        raise ServingError(f"workers must be 1 or more (model server processes), not {workers}")
     for port in (http_port, grpc_port):
         _check_port(port)
     models = resolve(settings, specs, required=required)
     base = settings.home / "serving"
-    repo = write_repository(base / "repo" / str(http_port), models, http_port=http_port, grpc_port=grpc_port,
-                            workers=workers, host=host)
-    return MLServer(repo, http_port, models, base / f"mlserver-{http_port}.log", host=host)
+    repo = write_repository(base / "repo" / str(http_port), models)
+    return ModelServer(repo, models, base / f"model-server-{http_port}.log", http_port=http_port,
+                       grpc_port=grpc_port, workers=default_workers(usable_cpus()) if workers is None else workers,
+                       host=host)
 
 
 @contextlib.contextmanager
-def running(settings: Settings, specs: Sequence[ModelSpec], **kwargs) -> Iterator[MLServer]:
-    """MLServer serving `specs` for the duration of the block."""
+def running(settings: Settings, specs: Sequence[ModelSpec], **kwargs) -> Iterator[ModelServer]:
+    """The model server serving `specs` for the duration of the block."""
     server = prepare(settings, specs, **kwargs)
     try:
         yield server.start()
@@ -319,7 +326,7 @@ def running(settings: Settings, specs: Sequence[ModelSpec], **kwargs) -> Iterato
 class AliasFollower:
     """Keeps each model served by alias on the version its alias points at (a promotion or a rollback)."""
 
-    def __init__(self, settings: Settings, server: MLServer, specs: Sequence[ModelSpec]) -> None:
+    def __init__(self, settings: Settings, server: ModelServer, specs: Sequence[ModelSpec]) -> None:
         served = {m.name for m in server.models}
         self.settings, self.server = settings, server
         self.specs = [s for s in specs if s.alias is not None and s.name in served]
@@ -356,8 +363,8 @@ class AliasFollower:
 def serve(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int, grpc_port: int, required: bool,
           demo_port: int | None = None, workers: int | None = None, follow_s: float = FOLLOW_S,
           host: str = HOST) -> int:
-    """Run in the foreground until SIGTERM/SIGINT or until MLServer exits; returns an exit status. Models served by
-    alias follow it, checked every `follow_s` seconds (0: never)."""
+    """Run in the foreground until SIGTERM/SIGINT or until a model server process exits; returns an exit status.
+    Models served by alias follow it, checked every `follow_s` seconds (0: never)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -381,9 +388,7 @@ def serve(settings: Settings, specs: Sequence[ModelSpec], *, http_port: int, grp
             demo = start_demo(server.url, port=demo_port, host=host)
             print(f"demo page at {demo.url}", flush=True)
         while not stop.is_set():
-            if server.process.poll() is not None:
-                raise ServingError(f"MLServer exited with status {server.process.returncode}; "
-                                   f"see {server.log_file}:\n{_tail(server.log_file)}")
+            server.check_running()
             stop.wait(1.0)
         log.info("signal received; shutting down")
         return 0

@@ -5,7 +5,7 @@ Request (one row per query; in a row set exactly one of):
     into a 28x28 Fashion-MNIST-like image exactly as `kuberec ingest images` does (fitted, resized, inverted when
     its background is light);
   - `pixels` (string): 784 integers 0..255, a 28x28 grayscale image row-major, as a JSON list (flat or 28x28) or
-    separated by commas/spaces. A string rather than an array column: MLServer answers 500 to array signatures;
+    separated by commas/spaces. A string rather than an array column: MLServer answered 500 to array signatures;
   - `item_id` (long): a catalog item; it is left out of its own results. In a batch that mixes kinds, rows without
     an item use -1 (integer columns cannot hold missing values).
 Params: `k` (1..100, default 5); `with_images` (default false): add each result's image as a base64 PNG;
@@ -85,7 +85,7 @@ def signature():
 # -- request parsing -----------------------------------------------------------------------------------------------
 
 def _text(value: Any) -> str | None:
-    """A string cell (MLServer hands BYTES columns over as bytes); None/NaN/"" mean "not set"."""
+    """A string cell (a BYTES tensor may arrive as bytes); None/NaN/"" mean "not set"."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     if isinstance(value, (bytes, bytearray)):

@@ -4,9 +4,9 @@ SparkJob -> SparkApplication (spark-operator), HorovodJob -> MPIJob (mpi-operato
 ServingJob -> InferenceService (KServe). The containers run the same `python -m <module> <args>` as the local
 backend, with the settings passed as environment variables and credentials from Secrets.
 
-A resource is a plain dict (the kserve SDK does not co-install with MLServer 1.7.1) built from the job, the `Settings`
-and the `ClusterOptions` alone: nothing here talks to a cluster, so `kuberec k8s render` and its tests need no API
-server. `kuberec.backends.kubernetes` creates the resources and follows them.
+A resource is a plain dict built from the job, the `Settings` and the `ClusterOptions` alone: nothing here talks to
+a cluster, so `kuberec k8s render` and its tests need no API server. `kuberec.backends.kubernetes` creates the
+resources and follows them.
 
 - `options`: `ClusterOptions` (the KUBEREC_K8S_* variables) and `ClusterConfigError`.
 - `kinds`: the four kinds and how to read each one's status as a `Progress`.

@@ -18,7 +18,7 @@ POD_HOME = "/var/lib/kuberec"
 # (images/runtime: `useradd --uid 1000 kuberec`), without privilege escalation or capabilities, under the runtime's
 # seccomp profile, on a read-only root file system; its programs write only to these emptyDirs: temporary files
 # (Python, the JVM, Spark, Ray's session directory, OpenMPI's session directory), kuberec's home (training outputs,
-# sweeps, MLServer's metrics files) and the user's home (~/.keras, ~/.cache, ~/.config).
+# sweeps, the model server's working files) and the user's home (~/.keras, ~/.cache, ~/.config).
 RUN_AS_USER = 1000
 USER_HOME = "/home/kuberec"
 WRITABLE_DIRS = {"kuberec-tmp": "/tmp", "kuberec-home": POD_HOME, "kuberec-user-home": USER_HOME}
