@@ -46,7 +46,7 @@ SCHEDULE ?= 0 0 * * * *
 pipeline-schedule: setup
 	$(VENV)/bin/python -m pipelines.run $(if $(filter all,$(PIPELINE)),refresh,$(PIPELINE)) --schedule "$(SCHEDULE)" $(PIPELINE_ARGS)
 
-# The registered champions on MLServer (V2) at 127.0.0.1:8080; SERVE_ARGS="--demo" adds the demo page on :8000.
+# The registered champions on KServe's model server (V2) at 127.0.0.1:8080; SERVE_ARGS="--demo" adds the demo page on :8000.
 serve: setup
 	$(VENV)/bin/kuberec serve $(SERVE_ARGS)
 

@@ -1,4 +1,5 @@
-"""Serving benchmark: a registered model on MLServer (`kuberec serve`) vs `mlflow models serve`, same model.
+"""Serving benchmark: a registered model on KServe's model server (`kuberec serve`), on MLServer (the server kuberec
+used before, in an environment of its own) and on `mlflow models serve`: same model, same queries, one run.
 
 For each server and each query kind, k=5 (the similarity model: a base64 PNG of a Fashion-MNIST test image, not in
 the catalog, and a catalog item id; the wide & deep ranker, `--model kuberec-widedeep@champion`: a known user's top
@@ -9,8 +10,12 @@ process that costs the server little CPU, cycling through the request bodies wit
   - the server's CPU per request: CPU seconds of the server's process tree during the run / requests.
 Also times the pyfunc's predict in-process for the same requests (what the model itself costs), so the table shows
 how much the HTTP server layer adds, and records the model directory's size, the pyfunc's load time and memory, and
-each server process's resident memory after the concurrent run. Everything runs on loopback. `--mlserver-workers
-0,2` runs MLServer once per inference worker count (default: what `kuberec serve` picks for this machine).
+each server process's resident memory after the concurrent run. Everything runs on loopback. `--workers 1,2` runs
+KServe's model server once per process count (default: what `kuberec serve` picks for this machine).
+
+`mlserver`: kuberec as of MLSERVER_REF (MLServer 1.7.1 + mlserver-mlflow and that commit's pins) installed once into
+a virtualenv under the cache (<cache>/serving-bench/, minutes the first time: pip from the cache `make setup`
+filled), running `kuberec serve` on the same cached model directory.
 
 `--servers ...,inferenceservice` adds the model's KServe InferenceService on the cluster of `make cluster-up` (or
 the one KUBECONFIG names), reached through `kubectl port-forward svc/<model>-predictor` on 127.0.0.1; `--model`
@@ -45,6 +50,8 @@ import numpy as np
 import kuberec  # noqa: F401  (legacy Keras before TensorFlow)
 
 K = 5
+MLSERVER_REF = "8d5cfec"  # the last kuberec commit that served on MLServer 1.7.1
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +115,9 @@ def mlflow_body(column: str, value) -> bytes:
     return json.dumps({"dataframe_split": {"columns": [column], "data": [[value]]}, "params": {"k": K}}).encode()
 
 
-def tree_cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of `pid` and all its descendants (None: not a local process)."""
-    if pid is None:
+def tree_cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of `pids` and all their descendants (None: no local process)."""
+    if not pids:
         return None
     children: dict[int, list[int]] = {}
     times: dict[int, float] = {}
@@ -124,7 +131,7 @@ def tree_cpu_seconds(pid: int | None) -> float | None:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry.name))
         times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
+    total, todo = 0.0, list(pids)
     while todo:
         current = todo.pop()
         total += times.get(current, 0.0)
@@ -133,7 +140,7 @@ def tree_cpu_seconds(pid: int | None) -> float | None:
 
 
 def wrk_load(url: str, bodies: Path, script: Path, connections: int, seconds: float,
-             server_pid: int | None) -> dict:
+             server_pids: list[int]) -> dict:
     """One wrk run (after a 2 s warm-up, so first-call costs such as TF tracing are not measured)."""
     env = {**os.environ, "KUBEREC_BENCH_BODIES": str(bodies)}
 
@@ -143,9 +150,9 @@ def wrk_load(url: str, bodies: Path, script: Path, connections: int, seconds: fl
         return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT ")).split(" ", 1)[1])
 
     run(2)
-    cpu_before = tree_cpu_seconds(server_pid)
+    cpu_before = tree_cpu_seconds(server_pids)
     result = run(seconds)
-    cpu_after = tree_cpu_seconds(server_pid)
+    cpu_after = tree_cpu_seconds(server_pids)
     result["connections"] = connections
     result["req_per_s"] = round(result["requests"] / result["seconds"], 1)
     result["errors"] = result["non_2xx"] + result["socket_errors"]
@@ -198,18 +205,40 @@ def model_queries(served, catalog_size: int) -> dict[str, tuple[str, list]]:
     return {"image": ("image_b64", pngs), "item_id": ("item_id", item_ids)}
 
 
-def tree_rss_gib(pid: int | None) -> list[float]:
-    """Resident memory (GiB) of `pid` and each of its descendants, largest first ([]: not a local process)."""
+def tree_rss_gib(pids: list[int]) -> list[float]:
+    """Resident memory (GiB) of `pids` and each of their descendants, largest first ([]: no local process)."""
     import psutil
 
-    if pid is None:
-        return []
-    root = psutil.Process(pid)
     sizes = []
-    for process in (root, *root.children(recursive=True)):
-        with contextlib.suppress(psutil.Error):
-            sizes.append(round(process.memory_info().rss / 2 ** 30, 2))
+    for pid in pids:
+        root = psutil.Process(pid)
+        for process in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                sizes.append(round(process.memory_info().rss / 2 ** 30, 2))
     return sorted(sizes, reverse=True)
+
+
+def mlserver_environment(cache: Path) -> Path:
+    """A virtualenv with kuberec as of MLSERVER_REF and that commit's pins (MLServer 1.7.1), built once."""
+    venv = cache / "serving-bench" / f"mlserver-{MLSERVER_REF}"
+    if (venv / ".complete").exists():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    source = venv / "src"
+    source.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", MLSERVER_REF], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    constraints = [line for line in (source / "constraints.txt").read_text().splitlines()
+                   if not line.startswith("horovod")]  # built from source by make setup; serving does not use it
+    (venv / "constraints.txt").write_text("\n".join(constraints) + "\n")
+    print(f"installing kuberec {MLSERVER_REF} (MLServer 1.7.1) into {venv} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    env = {**os.environ, "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR", str(cache / "pip"))}
+    subprocess.run([*pip, "pip==25.3"], check=True, env=env)
+    subprocess.run([*pip, "-c", str(venv / "constraints.txt"), str(source)], check=True, env=env)
+    (venv / ".complete").write_text(MLSERVER_REF)
+    return venv
 
 
 def in_process(model_dir: Path, queries: dict[str, list], repeats: int) -> dict:
@@ -237,24 +266,22 @@ def in_process(model_dir: Path, queries: dict[str, list], repeats: int) -> dict:
 
 
 def profile_runtime(model_dir: Path, name: str, bodies: list[bytes], repeats: int, top: int = 12) -> dict:
-    """Where MLServer's per-request time goes without HTTP: parse -> decode -> predict -> encode, under cProfile."""
+    """Where the model server's per-request time goes without HTTP: parse -> decode -> predict -> encode, under
+    cProfile."""
     import asyncio
     import cProfile
     import pstats
 
-    from mlserver.settings import ModelParameters, ModelSettings
-    from mlserver.types import InferenceRequest
+    from kuberec.serving.runtime import KuberecDataPlane, KuberecModel
 
-    from kuberec.serving.runtime import KuberecMLflowRuntime
-
-    runtime = KuberecMLflowRuntime(ModelSettings(name=name, implementation=KuberecMLflowRuntime,
-                                                 parameters=ModelParameters(uri=str(model_dir))))
+    model = KuberecModel(name, str(model_dir))
+    model.load()
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(runtime.load())
+    dataplane = KuberecDataPlane(model_registry=None)
 
     def one(i: int) -> None:
-        request = InferenceRequest.model_validate_json(bodies[i % len(bodies)])
-        loop.run_until_complete(runtime.predict(request)).model_dump_json()
+        request = dataplane.decode_inference_request(bodies[i % len(bodies)], {}, name)
+        loop.run_until_complete(model.predict(request)).to_rest()
 
     for i in range(10):
         one(i)
@@ -283,9 +310,10 @@ def main() -> int:
     parser.add_argument("--single-seconds", type=float, default=20)
     parser.add_argument("--concurrent-seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=8, help="wrk connections of the concurrent run")
-    parser.add_argument("--servers", default="mlserver,mlflow", help="of mlserver, mlflow, inferenceservice")
-    parser.add_argument("--mlserver-workers", default=None,
-                        help="comma-separated MLServer parallel_workers to compare, e.g. 0,2 (default: kuberec "
+    parser.add_argument("--servers", default="kserve,mlserver,mlflow",
+                        help="of kserve, mlserver, mlflow, inferenceservice")
+    parser.add_argument("--workers", default=None,
+                        help="comma-separated model server process counts to compare, e.g. 1,2 (default: kuberec "
                              "serve's choice for this machine)")
     parser.add_argument("--profile", action="store_true", help="also cProfile the runtime in-process")
     parser.add_argument("--json", type=Path, default=None)
@@ -296,11 +324,12 @@ def main() -> int:
                      "(e.g. kuberec-widedeep@champion)")
     if shutil.which("wrk") is None:
         parser.error("the load generator is wrk (Debian package: apt-get install wrk); it is not on PATH")
-    worker_counts = [int(w) for w in args.mlserver_workers.split(",")] if args.mlserver_workers else [None]
+    worker_counts = [int(w) for w in args.workers.split(",")] if args.workers else [None]
 
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    from kuberec import tracking
     from kuberec.ports import free_port
     from kuberec.serving.server import ModelSpec, default_workers, fetch_model, running, usable_cpus
     from kuberec.settings import load_settings
@@ -343,28 +372,47 @@ def main() -> int:
                                  for kind, (column, values) in queries.items()}
             print("profile:", json.dumps(report["profile"], indent=1), flush=True)
 
-        def measure(name: str, port: int, path: str, body, server_pid: int | None) -> None:
+        def measure(name: str, port: int, path: str, body, server_pids: list[int]) -> None:
             for kind, (column, values) in queries.items():
                 bodies = work / f"{name}-{kind}.txt"
                 bodies.write_bytes(b"\n".join(body(column, v) for v in values) + b"\n")
                 url = f"http://127.0.0.1:{port}{path}"
-                single = wrk_load(url, bodies, script, 1, args.single_seconds, server_pid)
-                concurrent = wrk_load(url, bodies, script, args.clients, args.concurrent_seconds, server_pid)
-                concurrent["server_rss_gib"] = tree_rss_gib(server_pid)  # after the load: every process
+                single = wrk_load(url, bodies, script, 1, args.single_seconds, server_pids)
+                concurrent = wrk_load(url, bodies, script, args.clients, args.concurrent_seconds, server_pids)
+                concurrent["server_rss_gib"] = tree_rss_gib(server_pids)  # after the load: every process
                 report["results"].setdefault(name, {})[kind] = {"one_client": single, "concurrent": concurrent}
                 print(name, kind, "1 connection:", json.dumps(single), flush=True)
                 print(name, kind, f"{args.clients} connections:", json.dumps(concurrent), flush=True)
 
         servers = args.servers.split(",")
-        if "mlserver" in servers:
+        if "kserve" in servers:
             for workers in worker_counts:
-                name = "mlserver" if workers is None else f"mlserver-workers-{workers}"
-                report.setdefault("mlserver_workers", {})[name] = \
+                name = "kserve" if workers is None else f"kserve-workers-{workers}"
+                report.setdefault("kserve_workers", {})[name] = \
                     default_workers(usable_cpus()) if workers is None else workers
                 with running(settings, [ModelSpec(served.name, version=served.version)], http_port=free_port(),
                              grpc_port=free_port(), workers=workers) as server:
                     measure(name, server.http_port, f"/v2/models/{served.name}/infer", v2_body,
-                            server.process.pid)
+                            [p.pid for p in server.processes])
+        if "mlserver" in servers:
+            venv = mlserver_environment(settings.cache_dir)
+            port = free_port()
+            log_path = settings.home / "mlserver-bench.log"
+            env = {**os.environ, "KUBEREC_HOME": str(settings.home),
+                   "MLFLOW_TRACKING_URI": tracking.tracking_uri(settings)}
+            with open(log_path, "wb") as log_file:  # the cached version: it starts without the registry
+                process = subprocess.Popen([str(venv / "bin" / "kuberec"), "serve", "--models",
+                                            f"{served.name}:{served.version}", "--port", str(port), "--grpc-port",
+                                            str(free_port()), "--follow", "0"], stdout=log_file,
+                                           stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_path)
+                report["mlserver"] = f"kuberec {MLSERVER_REF} (MLServer 1.7.1) in {venv}"
+                measure("mlserver", port, f"/v2/models/{served.name}/infer", v2_body, [process.pid])
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, 15)
+                    process.wait(timeout=60)
         if "mlflow" in servers:
             port = free_port()
             # Same model directory, one worker (as MLServer's one process), no conda/virtualenv.
@@ -378,7 +426,7 @@ def main() -> int:
                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
             try:
                 wait_ready(f"http://127.0.0.1:{port}/ping", process, log_path)
-                measure("mlflow", port, "/invocations", mlflow_body, process.pid)
+                measure("mlflow", port, "/invocations", mlflow_body, [process.pid])
             finally:
                 if process.poll() is None:
                     os.killpg(process.pid, 15)
@@ -386,17 +434,21 @@ def main() -> int:
         if on_cluster:
             with access.forward(f"svc/{served.name}-predictor", 80) as predictor:
                 report["inferenceservice"] = f"kubectl port-forward svc/{served.name}-predictor (-n {access.namespace})"
-                measure("inferenceservice", predictor.port, f"/v2/models/{served.name}/infer", v2_body, None)
+                measure("inferenceservice", predictor.port, f"/v2/models/{served.name}/infer", v2_body, [])
         shutil.rmtree(work, ignore_errors=True)
         results = report["results"]
-        if "mlflow" in results:
-            report["ratio_over_mlflow"] = {
+        for baseline in ("mlserver", "mlflow"):
+            if baseline not in results:
+                continue
+            report[f"ratio_over_{baseline}"] = {
                 name: {kind: {"throughput": round(runs[kind]["concurrent"]["req_per_s"] /
-                                                  results["mlflow"][kind]["concurrent"]["req_per_s"], 2),
-                              "p99_one_client": round(runs[kind]["one_client"]["p99_ms"] /
-                                                      results["mlflow"][kind]["one_client"]["p99_ms"], 2)}
+                                                  results[baseline][kind]["concurrent"]["req_per_s"], 2),
+                              "p50_one_client": round(runs[kind]["one_client"]["p50_ms"] /
+                                                      results[baseline][kind]["one_client"]["p50_ms"], 2),
+                              "p99_concurrent": round(runs[kind]["concurrent"]["p99_ms"] /
+                                                      results[baseline][kind]["concurrent"]["p99_ms"], 2)}
                        for kind in queries}
-                for name, runs in results.items() if name.startswith("mlserver")}
+                for name, runs in results.items() if name.startswith("kserve")}
         print(json.dumps(report, indent=2))
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))

@@ -216,7 +216,38 @@ def serve_and_ask(access: ClusterAccess, pipeline: str, env: dict[str, str], scr
             asked.detail = {"answer": answer.strip().splitlines()[:6]}
             outcomes.append(asked)
         outcomes.append(check_refusals(name, predictor.url))
+        with access.forward(f"svc/{name}-predictor", GRPC_PORT) as grpc_port:
+            outcomes.append(ask_over_grpc(name, pipeline, predictor.url, f"127.0.0.1:{grpc_port.port}"))
     return outcomes
+
+
+GRPC_PORT = 8081  # the serving runtime's second port, which KServe's RawDeployment Service exposes as it is
+
+
+def ask_over_grpc(name: str, pipeline: str, http_url: str, grpc_address: str) -> Outcome:
+    """The InferenceService over gRPC with NVIDIA's standard client (tritonclient): the same answer as over REST."""
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    from kuberec.serving import client
+
+    started = time.monotonic()
+    columns = {"user_id": [1]} if pipeline == "widedeep" else {"item_id": [0]}
+    ids = "product_id" if pipeline == "widedeep" else "item_id"
+    try:
+        server = triton.InferenceServerClient(grpc_address)
+        inputs = []
+        for column, values in columns.items():
+            tensor = triton.InferInput(column, [len(values)], "INT64")
+            tensor.set_data_from_numpy(np.asarray(values, np.int64))
+            inputs.append(tensor)
+        over_grpc = server.infer(name, inputs, parameters={"k": 5}).as_numpy(ids).tolist()
+        over_rest = client.infer(http_url, name, columns, {"k": 5})[ids]
+    except Exception as err:  # noqa: BLE001  (the step's outcome says what went wrong)
+        return Outcome(f"ask {name} over gRPC", False, round(time.monotonic() - started, 1), {}, f"{err}"[:500])
+    return Outcome(f"ask {name} over gRPC", over_grpc == over_rest, round(time.monotonic() - started, 1),
+                   {ids: over_grpc, "same as over REST": over_grpc == over_rest},
+                   "" if over_grpc == over_rest else f"REST answered {over_rest}")
 
 
 def check_refusals(name: str, url: str) -> Outcome:
