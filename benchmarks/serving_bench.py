@@ -161,6 +161,73 @@ def wrk_load(url: str, bodies: Path, script: Path, connections: int, seconds: fl
     return result
 
 
+GRPC_LOAD = """
+import json, sys, threading, time
+import numpy as np
+import tritonclient.grpc as triton
+
+address, model, column, values, k, connections, seconds = sys.argv[1:8]
+values, connections, seconds = json.loads(values), int(connections), float(seconds)
+latencies, errors, stop = [], [], threading.Event()
+
+
+def tensor(value):
+    is_text = isinstance(value, str)
+    item = triton.InferInput(column, [1], "BYTES" if is_text else "INT64")
+    item.set_data_from_numpy(np.array([value.encode() if is_text else value], dtype=object if is_text else np.int64))
+    return [item]
+
+
+def client(offset):
+    server, i = triton.InferenceServerClient(address), offset  # one channel (HTTP/2 connection) per client
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            server.infer(model, tensor(values[i % len(values)]), parameters={"k": int(k)})
+            latencies.append(time.perf_counter() - started)
+        except triton.InferenceServerException as err:
+            errors.append(str(err)[:200])
+        i += connections
+
+
+for warm_up in range(3):
+    triton.InferenceServerClient(address).infer(model, tensor(values[warm_up]), parameters={"k": int(k)})
+threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
+started = time.perf_counter()
+for thread in threads:
+    thread.start()
+time.sleep(seconds)
+stop.set()
+for thread in threads:
+    thread.join()
+elapsed = time.perf_counter() - started
+ms = np.asarray(latencies) * 1000
+print("RESULT " + json.dumps({"requests": len(latencies), "seconds": round(elapsed, 3), "errors": len(errors),
+                              "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                              "p99_ms": round(float(np.percentile(ms, 99)), 3), "first_errors": errors[:3]}))
+"""
+
+
+def grpc_load(address: str, model: str, column: str, values: list, connections: int, seconds: float,
+              server_pids: list[int]) -> dict:
+    """The same queries over gRPC with tritonclient, from a Python process of its own (its threads cost CPU that
+    wrk's C loop does not: the client's CPU per request is recorded beside the server's)."""
+    command = [sys.executable, "-c", GRPC_LOAD, address, model, column, json.dumps(values), str(K),
+               str(connections), str(seconds)]
+    cpu_before = tree_cpu_seconds(server_pids)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    out, _ = process.communicate()
+    cpu_after = tree_cpu_seconds(server_pids)
+    if process.returncode != 0:
+        raise SystemExit(f"the gRPC load generator failed ({process.returncode})")
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT ")).split(" ", 1)[1])
+    result["connections"] = connections
+    result["req_per_s"] = round(result["requests"] / result["seconds"], 1)
+    if result["requests"]:
+        result["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) / result["requests"] * 1000, 3)
+    return result
+
+
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 600) -> None:
     import urllib.request
 
@@ -392,8 +459,18 @@ def main() -> int:
                     default_workers(usable_cpus()) if workers is None else workers
                 with running(settings, [ModelSpec(served.name, version=served.version)], http_port=free_port(),
                              grpc_port=free_port(), workers=workers) as server:
-                    measure(name, server.http_port, f"/v2/models/{served.name}/infer", v2_body,
-                            [p.pid for p in server.processes])
+                    pids = [p.pid for p in server.processes]
+                    measure(name, server.http_port, f"/v2/models/{served.name}/infer", v2_body, pids)
+                    if workers is None:  # gRPC, once: the same queries to the same server
+                        for kind, (column, values) in queries.items():
+                            for connections, seconds in ((1, args.single_seconds),
+                                                         (args.clients, args.concurrent_seconds)):
+                                result = grpc_load(f"127.0.0.1:{server.grpc_port}", served.name, column, values,
+                                                   connections, seconds, pids)
+                                report["results"].setdefault("kserve-grpc", {}).setdefault(kind, {})[
+                                    "one_client" if connections == 1 else "concurrent"] = result
+                                print("kserve-grpc", kind, f"{connections} connection(s):", json.dumps(result),
+                                      flush=True)
         if "mlserver" in servers:
             venv = mlserver_environment(settings.cache_dir)
             port = free_port()

@@ -41,6 +41,9 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Accepted connections inherit it. Without it a response written in two parts (headers, body) waited for the
+    # client's delayed ACK: 48 ms per request on one connection instead of 2 (measured, serving_bench.py).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     from kserve import logging as kserve_logging
 
     kserve_logging.configure_logging()
+    # KServe's timing middleware logs two lines per request (wall and CPU time) beside the access log's one; the
+    # request_*_seconds histograms on /metrics carry the same numbers.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with these handlers that ends in a clean exit.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
