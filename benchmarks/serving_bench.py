@@ -461,7 +461,7 @@ def main() -> int:
                              grpc_port=free_port(), workers=workers) as server:
                     pids = [p.pid for p in server.processes]
                     measure(name, server.http_port, f"/v2/models/{served.name}/infer", v2_body, pids)
-                    if workers is None:  # gRPC, once: the same queries to the same server
+                    if workers == worker_counts[0]:  # gRPC, once: the same queries to the same server
                         for kind, (column, values) in queries.items():
                             for connections, seconds in ((1, args.single_seconds),
                                                          (args.clients, args.concurrent_seconds)):

@@ -54,7 +54,7 @@ def _pgid(pid: int) -> int | None:
 
 def _connections(process: psutil.Process) -> list:
     try:
-        return process.net_connections(kind="tcp")
+        return process.connections(kind="tcp")  # psutil 5.9 (kserve needs < 6): net_connections came in 6.0
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
 

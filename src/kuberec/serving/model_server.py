@@ -28,6 +28,7 @@ import sys
 from http import HTTPStatus
 from pathlib import Path
 
+from kuberec.entrypoint import run_program
 from kuberec.serving import MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ async def serve(repository, *, host: str, http_port: int, grpc_port: int, max_re
         await grpc_server.stop(GRACE_S)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kuberec.serving.model_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -108,14 +109,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES)
     parser.add_argument("--follow", type=float, default=FOLLOW_S, metavar="SECONDS",
                         help="how often to look at the repository's model specs")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.model_dir is not None and not args.model_name:
         parser.error("--model-dir needs --model-name")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     # kserve.model_server parses sys.argv when imported; it must not read (or prefix-match) these arguments.
     sys.argv = sys.argv[:1]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -141,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program("kuberec.serving.model_server", main)
