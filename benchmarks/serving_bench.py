@@ -166,8 +166,8 @@ import json, sys, threading, time
 import numpy as np
 import tritonclient.grpc as triton
 
-address, model, column, values, k, connections, seconds = sys.argv[1:8]
-values, connections, seconds = json.loads(values), int(connections), float(seconds)
+address, model, column, values_file, k, connections, seconds = sys.argv[1:8]
+values, connections, seconds = json.load(open(values_file)), int(connections), float(seconds)
 latencies, errors, stop = [], [], threading.Event()
 
 
@@ -212,12 +212,15 @@ def grpc_load(address: str, model: str, column: str, values: list, connections: 
               server_pids: list[int]) -> dict:
     """The same queries over gRPC with tritonclient, from a Python process of its own (its threads cost CPU that
     wrk's C loop does not: the client's CPU per request is recorded beside the server's)."""
-    command = [sys.executable, "-c", GRPC_LOAD, address, model, column, json.dumps(values), str(K),
+    values_file = Path(tempfile.mkdtemp(prefix="kuberec-grpc-load-")) / "values.json"
+    values_file.write_text(json.dumps(values))  # 200 base64 PNGs do not fit on a command line
+    command = [sys.executable, "-c", GRPC_LOAD, address, model, column, str(values_file), str(K),
                str(connections), str(seconds)]
     cpu_before = tree_cpu_seconds(server_pids)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     out, _ = process.communicate()
     cpu_after = tree_cpu_seconds(server_pids)
+    shutil.rmtree(values_file.parent, ignore_errors=True)
     if process.returncode != 0:
         raise SystemExit(f"the gRPC load generator failed ({process.returncode})")
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT ")).split(" ", 1)[1])

@@ -262,19 +262,22 @@ def as_image_batch(images: np.ndarray) -> np.ndarray:
     return array
 
 
-# Every model call embeds a multiple of this many rows (padded with blank images). Measured here (oneDNN, AVX-512):
-# the rows of a call that fill a block of 8 all get the same arithmetic, the remainder rows another, so a query's
-# embedding changed in the 7th digit with how many queries it was batched with, and on a near-tie the server's answer
-# swapped two items (tests/serving/test_batching.py). 16 covers blocks of 2, 4, 8 and 16 rows; the padding costs
-# next to nothing (one image 0.35 ms, eight 0.32 ms).
-ROW_BLOCK = 16
+# Rows per model call when a row's embedding must not depend on the rows beside it (serving: an answer must not
+# change with what it was batched with). oneDNN computes a call's rows in blocks whose arithmetic depends on the
+# call's size and the row's place in it: a query image's embedding moved in the 7th digit between calls of 1, 2-7 and
+# 8+ rows, and a near-tie then swapped two items (tests/serving/test_batching.py). Calls of exactly 16 rows gave every
+# row the same bits wherever it sat, for the test model and the default `vgg` model, with oneDNN on AVX-512, AVX2
+# and AVX (ONEDNN_MAX_CPU_ISA); calls of exactly 8 did not on AVX2. Cost for the `vgg` model on this 2-core AVX-512
+# VM: 1 row 1.3 ms a call, 8 rows 2.9 ms, 16 rows 5.0 ms, 64 rows 15.7 ms (4 calls of 16: 19.8 ms).
+FIXED_CALL_ROWS = 16
 
 
-def embed(model, images_uint8: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """Embeddings float32 [N, D], L2-normalised, for uint8 images [N, 28, 28]; a row's embedding does not depend on
-    the other rows (ROW_BLOCK).
+def embed(model, images_uint8: np.ndarray, batch_size: int = 2048, *, fixed_calls: bool = False) -> np.ndarray:
+    """Embeddings float32 [N, D], L2-normalised, for uint8 images [N, 28, 28].
 
     `model` is an `EmbeddingModel` (exported) or the Keras model being trained (same preprocessing applied here).
+    `fixed_calls`: every model call gets exactly FIXED_CALL_ROWS rows (the last padded with blank images), so a row's
+    embedding is the same bits whatever rows it comes with (`batch_size` is then ignored).
     """
     images = as_image_batch(images_uint8)
     if isinstance(model, EmbeddingModel):
@@ -287,9 +290,10 @@ def embed(model, images_uint8: np.ndarray, batch_size: int = 2048) -> np.ndarray
             return model(x, training=False).numpy()
         dim = int(model.outputs[0].shape[-1])
     out = np.empty((len(images), dim), dtype=np.float32)
+    batch_size = FIXED_CALL_ROWS if fixed_calls else batch_size
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        padding = -len(chunk) % ROW_BLOCK
+        padding = batch_size - len(chunk) if fixed_calls else 0
         if padding:
             chunk = np.concatenate([chunk, np.zeros((padding, *chunk.shape[1:]), dtype=chunk.dtype)])
         out[start:start + batch_size] = run(chunk)[:len(chunk) - padding]

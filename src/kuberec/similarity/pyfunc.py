@@ -229,7 +229,8 @@ class SimilarityRecommender(mlflow.pyfunc.PythonModel):
     def embed(self, images: np.ndarray) -> np.ndarray:
         from kuberec.similarity.model import embed
 
-        return embed(self.model, images)
+        # Fixed-size calls: a query's answer must not depend on the queries the server batched it with.
+        return embed(self.model, images, fixed_calls=True)
 
     def predict(self, context, model_input, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         k, with_images, include_query = parse_params(params)
