@@ -50,8 +50,7 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(repository, *, host: str, http_port: int, grpc_port: int, max_request_bytes: int,
-                follow_s: float) -> None:
+async def serve(repository, *, host: str, http_port: int, grpc_port: int, follow_s: float) -> None:
     import uvicorn
     from fastapi.responses import JSONResponse
     from grpc import aio
@@ -77,8 +76,8 @@ async def serve(repository, *, host: str, http_port: int, grpc_port: int, max_re
     http = uvicorn.Server(uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=GRACE_S,
                                          timeout_keep_alive=65))
     grpc_server = aio.server(interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
-                             options=[("grpc.max_send_message_length", max_request_bytes),
-                                      ("grpc.max_receive_message_length", max_request_bytes),
+                             options=[("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+                                      ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                                       ("grpc.so_reuseport", 1)])
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, extension),
                                                                         grpc_server)
@@ -106,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--grpc-port", type=int, default=8081)
-    parser.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES)
     parser.add_argument("--follow", type=float, default=FOLLOW_S, metavar="SECONDS",
                         help="how often to look at the repository's model specs")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         repository = FollowedRepository(single=(args.model_name, str(args.model_dir)))
     repository.load_all()
     asyncio.run(serve(repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                      max_request_bytes=args.max_request_bytes, follow_s=args.follow))
+                      follow_s=args.follow))
     return 0
 
 

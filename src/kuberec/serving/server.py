@@ -35,7 +35,7 @@ from typing import Iterator, Sequence
 from kuberec import tracking
 from kuberec.backends.local import die_with_parent
 from kuberec.errors import KuberecError
-from kuberec.serving import MAX_REQUEST_BYTES, repository
+from kuberec.serving import repository
 from kuberec.settings import LOOPBACK, Settings, exposure_warning
 
 log = logging.getLogger(__name__)
@@ -180,12 +180,12 @@ class ModelServer:
     """`workers` model server processes (kuberec.serving.model_server) serving one repository on shared ports."""
 
     def __init__(self, repo: Path, models: Sequence[ServedModel], log_file: Path, *, http_port: int, grpc_port: int,
-                 workers: int = 1, host: str = HOST, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+                 workers: int = 1, host: str = HOST) -> None:
         if workers < 1:
             raise ServingError(f"workers must be 1 or more (model server processes), not {workers}")
         self.repo, self.models, self.log_file = repo, list(models), log_file
         self.http_port, self.grpc_port, self.workers = http_port, grpc_port, workers
-        self.listen_host, self.max_request_bytes = host, max_request_bytes
+        self.listen_host = host
         # Reached on loopback when it listens there or on every address; else at the address it was given.
         self.host = HOST if host in ("0.0.0.0", "::", "localhost") or exposure_warning(host, "") is None else host
         self.processes: list[subprocess.Popen] = []
@@ -196,8 +196,7 @@ class ModelServer:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "kuberec.serving.model_server", "--repository", str(self.repo),
-                "--host", self.listen_host, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                "--max-request-bytes", str(self.max_request_bytes)]
+                "--host", self.listen_host, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
 
     def start(self, timeout: float = READY_TIMEOUT_S, abort: threading.Event | None = None) -> "ModelServer":
         """Start the processes and wait until each has loaded every model and the server answers ready; `abort`
