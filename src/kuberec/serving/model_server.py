@@ -46,7 +46,6 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     # client's delayed ACK: 48 ms per request on one connection instead of 2 (measured, serving_bench.py).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    sock.set_inheritable(True)
     return sock
 
 
