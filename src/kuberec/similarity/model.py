@@ -268,7 +268,7 @@ def as_image_batch(images: np.ndarray) -> np.ndarray:
 # 8+ rows, and a near-tie then swapped two items (tests/serving/test_batching.py). Calls of exactly 16 rows gave every
 # row the same bits wherever it sat, for the test model and the default `vgg` model, with oneDNN on AVX-512, AVX2
 # and AVX (ONEDNN_MAX_CPU_ISA); calls of exactly 8 did not on AVX2. Cost for the `vgg` model on this 2-core AVX-512
-# VM: 1 row 1.3 ms a call, 8 rows 2.9 ms, 16 rows 5.0 ms, 64 rows 15.7 ms (4 calls of 16: 19.8 ms).
+# VM: 1 row 1.3 ms a call, 16 rows 5.6 ms, 64 rows 15.9 ms, 4 calls of 16 23.3 ms (benchmarks/embedding_calls.py).
 FIXED_CALL_ROWS = 16
 
 
