@@ -123,8 +123,12 @@ def test_image_requirements_resolve_to_exact_pins(tmp_path):
     if stamp.exists():
         report = json.loads(stamp.read_text())
     else:
+        # fast-deps: pip reads each wheel's metadata by HTTP range requests. Where an index serves no separate
+        # metadata files (PEP 658), pip otherwise downloads every wheel whole, GBs of CUDA wheels for a dry run: a CI
+        # machine ran out of disk doing that.
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                   "--disable-pip-version-check", "-c", str(constraints), "-r", str(requirements),
+                   "--use-feature=fast-deps", "--disable-pip-version-check", "-c", str(constraints),
+                   "-r", str(requirements),
                    *(a for path in extra_files for a in ("-r", str(path))), "--report", str(tmp_path / "report.json")]
         env = {**os.environ, "PIP_CACHE_DIR": str(CACHE / "pip")}
         result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
