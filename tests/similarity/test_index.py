@@ -65,6 +65,16 @@ def test_search_returns_item_ids_sorted_by_cosine_distance(index, vectors):
     assert np.allclose(dist[0], expected, atol=1e-5)
 
 
+
+def test_a_query_gets_the_same_bits_alone_and_in_a_batch(index, vectors):
+    """A served query's answer must not depend on what it was batched with: unit and non-unit query vectors, alone
+    and among others, give identical ids and distances (a lone-query shortcut once gave other bits on AVX2)."""
+    queries = np.concatenate([vectors[:20], clustered(20, seed=3) * 3.7]).astype(np.float32)
+    together_ids, together_dist = index.search(queries, 10)
+    for row in range(len(queries)):
+        ids, dist = index.search(queries[row:row + 1], 10)
+        assert np.array_equal(ids[0], together_ids[row]) and np.array_equal(dist[0], together_dist[row]), row
+
 def test_search_items_leaves_the_query_item_out(index):
     query_ids = index.item_ids[[0, 7, 99]]
     ids, dist = index.search_items(query_ids, 5)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -103,19 +102,14 @@ def _as_vectors(vectors: np.ndarray, dim: int | None, what: str) -> np.ndarray:
 def _normalised(queries: np.ndarray) -> np.ndarray:
     """Unit-length copies of float32 query rows (zero rows stay zero); DataError on NaN/inf.
 
-    Checked through the squared norms (a NaN or inf anywhere makes its row's norm non-finite). A single query, the
-    served case, is handled with Python floats: numpy reductions and FAISS's normalize_L2 each cost microseconds,
-    as much as a large part of the search itself.
+    Checked through the squared norms (a NaN or inf anywhere makes its row's norm non-finite). Every row takes the
+    same float32 operations however many come with it: a served query's answer must not depend on its batch (a
+    Python-float path for lone queries, which skipped rows already near unit length, gave them other bits on AVX2).
     """
     squared = np.einsum("nd,nd->n", queries, queries)
-    if len(squared) == 1:
-        norm = math.sqrt(float(squared[0]))
-        if not math.isfinite(norm):
-            raise DataError("query vectors contain NaN or infinite values")
-        return queries if abs(norm - 1.0) < 1e-6 else queries / max(norm, 1e-12)
     if not np.isfinite(squared).all():
         raise DataError("query vectors contain NaN or infinite values")
-    return queries / np.sqrt(np.maximum(squared, 1e-24))[:, None]
+    return queries / np.sqrt(np.maximum(squared, np.float32(1e-24)))[:, None]
 
 
 class ItemIndex:
