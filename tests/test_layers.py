@@ -20,10 +20,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: errors, how programs end, settings, ports
     ("kuberec", "kuberec.errors", "kuberec.entrypoint", "kuberec.settings", "kuberec.ports"),
-    # services: model configs and request checks, data files, the lake and its feed, MLflow, the champion gate and
-    # the run-page reports, where jobs run
-    ("kuberec.model_config", "kuberec.model_input", "kuberec.datasets", "kuberec.lake", "kuberec.feed",
-     "kuberec.tracking", "kuberec.champion", "kuberec.reports", "kuberec.backends"),
+    # services: model configs and request checks, the V2 protocol's client, data files, the lake and its feed,
+    # MLflow, the champion gate and the run-page reports, where jobs run
+    ("kuberec.model_config", "kuberec.model_input", "kuberec.inference", "kuberec.datasets", "kuberec.lake",
+     "kuberec.feed", "kuberec.tracking", "kuberec.champion", "kuberec.reports", "kuberec.backends"),
     ("kuberec.ingest", "kuberec.training"),  # the data steps and the training harness
     tuple(f"kuberec.{name}" for name in MODELS),  # the model packages: one per record
     ("kuberec.models",),  # the list of models

@@ -1,25 +1,30 @@
 """The models kuberec trains, tunes and serves: one record each, the only list of them.
 
-Tuning (search spaces, trials, the sweep step and its CLI), serving (the default models, the client) and the
-pipelines read what they need about a model from its record instead of branching on its name. A model's own package
-(`kuberec.<model>`: config, model, train, evaluate, pyfunc, steps, trial) never imports this module: the record sits
-above the packages it lists. Adding a model: its package, its record in MODELS, its KFP components and pipeline
+Tuning (search spaces, trials, the sweep step and its CLI), serving (the default models, `kuberec recommend`, the
+demo page, the refusals) and the pipelines read what they need about a model from its record instead of branching on
+its name. A model's own package (`kuberec.<model>`: config, model, train, evaluate, pyfunc, serving, steps, trial)
+never imports this module: the record sits above the packages it lists. Adding a model: its package, its record in
+MODELS, its KFP components and pipeline
 (docs/architecture.md lists each place).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from kuberec.errors import KuberecError
+from kuberec.inference import BadRequest, QueryOption
 from kuberec.ingest.catalog import TABLE_NAME as CATALOG_TABLE
 from kuberec.ingest.instacart_features import EXAMPLES_TABLE, gold_tables
 from kuberec.lake.delta import TableRef
 from kuberec.model_config import EpochDone, ModelConfig
 from kuberec.similarity import config as similarity_config
+from kuberec.similarity import serving as similarity_serving
 from kuberec.similarity import trial as similarity_trial
 from kuberec.widedeep import config as widedeep_config
+from kuberec.widedeep import serving as widedeep_serving
 from kuberec.widedeep import trial as widedeep_trial
 
 
@@ -42,6 +47,26 @@ class TuningDefaults:
 
 
 @dataclass(frozen=True)
+class ServingParts:
+    """How clients ask a served model (its package's `serving` module): kuberec recommend, the demo page, the refusal
+    tests and `make e2e` loop over these instead of knowing the models."""
+
+    query_options: tuple[QueryOption, ...]  # `kuberec recommend` options -> keyword arguments of `recommend`
+    recommend: Callable[..., list[dict]]  # (url, *, model, k=None, **query options) -> answer rows
+    bad_requests: Callable[[str], list[BadRequest]]  # (served name) -> what its server must refuse
+    demo_answer: Callable[[str, str, Mapping[str, str]], str]  # (url, served name, page query) -> HTML or ""
+    demo_form: Callable[[Mapping[str, str], str, str], str]  # (page query, answer HTML, answer path) -> section
+    probe: Mapping[str, list]  # the columns of one query every server of it answers
+    answer_column: str  # the output column that tells two answers apart
+
+    @classmethod
+    def of(cls, module: ModuleType) -> "ServingParts":
+        """From a model package's `serving` module: functions under the field's name, constants in upper case."""
+        return cls(**{name: getattr(module, name) if hasattr(module, name) else getattr(module, name.upper())
+                      for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     name: str  # the CLI target (`kuberec tune <name>`) and the pipeline's name
     title: str  # for help texts
@@ -50,11 +75,11 @@ class ModelRecord:
     table_command: str  # the command that creates that table
     experiment: str  # MLflow experiment of its training runs
     registered_name: str  # MLflow registered model: what `kuberec serve` serves by default
-    default_k: int  # results per recommendation request
     lineage: Callable[[TableRef], dict[str, int]]  # {table URI: version} a training on that table reads
     load_tuning_data: Callable[..., Any]  # (table, *, max_examples, seed) -> what every trial gets
     train_trial: Callable[[dict[str, Any], Any, Any, EpochDone], None]  # (config dict, data, out dir, epoch_done)
     tuning: TuningDefaults
+    serving: ServingParts
 
     def metric_mode(self, metric: str) -> str:
         """"max" or "min" for one of the metrics its trials report."""
@@ -72,7 +97,6 @@ SIMILARITY = ModelRecord(
     table_command="kuberec ingest fashion-mnist",
     experiment=similarity_config.EXPERIMENT,
     registered_name=similarity_config.REGISTERED_NAME,
-    default_k=5,
     lineage=lambda table: {table.uri: table.version},
     load_tuning_data=similarity_trial.load_data,
     train_trial=similarity_trial.train_trial,
@@ -91,6 +115,7 @@ SIMILARITY = ModelRecord(
                  "knn_accuracy_at_5": "max", "loss": "min"},
         default_metric="precision_at_5",
     ),
+    serving=ServingParts.of(similarity_serving),
 )
 
 WIDEDEEP = ModelRecord(
@@ -101,7 +126,6 @@ WIDEDEEP = ModelRecord(
     table_command="kuberec features instacart",
     experiment=widedeep_config.EXPERIMENT,
     registered_name=widedeep_config.REGISTERED_NAME,
-    default_k=10,
     lineage=lambda table: gold_tables(table.uri, table.version),  # the examples and the feature tables of that build
     load_tuning_data=widedeep_trial.load_data,
     train_trial=widedeep_trial.train_trial,
@@ -125,9 +149,19 @@ WIDEDEEP = ModelRecord(
         max_examples_hint="a wide & deep sweep streams the whole train split; bound each trial's training with "
                           "steps_per_epoch in the search space instead (e.g. {\"steps_per_epoch\": 50})",
     ),
+    serving=ServingParts.of(widedeep_serving),
 )
 
 MODELS: dict[str, ModelRecord] = {record.name: record for record in (SIMILARITY, WIDEDEEP)}
+
+
+def served_record(served_name: str) -> ModelRecord:
+    """The record of a model served under its registered name."""
+    for record in MODELS.values():
+        if record.registered_name == served_name:
+            return record
+    raise UnknownModelError(f"no kuberec model is registered as {served_name!r}; kuberec registers "
+                            f"{', '.join(r.registered_name for r in MODELS.values())}")
 
 
 def model_record(name: str) -> ModelRecord:

@@ -192,7 +192,7 @@ def test_the_catalog_refresh_schedule_fires_with_and_without_new_images(kfp_serv
     from mlflow import MlflowClient
     from PIL import Image
 
-    from kuberec.serving.client import recommend_similar
+    from kuberec.similarity.serving import recommend
     from pipelines.run import KFP_HOST_ENV, SUMMARY_MARK
 
     name = "kuberec-similarity"
@@ -249,7 +249,7 @@ def test_the_catalog_refresh_schedule_fires_with_and_without_new_images(kfp_serv
     run_kuberec(cluster_env, "k8s", "deploy", name, "--model-uri", f"models:/{name}@champion")
     predictor = access().forward(f"svc/{name}-predictor", 80)
     try:
-        neighbours = recommend_similar(predictor.url, image=pictures[0], k=5, model=name)
+        neighbours = recommend(predictor.url, model=name, image=pictures[0], k=5)
     finally:
         predictor.stop()
     assert neighbours[0]["distance"] < 1e-4, neighbours

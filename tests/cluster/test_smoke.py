@@ -116,7 +116,7 @@ def job_experiment(cluster_env, run_id: str) -> str:
 
 
 def test_inference_service_answers_v2_through_port_forward(cluster_env, state):
-    from kuberec.serving.client import recommend_similar
+    from kuberec.similarity.serving import recommend
 
     # The MPIJob test's training run (or one named by KUBEREC_SMOKE_TRAINING_RUN, to rerun this test alone).
     state.setdefault("run_id", os.environ.get("KUBEREC_SMOKE_TRAINING_RUN"))
@@ -132,7 +132,7 @@ def test_inference_service_answers_v2_through_port_forward(cluster_env, state):
     assert ready and ready[0]["status"] == "True"
     predictor = PortForward(f"svc/{SERVED_NAME}-predictor", 80)
     try:
-        neighbours = recommend_similar(predictor.url, item_id=0, k=5, model=SERVED_NAME)
+        neighbours = recommend(predictor.url, model=SERVED_NAME, item_id=0, k=5)
     finally:
         predictor.stop()
     assert len(neighbours) == 5 and [n["rank"] for n in neighbours] == [1, 2, 3, 4, 5]

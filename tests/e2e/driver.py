@@ -50,7 +50,7 @@ from tests.e2e.kfp_runs import KFP_NAMESPACE, UI_PORT, UI_SERVICE, KfpServer, ta
 
 log = logging.getLogger("e2e")
 
-PIPELINES = ("similarity", "widedeep")
+PIPELINES = tuple(MODELS)  # each model's pipeline has the model's name
 PIPELINE_TIMEOUT_S = 4 * 3600
 ROLLOUT_CLIENTS = 8
 ROLLOUT_PAUSE_S = 5  # of load before, between and after the two rollouts
@@ -204,10 +204,12 @@ def serve_and_ask(access: ClusterAccess, pipeline: str, env: dict[str, str], scr
     outcomes = [deployed]
     if not deployed.ok:
         return outcomes
-    if pipeline == "similarity":
-        queries = {"by item id": ["--item-id", "0"], "by image": ["--image", str(_query_image(scratch))]}
-    else:
-        queries = {"for a user": ["--user-id", "1"]}
+    # The record's probe as `kuberec recommend` options; a model that takes pictures is asked with one too.
+    serving = MODELS[pipeline].serving
+    queries = {f"by {column}": [f"--{column.replace('_', '-')}", str(values[0])]
+               for column, values in serving.probe.items()}
+    if any(option.flag == "--image" for option in serving.query_options):
+        queries["by image"] = ["--image", str(_query_image(scratch))]
     with access.forward(f"svc/{name}-predictor", 80) as predictor:
         deployed.detail = {"endpoint": f"{predictor.url} (kubectl port-forward svc/{name}-predictor)"}
         for label, args in queries.items():
@@ -229,11 +231,10 @@ def ask_over_grpc(name: str, pipeline: str, http_url: str, grpc_address: str) ->
     import numpy as np
     import tritonclient.grpc as triton
 
-    from kuberec.serving import client
+    from kuberec import inference
 
     started = time.monotonic()
-    columns = {"user_id": [1]} if pipeline == "widedeep" else {"item_id": [0]}
-    ids = "product_id" if pipeline == "widedeep" else "item_id"
+    columns, ids = MODELS[pipeline].serving.probe, MODELS[pipeline].serving.answer_column
     try:
         server = triton.InferenceServerClient(grpc_address)
         inputs = []
@@ -242,7 +243,7 @@ def ask_over_grpc(name: str, pipeline: str, http_url: str, grpc_address: str) ->
             tensor.set_data_from_numpy(np.asarray(values, np.int64))
             inputs.append(tensor)
         over_grpc = server.infer(name, inputs, parameters={"k": 5}).as_numpy(ids).tolist()
-        over_rest = client.infer(http_url, name, columns, {"k": 5})[ids]
+        over_rest = inference.infer(http_url, name, columns, {"k": 5})[ids]
     except Exception as err:  # noqa: BLE001  (the step's outcome says what went wrong)
         return Outcome(f"ask {name} over gRPC", False, round(time.monotonic() - started, 1), {}, f"{err}"[:500])
     return Outcome(f"ask {name} over gRPC", over_grpc == over_rest, round(time.monotonic() - started, 1),
@@ -276,14 +277,14 @@ class ContinuousLoad:
         self.threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(clients)]
 
     def _ask(self) -> None:
-        from kuberec.serving import client
+        from kuberec import inference
 
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
-                status, data = client.post(self.url, self.path, self.body, timeout=30)
+                status, data = inference.post(self.url, self.path, self.body, timeout=30)
                 answer = json.dumps(json.loads(data)["outputs"], sort_keys=True) if status == 200 else ""
-                error = "" if status == 200 else f"{status}: {client.error_message(data)[:200]}"
+                error = "" if status == 200 else f"{status}: {inference.error_message(data)[:200]}"
             except Exception as err:  # noqa: BLE001  (any failure of a request is what this counts)
                 answer, error = "", f"{type(err).__name__}: {err}"[:200]
             with self.lock:
@@ -331,12 +332,11 @@ def rollout_under_load(access: ClusterAccess, pipeline: str, env: dict[str, str]
                                                     "again)"})]
     previous = max((v for v in others if v < champion), default=max(others))
     kuberec = str(Path(sys.executable).parent / "kuberec")
-    query = {"user_id": [1]} if pipeline == "widedeep" else {"item_id": [0]}
-    from kuberec.serving import client
+    from kuberec import inference
 
     started = time.monotonic()
     with ContinuousLoad(proxy_url + access.service_path(f"{name}-predictor", 80), f"/v2/models/{name}/infer",
-                        json.dumps(client.request_body(query, {"k": 5})), ROLLOUT_CLIENTS) as load:
+                        inference.body_text(MODELS[pipeline].serving.probe, {"k": 5}), ROLLOUT_CLIENTS) as load:
         time.sleep(ROLLOUT_PAUSE_S)
         back, _ = run_command(f"roll {name} back to version {previous}", [
             kuberec, "k8s", "deploy", name, "--model-uri", f"models:/{name}/{previous}"], env, 1800)

@@ -14,9 +14,9 @@ MODEL = "kuberec-similarity"
 
 def raw_post(url: str, path: str, body: bytes | str) -> tuple[int, str]:
     """POST exactly these bytes as JSON; (status, body text) whatever the status."""
-    from kuberec.serving import client
+    from kuberec.inference import post
 
-    status, data = client.post(url, path, body)
+    status, data = post(url, path, body)
     return status, data.decode()
 
 

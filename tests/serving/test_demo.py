@@ -1,4 +1,4 @@
-"""The demo page against the real MLServer, rendered by a real headless Chromium (Debian's `chromium`)."""
+"""The demo page against the real model server, rendered by a real headless Chromium (Debian's `chromium`)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_page_lists_served_models_and_similar_items(demo):
 
 def test_uploaded_image_and_bad_input_fragments(demo, catalog):
     images, _ = catalog
-    request = urllib.request.Request(f"{demo.url}/similar", method="POST",
+    request = urllib.request.Request(f"{demo.url}/similarity/answer", method="POST",
                                      data=json.dumps({"image_b64": "data:image/png;base64," + png_b64(images[8]),
                                                       "k": 3}).encode(),
                                      headers={"Content-Type": "application/json"})

@@ -16,11 +16,16 @@ import pytest
 from PIL import Image
 from serving_helpers import MODEL, png_b64
 
-from kuberec import cli
+from kuberec import cli, inference
 from kuberec.ports import free_port
-from kuberec.serving import client, repository
+from kuberec.serving import repository
 from kuberec.serving.refusals import bad_requests
 from kuberec.serving.server import SOURCE_FILE, ModelServer, ModelSpec, ServingError, default_workers, fetch_model
+from kuberec.similarity import serving as similarity_serving
+
+
+def similar(url: str, **query) -> list[dict]:
+    return similarity_serving.recommend(url, model=MODEL, **query)
 
 
 def test_repository_points_at_the_cached_registry_version(model_server, serving_settings, registered):
@@ -58,12 +63,12 @@ def test_health_endpoints_and_model_metadata(model_server):
 
 def test_similar_by_png_pixels_and_item_id(model_server, catalog):
     images, labels = catalog
-    by_image = client.recommend_similar(model_server.url, image=base64.b64decode(png_b64(images[7], size=56)))
+    by_image = similar(model_server.url, image=base64.b64decode(png_b64(images[7], size=56)))
     assert len(by_image) == 5 and by_image[0]["item_id"] == 7  # resized back to 28x28
     assert by_image[0]["label"] == labels[7] and by_image[0]["label_name"]
-    by_pixels = client.recommend_similar(model_server.url, image=images[12], k=3)
+    by_pixels = similar(model_server.url, image=images[12], k=3)
     assert [r["rank"] for r in by_pixels] == [1, 2, 3] and by_pixels[0]["item_id"] == 12
-    by_item = client.recommend_similar(model_server.url, item_id=30, k=8)
+    by_item = similar(model_server.url, item_id=30, k=8)
     assert len(by_item) == 8 and 30 not in [r["item_id"] for r in by_item]
     distances = [r["distance"] for r in by_item]
     assert distances == sorted(distances)
@@ -71,8 +76,8 @@ def test_similar_by_png_pixels_and_item_id(model_server, catalog):
 
 def test_batch_of_mixed_queries_in_one_request(model_server, catalog):
     images, _ = catalog
-    columns = client.similarity_columns([images[1], base64.b64decode(png_b64(images[2]))], [3, 4])
-    out = client.rows(client.infer(model_server.url, MODEL, columns, {"k": 2}))
+    columns = similarity_serving.request_columns([images[1], base64.b64decode(png_b64(images[2]))], [3, 4])
+    out = inference.rows(inference.infer(model_server.url, MODEL, columns, {"k": 2}))
     assert len(out) == 8 and sorted({r["query"] for r in out}) == [0, 1, 2, 3]
     first = {r["query"]: r["item_id"] for r in out if r["rank"] == 1}
     assert first[0] == 1 and first[1] == 2
@@ -81,7 +86,7 @@ def test_batch_of_mixed_queries_in_one_request(model_server, catalog):
 
 def test_thumbnails_by_id_come_from_the_model(model_server, catalog):
     images, _ = catalog
-    out = client.recommend_similar(model_server.url, item_id=9, k=2, with_images=True, include_query=True)
+    out = similar(model_server.url, item_id=9, k=2, with_images=True, include_query=True)
     assert [r["rank"] for r in out] == [0, 1, 2] and out[0]["item_id"] == 9
     import io
 
@@ -96,12 +101,12 @@ BAD_REQUESTS = bad_requests(MODEL)
 @pytest.mark.parametrize("request_", BAD_REQUESTS, ids=[r.case for r in BAD_REQUESTS])
 def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(model_server, request_):
     assert request_.check(model_server.url) == ""
-    assert len(client.recommend_similar(model_server.url, item_id=2, k=3)) == 3
+    assert len(similar(model_server.url, item_id=2, k=3)) == 3
 
 
 def test_client_raises_the_servers_message(model_server):
-    with pytest.raises(client.ServingRequestError, match="k must be between") as raised:
-        client.recommend_similar(model_server.url, item_id=1, k=500)
+    with pytest.raises(inference.ServingRequestError, match="k must be between") as raised:
+        similar(model_server.url, item_id=1, k=500)
     assert raised.value.status == 400
 
 
@@ -115,6 +120,11 @@ def test_recommend_cli_prints_a_table(model_server, catalog, tmp_path, capsys):
     assert len(lines) == 5 and lines[2].split()[1] == "20"
     assert cli.main(["recommend", "--item-id", "999999", "--url", model_server.url]) == 2
     assert "unknown item_id 999999" in capsys.readouterr().err
+    # Each model's options come from its record; two models' options in one request are refused before asking.
+    assert cli.main(["recommend", "--item-id", "3", "--candidates", "1,2", "--url", model_server.url]) == 2
+    assert "--item-id (image similarity); --candidates (wide & deep)" in capsys.readouterr().err
+    assert cli.main(["recommend", "--image", str(tmp_path / "missing.png"), "--url", model_server.url]) == 2
+    assert "missing.png: no such file" in capsys.readouterr().err
 
 
 def test_serve_restarts_from_the_cache_and_stops_cleanly_on_sigterm(model_server, serving_settings, registered):
@@ -133,14 +143,14 @@ def test_serve_restarts_from_the_cache_and_stops_cleanly_on_sigterm(model_server
             first = process.stdout.readline()
         assert first.startswith(f"serving {MODEL} v{registered.version} at http://127.0.0.1:{port}"), first
         for _ in range(8):  # new connections, spread by the kernel over both processes
-            assert len(client.recommend_similar(f"http://127.0.0.1:{port}", item_id=5)) == 5
+            assert len(similar(f"http://127.0.0.1:{port}", item_id=5)) == 5
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0
     finally:
         if process.poll() is None:
             process.kill()
-    with pytest.raises(client.ServingRequestError, match="cannot reach"):
-        client.recommend_similar(f"http://127.0.0.1:{port}", item_id=5)
+    with pytest.raises(inference.ServingRequestError, match="cannot reach"):
+        similar(f"http://127.0.0.1:{port}", item_id=5)
 
 
 def test_serving_an_unregistered_model_is_a_clear_error(serving_settings, monkeypatch, capsys):

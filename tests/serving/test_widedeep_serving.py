@@ -14,11 +14,12 @@ import urllib.request
 import pytest
 from serving_helpers import MODEL, fixture_module
 
-from kuberec import cli
+from kuberec import cli, inference
 from kuberec.models import WIDEDEEP as WIDEDEEP_RECORD
 from kuberec.ports import free_port
-from kuberec.serving import client
 from kuberec.serving.refusals import bad_requests
+from kuberec.similarity import serving as similarity_serving
+from kuberec.widedeep import serving as widedeep_serving
 
 _widedeep = fixture_module("widedeep")
 test_config, gold, examples_uri, trained = (_widedeep.test_config, _widedeep.gold, _widedeep.examples_uri,
@@ -51,29 +52,29 @@ def history(gold):
 def test_known_user_candidates_and_batch(both, history):
     users, products = history
     user = int(users[0])
-    top = client.recommend_products(both.url, user, k=5)
+    top = widedeep_serving.recommend(both.url, model=WIDEDEEP, user_id=user, k=5)
     assert [r["rank"] for r in top] == [1, 2, 3, 4, 5] and not any(r["fallback"] for r in top)
     scores = [r["score"] for r in top]
     assert scores == sorted(scores, reverse=True) and all(r["product_name"] for r in top)
     candidates = sorted(set(products[users == user].tolist()))[:3]
-    chosen = client.recommend_products(both.url, user, candidates, k=10)
+    chosen = widedeep_serving.recommend(both.url, model=WIDEDEEP, user_id=user, candidates=candidates, k=10)
     assert sorted(r["product_id"] for r in chosen) == candidates
     other = int(users[users != user][0])
-    batch = client.rows(client.infer(both.url, WIDEDEEP, {"user_id": [user, other]}, {"k": 2}))
+    batch = inference.rows(inference.infer(both.url, WIDEDEEP, {"user_id": [user, other]}, {"k": 2}))
     assert [r["user_id"] for r in batch] == [user, user, other, other]
     # The similarity model answers from the same server.
-    assert len(client.recommend_similar(both.url, item_id=1)) == 5
+    assert len(similarity_serving.recommend(both.url, model=MODEL, item_id=1)) == 5
 
 
 def test_unknown_user_is_a_flagged_popularity_fallback_not_an_error(both):
-    out = client.recommend_products(both.url, 987654321, k=4)
+    out = widedeep_serving.recommend(both.url, model=WIDEDEEP, user_id=987654321, k=4)
     assert len(out) == 4 and all(r["fallback"] for r in out)
 
 
 @pytest.mark.parametrize("request_", bad_requests(WIDEDEEP), ids=[r.case for r in bad_requests(WIDEDEEP)])
 def test_bad_widedeep_requests(both, request_):
     assert request_.check(both.url) == ""
-    assert len(client.recommend_products(both.url, 987654321, k=1)) == 1
+    assert len(widedeep_serving.recommend(both.url, model=WIDEDEEP, user_id=987654321, k=1)) == 1
 
 
 def test_cli_and_demo_page_for_a_shopper(both, history, capsys):
@@ -110,7 +111,7 @@ def test_tritonclient_over_http(both, history, binary):
     server = triton.InferenceServerClient(f"127.0.0.1:{both.http_port}")
     assert server.is_server_ready() and server.is_model_ready(WIDEDEEP)
     for model, (columns, params) in _standard_queries(history).items():
-        expected = client.infer(both.url, model, columns, params)
+        expected = inference.infer(both.url, model, columns, params)
         inputs = []
         for name, values in columns.items():
             tensor = triton.InferInput(name, [len(values)], "INT64")
@@ -179,7 +180,7 @@ def test_tritonclient_over_grpc(both, history):
     answers = json.loads(run.stdout.strip().splitlines()[-1])
     assert answers["ready"]
     for model, (columns, params) in queries.items():
-        expected = client.infer(both.url, model, columns, params)
+        expected = inference.infer(both.url, model, columns, params)
         assert answers[model]["outputs"][_id_column(model)] == expected[_id_column(model)]
         assert answers[model]["model_version"] == expected_version(both, model)
     assert answers["unknown parameter"]["status"] == "StatusCode.INVALID_ARGUMENT"
@@ -203,7 +204,7 @@ def test_kserve_clients_over_rest_and_grpc(both, history):
         rpc = InferenceGRPCClient(f"127.0.0.1:{both.grpc_port}", timeout=60)
         try:
             for model, (columns, params) in _standard_queries(history).items():
-                expected = client.infer(both.url, model, columns, params)[_id_column(model)]
+                expected = inference.infer(both.url, model, columns, params)[_id_column(model)]
                 inputs = []
                 for name, values in columns.items():
                     tensor = InferInput(name, [len(values)], "INT64")
@@ -225,10 +226,10 @@ def test_kserve_clients_over_rest_and_grpc(both, history):
 
 
 def test_prometheus_metrics_per_model(both):
-    client.infer(both.url, MODEL, {"item_id": [3]}, {"k": 2})
-    client.recommend_products(both.url, 987654321, k=1)
-    with pytest.raises(client.ServingRequestError):
-        client.infer(both.url, MODEL, {"item_id": [3]}, {"k": 0})
+    inference.infer(both.url, MODEL, {"item_id": [3]}, {"k": 2})
+    widedeep_serving.recommend(both.url, model=WIDEDEEP, user_id=987654321, k=1)
+    with pytest.raises(inference.ServingRequestError):
+        inference.infer(both.url, MODEL, {"item_id": [3]}, {"k": 0})
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"{both.url}/metrics", timeout=30) as response:

@@ -6,7 +6,7 @@ import argparse
 
 from kuberec.cli import Command
 from kuberec.errors import KuberecError
-from kuberec.models import MODELS, SIMILARITY, WIDEDEEP
+from kuberec.models import MODELS
 
 DEFAULT_MODELS = tuple(record.registered_name for record in MODELS.values())
 
@@ -52,37 +52,33 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _recommend_arguments(parser: argparse.ArgumentParser) -> None:
-    from kuberec.serving.client import DEFAULT_URL
+    from kuberec.inference import DEFAULT_URL
 
     query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", help="a PNG/JPEG file: the most similar catalog items")
-    query.add_argument("--item-id", type=int, help="a catalog item: the most similar other items")
-    query.add_argument("--user-id", type=int, help="a shopper: the top products (wide & deep)")
-    parser.add_argument("--candidates", default=None, help="with --user-id: comma-separated product ids to rank")
-    parser.add_argument("--k", type=int, default=None, help=f"how many results (default {SIMILARITY.default_k} "
-                                                            f"similar, {WIDEDEEP.default_k} products)")
+    for record in MODELS.values():
+        for option in record.serving.query_options:
+            (query if option.starts else parser).add_argument(option.flag, type=option.parse, help=option.help)
+    parser.add_argument("--k", type=int, default=None, help="how many results (default: the model's)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the model server (default {DEFAULT_URL})")
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from kuberec.inference import format_table
 
-    from kuberec.serving import client
-
-    if args.user_id is not None:
-        candidates = [int(c) for c in args.candidates.split(",") if c.strip()] if args.candidates else None
-        results = client.recommend_products(args.url, args.user_id, candidates, k=args.k or WIDEDEEP.default_k)
-    else:
-        if args.image is not None and not Path(args.image).is_file():
-            raise KuberecError(f"--image {args.image}: no such file")
-        results = client.recommend_similar(args.url, image=args.image, item_id=args.item_id,
-                                           k=args.k or SIMILARITY.default_k)
-    print(client.format_table(results))
+    given = {name: {option.keyword: getattr(args, option.keyword) for option in record.serving.query_options
+                    if getattr(args, option.keyword) is not None} for name, record in MODELS.items()}
+    asked = [MODELS[name] for name, options in given.items() if options]
+    if len(asked) > 1:  # a query option of one model with a refining option of another
+        raise KuberecError("options of more than one model: " + "; ".join(
+            f"{', '.join('--' + o.replace('_', '-') for o in given[r.name])} ({r.title})" for r in asked))
+    record = asked[0]
+    print(format_table(record.serving.recommend(args.url, model=record.registered_name, k=args.k,
+                                                **given[record.name])))
     return 0
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from kuberec.serving.client import DEFAULT_URL
+    from kuberec.inference import DEFAULT_URL
     from kuberec.serving.demo import DEFAULT_PORT, HOST
 
     parser.add_argument("--url", default=DEFAULT_URL, help="the model server (kuberec serve)")
@@ -107,7 +103,8 @@ def _demo(args: argparse.Namespace) -> int:
 COMMANDS = [
     Command("serve", None, "serve the registered recommenders on KServe's model server (V2 REST + gRPC) on loopback",
             _serve, _serve_arguments),
-    Command("recommend", None, "ask a running server for similar items (--image/--item-id) or products "
-            "(--user-id)", _recommend, _recommend_arguments),
+    Command("recommend", None, "ask a running server: " + "; ".join(
+        f"{record.title} ({'/'.join(o.flag for o in record.serving.query_options if o.starts)})"
+        for record in MODELS.values()), _recommend, _recommend_arguments),
     Command("demo", None, "the demo web page for a running server (kuberec serve)", _demo, _demo_arguments),
 ]

@@ -29,7 +29,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from kuberec.entrypoint import run_program
-from kuberec.serving import MAX_REQUEST_BYTES
+from kuberec.inference import MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 

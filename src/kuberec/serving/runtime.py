@@ -45,7 +45,8 @@ from mlflow.exceptions import MlflowException
 from prometheus_client import Counter
 
 from kuberec.errors import KuberecError
-from kuberec.serving import MAX_REQUEST_BYTES, repository
+from kuberec.inference import MAX_REQUEST_BYTES
+from kuberec.serving import repository
 
 log = logging.getLogger(__name__)
 

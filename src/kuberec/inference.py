@@ -1,27 +1,27 @@
-"""A small V2 (Open Inference Protocol) client for the served recommenders (stdlib HTTP).
+"""The Open Inference Protocol (V2) as kuberec's clients speak it: a small stdlib HTTP client, the requests every
+served model must refuse, and the shapes a model package uses to describe its own queries.
 
-`recommend_similar(url, image=..., item_id=..., k=5)` and `recommend_products(url, user_id, candidates, k)` return
-rows as dicts; `infer(url, model, columns, params)` is the raw call (columns -> V2 inputs, outputs -> columns).
-Errors the server reports (4xx with `{"error": ...}` or `{"detail": ...}`) raise `ServingRequestError` with the
-server's message.
+`infer(url, model, columns, params)` is one call (columns -> V2 inputs, outputs -> columns). Errors the server reports
+(4xx with `{"error": ...}` or `{"detail": ...}`) raise `ServingRequestError` with the server's message. Each model's
+package builds its requests on this (`kuberec.<model>.serving`); `kuberec.models` lists them.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import urllib.parse
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from kuberec.errors import KuberecError
-from kuberec.models import SIMILARITY, WIDEDEEP
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 60.0
+MAX_REQUEST_BYTES = 8 * 2**20  # decoded request payload; the pyfunc's own limit is 5 MiB per image, 1024 rows
+UNKNOWN_ID = 10 ** 9  # no catalog item, product or shopper has it
 
 
 class ServingRequestError(KuberecError):
@@ -111,62 +111,6 @@ def infer(url: str, model: str, columns: Mapping[str, Sequence[Any]], params: Ma
     return outputs_to_columns(post_json(url, f"/v2/models/{model}/infer", request_body(columns, params), timeout))
 
 
-def image_b64(image: str | Path | bytes) -> str:
-    """A PNG/JPEG file path or its bytes -> base64 text for the `image_b64` column."""
-    data = image if isinstance(image, bytes) else Path(image).read_bytes()
-    return base64.b64encode(data).decode("ascii")
-
-
-def similarity_columns(images: Sequence[str | Path | bytes | np.ndarray] = (),
-                       item_ids: Sequence[int] = ()) -> dict[str, list]:
-    """Request columns for a batch: image files/bytes (base64), 28x28 arrays (pixels), then item ids."""
-    image_col, pixel_col, item_col = [], [], []
-    for image in images:
-        if isinstance(image, np.ndarray):
-            image_col.append("")
-            pixel_col.append(",".join(map(str, np.asarray(image, np.uint8).ravel().tolist())))
-        else:
-            image_col.append(image_b64(image))
-            pixel_col.append("")
-        item_col.append(-1)  # "no item in this row" (an integer column cannot hold missing values)
-    for item_id in item_ids:
-        image_col.append("")
-        pixel_col.append("")
-        item_col.append(int(item_id))
-    columns = {"image_b64": image_col, "pixels": pixel_col, "item_id": item_col}
-    return {name: values for name, values in columns.items() if any(v not in ("", -1) for v in values)}
-
-
-def recommend_similar(url: str = DEFAULT_URL, image: str | Path | bytes | np.ndarray | None = None,
-                      item_id: int | None = None, k: int = SIMILARITY.default_k, *, with_images: bool = False,
-                      include_query: bool = False, model: str = SIMILARITY.registered_name) -> list[dict]:
-    """The k catalog items most similar to one image (file, bytes or 28x28 array) or one catalog item id.
-
-    Rows: rank, item_id, distance, label, label_name (and image_png_b64 with `with_images`).
-    """
-    if (image is None) == (item_id is None):
-        raise ServingRequestError("give exactly one of image and item_id")
-    columns = similarity_columns([image] if image is not None else [], [item_id] if item_id is not None else [])
-    params: dict[str, Any] = {"k": k}
-    if with_images:
-        params["with_images"] = True
-    if include_query:
-        params["include_query"] = True
-    result = rows(infer(url, model, columns, params))
-    return [{key: value for key, value in row.items() if key != "query"} for row in result]
-
-
-def recommend_products(url: str = DEFAULT_URL, user_id: int | None = None, candidates: Sequence[int] | None = None,
-                       k: int = WIDEDEEP.default_k, *, model: str = WIDEDEEP.registered_name) -> list[dict]:
-    """The top-k products for a shopper (ranked by the wide & deep model), optionally among `candidates`."""
-    if user_id is None:
-        raise ServingRequestError("user_id is required")
-    columns: dict[str, list] = {"user_id": [int(user_id)] * (len(candidates) if candidates else 1)}
-    if candidates:
-        columns["product_id"] = [int(c) for c in candidates]
-    return rows(infer(url, model, columns, {"k": k}))
-
-
 def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     if not records:
         return "(no results)"
@@ -178,3 +122,58 @@ def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] | 
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class QueryOption:
+    """One `kuberec recommend` option of a model: `--item-id 3` becomes `recommend(url, item_id=3, ...)`.
+
+    The options that `starts` a query are mutually exclusive across all models: the one given picks the model."""
+
+    flag: str  # e.g. "--item-id"; the keyword argument is its name with underscores
+    help: str
+    parse: Callable[[str], Any] = str
+    starts: bool = True  # False: it only refines a query another option of the same model starts
+
+    @property
+    def keyword(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """A request every server of the model must refuse with `status` and `message` in its words."""
+
+    case: str
+    model: str  # the model name in the request's path
+    body: str  # sent exactly as it is
+    status: int
+    message: str  # in the server's error message (case-insensitive)
+
+    def check(self, url: str) -> str:
+        """Send it to the server at `url`; "" when refused as expected, else what happened instead."""
+        status, data = post(url, f"/v2/models/{self.model}/infer", self.body)
+        said = error_message(data)
+        if status != self.status or self.message.lower() not in said.lower():
+            return f"{self.case}: expected {self.status} saying {self.message!r}, got {status}: {said[:200]}"
+        return ""
+
+
+def body_text(columns: Mapping[str, Sequence[Any]], params: Mapping[str, Any] | None = None) -> str:
+    """A request body as the bad requests send it: JSON text."""
+    return json.dumps(request_body(columns, params))
+
+
+def v2_input(name: str, shape: list[int], datatype: str, data: list) -> str:
+    """A body with one input exactly as given (a shape or datatype `request_body` would never write)."""
+    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]})
+
+
+def protocol_bad_requests(model: str) -> list[BadRequest]:
+    """The refusals that do not depend on the model: bodies that are not a V2 request, a model that is not served."""
+    return [
+        BadRequest("malformed JSON", model, '{"inputs": [', 422, "json"),
+        BadRequest("empty body", model, "", 422, ""),
+        BadRequest("model not found", "no-such-model", body_text({"item_id": [1]}), 404,
+                   "no-such-model does not exist"),
+    ]
