@@ -63,14 +63,15 @@ target "spark" {
   tags       = ["${REGISTRY}/kuberec-spark:${TAG}"]
 }
 
+# Built on Python alone, with what their role needs (their requirements.txt), not on the runtime.
 target "serving" {
-  inherits   = ["_on_runtime"]
+  inherits   = ["_common"]
   dockerfile = "images/serving/Dockerfile"
   tags       = ["${REGISTRY}/kuberec-serving:${TAG}"]
 }
 
 target "mlflow" {
-  inherits   = ["_on_runtime"]
+  inherits   = ["_common"]
   dockerfile = "images/mlflow/Dockerfile"
   tags       = ["${REGISTRY}/kuberec-mlflow:${TAG}"]
 }

@@ -60,11 +60,11 @@ mkdir -p "$serve_dir" "$C/wheelhouse"
 requirements=$C/images/requirements.txt
 "$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
   > "$requirements"
-stamp=$(cat "$requirements" constraints.txt images/mlflow/requirements.txt | sha256sum | cut -c1-16)
+stamp=$(cat "$requirements" constraints.txt images/*/requirements.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$C/wheelhouse/.stamp" 2>/dev/null)" != "$stamp" ]; then
   log "collecting wheels into $C/wheelhouse (from pip's cache when make setup filled it)"
   PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip} "$PY" -m pip download -q -c constraints.txt -r "$requirements" \
-    -r images/mlflow/requirements.txt "pip==25.3" -d "$C/wheelhouse"
+    -r images/serving/requirements.txt -r images/mlflow/requirements.txt "pip==25.3" -d "$C/wheelhouse"
   PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip} "$PY" -m pip download -q --no-deps --no-binary horovod \
     "horovod==$(sed -n 's/^VERSION=//p' scripts/build-horovod.sh)" -d "$C/wheelhouse"
   echo "$stamp" > "$C/wheelhouse/.stamp"
