@@ -73,6 +73,12 @@ go_binary ray-operator "$KUBERAY_VERSION" kuberay .
 
 built kserve-manager "$KSERVE_VERSION" || module_source github.com/kserve/kserve "$KSERVE_VERSION" kserve
 go_binary kserve-manager "$KSERVE_VERSION" kserve ./cmd/manager
+# KServe's InferenceGraph router: its Splitter node is the weighted traffic split of kuberec's canaries.
+go_binary kserve-router "$KSERVE_VERSION" kserve ./cmd/router
+
+# The resource metrics API (metrics.k8s.io) that KServe's HorizontalPodAutoscalers read pods' CPU from.
+built metrics-server "$METRICS_SERVER_VERSION" || module_source sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" metrics-server
+go_binary metrics-server "$METRICS_SERVER_VERSION" metrics-server ./cmd/metrics-server
 
 built minio "$MINIO_VERSION" || module_source github.com/minio/minio "$MINIO_VERSION" minio
 go_binary minio "$MINIO_VERSION" minio .

@@ -32,6 +32,8 @@ MPI_OPERATOR_VERSION=v0.8.0
 SPARK_OPERATOR_VERSION=v2.5.2
 KUBERAY_VERSION=v1.6.1      # v1.7.0 (vendored CRDs): the module proxy answers 403 "not available"
 KSERVE_VERSION=v0.20.0
+METRICS_SERVER_VERSION=v0.8.0
+METRICS_SERVER_PORT=4443  # on the node address, behind the metrics-server Service
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c  # the newest MinIO server module the proxy serves
 ETCD_DEBIAN_SUITE=trixie    # etcd-server 3.5 (bookworm ships 3.4)
 # Kubeflow Pipelines (scripts/cluster/build-kfp.sh): the release matching the kfp SDK pin, the Argo Workflows its

@@ -17,7 +17,7 @@ if running kubelet && running kube-apiserver; then
   done
   log "pods gone in ${waited} s"
 fi
-for name in kubelet kube-proxy coredns kube-apiserver etcd artifact-server; do stop "$name"; done
+for name in kubelet kube-proxy coredns metrics-server kube-apiserver etcd artifact-server; do stop "$name"; done
 # Containers the kubelet did not get to
 for task in $("${CTR[@]}" tasks ls -q 2>/dev/null); do "${CTR[@]}" tasks kill -s KILL "$task" >/dev/null 2>&1 || true; done
 stop dockerd

@@ -47,6 +47,13 @@ build pause registry.k8s.io/pause:3.10 "$C/images/pause"
 build python kuberec-local/python:3.11 "$REPO/images/bases/python"
 build maven kuberec-local/maven:3 "$REPO/images/bases/maven"
 build postgres kuberec-local/postgres:15 "$REPO/images/bases/postgres"
+ROUTER_IMAGE=kuberec-local/kserve-router:$KSERVE_VERSION
+if [ -x "$BIN/kserve-router" ]; then
+  mkdir -p "$C/images/kserve-router" && cp "$BIN/kserve-router" "$REPO/images/bases/kserve-router/Dockerfile" "$C/images/kserve-router/"
+  build kserve-router "$ROUTER_IMAGE" "$C/images/kserve-router"
+else
+  log "warning: no KServe router binary in $BIN yet (scripts/cluster/build.sh builds it): its image is left for the next run"
+fi
 if [ -x "$BIN/minio" ]; then
   mkdir -p "$C/images/minio" && cp "$BIN/minio" "$REPO/images/bases/minio/Dockerfile" "$C/images/minio/"
   build minio kuberec-local/minio:dev "$C/images/minio"
@@ -173,7 +180,7 @@ stop artifact-server
 
 # -- onto the node: only images whose ID the node does not have yet ---------------------------------------------
 to_load=()
-for image in registry.k8s.io/pause:3.10 kuberec-local/minio:dev kuberec-local/postgres:15 \
+for image in registry.k8s.io/pause:3.10 kuberec-local/minio:dev kuberec-local/postgres:15 "$ROUTER_IMAGE" \
     "${KUBEREC_IMAGES[@]/#/$REGISTRY/kuberec-}" ${KFP_IMAGES[@]+"${KFP_IMAGES[@]}"}; do
   [[ "$image" == "$REGISTRY"/kuberec-* ]] && image=$image:$TAG
   id=$("${docker[@]}" image inspect -f '{{.Id}}' "$image" 2>/dev/null) || continue

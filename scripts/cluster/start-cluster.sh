@@ -23,6 +23,21 @@ if [ ! -f "$PKI/ca.crt" ]; then
   kubectl config set-context kuberec --cluster=kuberec --user=kuberec-admin --namespace=kuberec >/dev/null
   kubectl config use-context kuberec >/dev/null
 fi
+# The aggregation layer: the API server forwards metrics.k8s.io to metrics-server with a client certificate of its
+# own CA (the front proxy's), and metrics-server trusts the user it names in the request headers.
+if [ ! -f "$PKI/front-proxy-client.crt" ]; then
+  (cd "$PKI"
+   openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 3650 -subj "/CN=kuberec-front-proxy-ca" 2>/dev/null
+   printf 'extendedKeyUsage=clientAuth\n' > front-proxy-client.ext
+   openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr -subj "/CN=front-proxy-client" 2>/dev/null
+   openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial \
+     -out front-proxy-client.crt -days 3650 -extfile front-proxy-client.ext 2>/dev/null
+   # metrics-server's serving certificate, from the cluster CA (the APIService's caBundle)
+   printf 'subjectAltName=DNS:metrics-server.kube-system.svc,IP:%s\nextendedKeyUsage=serverAuth\n' "$NODE_IP" > metrics-server.ext
+   openssl req -newkey rsa:2048 -nodes -keyout metrics-server.key -out metrics-server.csr -subj "/CN=metrics-server" 2>/dev/null
+   openssl x509 -req -in metrics-server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out metrics-server.crt -days 3650 \
+     -extfile metrics-server.ext 2>/dev/null)
+fi
 
 # -- control plane -------------------------------------------------------------------------------------------------
 start etcd "$BIN/etcd" --data-dir "$STATE/etcd" --listen-client-urls http://127.0.0.1:2379 \
@@ -35,7 +50,11 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --authorization-mode Node,RBAC --allow-privileged=true --enable-admission-plugins NodeRestriction \
-  --kubelet-preferred-address-types InternalIP
+  --kubelet-preferred-address-types InternalIP \
+  --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+  --proxy-client-key-file "$PKI/front-proxy-client.key" --enable-aggregator-routing=true
 wait_for kube-apiserver 120 kubectl get --raw /readyz
 start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$KUBECONFIG" \
   --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" --leader-elect=false \
@@ -120,5 +139,38 @@ addressType: IPv4
 endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
 ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
 YAML
+# -- metrics-server: the resource metrics API (kubectl top, HorizontalPodAutoscalers' CPU) ------------------------
+# A process of this machine like CoreDNS, behind a Service whose endpoint is the node address. The kubelet serves a
+# certificate it signed itself for its host name only, so metrics-server does not verify it (on this one machine).
+start metrics-server "$BIN/metrics-server" --kubeconfig "$KUBECONFIG" --authentication-kubeconfig "$KUBECONFIG" \
+  --authorization-kubeconfig "$KUBECONFIG" --bind-address "$NODE_IP" --secure-port "$METRICS_SERVER_PORT" \
+  --tls-cert-file "$PKI/metrics-server.crt" --tls-private-key-file "$PKI/metrics-server.key" \
+  --kubelet-preferred-address-types InternalIP --kubelet-insecure-tls --metric-resolution 15s
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec:
+  ports: [{name: https, port: 443, targetPort: $METRICS_SERVER_PORT, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: metrics-server-node, namespace: kube-system, labels: {kubernetes.io/service-name: metrics-server}}
+addressType: IPv4
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+ports: [{name: https, port: $METRICS_SERVER_PORT, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  caBundle: $(base64 -w0 < "$PKI/ca.crt")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+YAML
 wait_for "node $NODE_NAME Ready" 120 sh -c "'$BIN/kubectl' get node '$NODE_NAME' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
-log "Kubernetes $K8S_VERSION up: node $NODE_NAME ($NODE_IP)"
+wait_for "the metrics API" 120 kubectl get --raw "/apis/metrics.k8s.io/v1beta1/nodes/$NODE_NAME"
+log "Kubernetes $K8S_VERSION up: node $NODE_NAME ($NODE_IP), with metrics-server $METRICS_SERVER_VERSION"

@@ -37,7 +37,7 @@ start ray-operator unshare -m sh -c "mount --bind '$STATE/resolv-cluster.conf' /
 
 # KServe: its configuration with the Standard (raw Deployment) mode, no ingress, and the pod webhook registered at
 # this machine's manager, which injects the storage initializer into predictor pods.
-"$PY" - "$SRC/kserve/config/configmap/inferenceservice.yaml" > "$STATE/inferenceservice-config.yaml" <<'PYTHON'
+"$PY" - "$SRC/kserve/config/configmap/inferenceservice.yaml" "kuberec-local/kserve-router:$KSERVE_VERSION" > "$STATE/inferenceservice-config.yaml" <<'PYTHON'
 import json, re, sys
 import yaml
 
@@ -50,6 +50,8 @@ def edit(key, **changes):
     config["data"][key] = json.dumps(value, indent=2)
 edit("deploy", defaultDeploymentMode="Standard")
 edit("ingress", disableIngressCreation=True)
+# InferenceGraph routers (the canaries' traffic split) from the image images.sh built from KServe's own source
+edit("router", image=sys.argv[2], imagePullPolicy="Never", imagePullSecrets=[])
 print(yaml.safe_dump(config))
 PYTHON
 kubectl apply -f "$STATE/inferenceservice-config.yaml" >/dev/null

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make cluster-status: which of cluster-up's processes run, and what the cluster runs.
 source "$(dirname "$0")/common.sh"
-for name in containerd dockerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns \
+for name in containerd dockerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns metrics-server \
     mpi-operator spark-operator ray-operator kserve; do
   if running "$name"; then printf '%-24s running (pid %s)\n' "$name" "$(cat "$PIDS/$name.pid")"
   else printf '%-24s stopped\n' "$name"; fi
