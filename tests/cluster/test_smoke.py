@@ -138,6 +138,19 @@ def test_inference_service_answers_v2_through_port_forward(cluster_env, state):
     assert len(neighbours) == 5 and [n["rank"] for n in neighbours] == [1, 2, 3, 4, 5]
 
 
+def test_metrics_api_reports_the_predictors_cpu(cluster_env):
+    """metrics-server behind the API server's aggregation layer: what KServe's HPAs read (after the
+    InferenceService test, whose predictor pod must show up with its CPU and memory)."""
+    deadline = time.monotonic() + 120  # the pod's first samples come a scrape or two after it starts
+    while True:
+        out = kubectl("-n", NAMESPACE, "top", "pods", "-l", f"serving.kserve.io/inferenceservice={SERVED_NAME}",
+                      "--no-headers", check=False)
+        if re.search(rf"^{SERVED_NAME}-predictor-\S+\s+\d+m\s+\d+Mi", out, re.M):
+            return
+        assert time.monotonic() < deadline, f"kubectl top pods: {out}"
+        time.sleep(5)
+
+
 def test_instacart_ingest_and_features_run_as_spark_applications(cluster_env, tmp_path, monkeypatch):
     """The wide & deep data steps on the cluster: generated Instacart files staged in MinIO, bronze tables written by
     one SparkApplication, the gold tables by another; both read back from MinIO on this machine."""

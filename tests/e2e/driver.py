@@ -262,12 +262,17 @@ def check_refusals(name: str, url: str) -> Outcome:
                    "\n".join(failures))
 
 
-class ContinuousLoad:
-    """`clients` threads asking `url` + `path` the same question, one request after another, until the block ends;
-    every status, latency and answer (outputs only: they show which model version answered)."""
+def answer_key(data: bytes | str) -> str:
+    """A V2 response's outputs, as one string: they show which model version answered."""
+    return json.dumps(json.loads(data)["outputs"], sort_keys=True)
 
-    def __init__(self, url: str, path: str, body: str, clients: int):
-        self.url, self.path, self.body = url, path, body
+
+class ContinuousLoad:
+    """`clients` threads asking `url` + `path` the same question, one request after another (`pause_s` apart),
+    until the block ends; every status, latency and answer (`answer_key`)."""
+
+    def __init__(self, url: str, path: str, body: str, clients: int, pause_s: float = 0.0):
+        self.url, self.path, self.body, self.pause_s = url, path, body, pause_s
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.latencies: list[float] = []
@@ -283,7 +288,7 @@ class ContinuousLoad:
             started = time.monotonic()
             try:
                 status, data = inference.post(self.url, self.path, self.body, timeout=30)
-                answer = json.dumps(json.loads(data)["outputs"], sort_keys=True) if status == 200 else ""
+                answer = answer_key(data) if status == 200 else ""
                 error = "" if status == 200 else f"{status}: {inference.error_message(data)[:200]}"
             except Exception as err:  # noqa: BLE001  (any failure of a request is what this counts)
                 answer, error = "", f"{type(err).__name__}: {err}"[:200]
@@ -294,6 +299,7 @@ class ContinuousLoad:
                 else:
                     self.answers[answer] = self.answers.get(answer, 0) + 1
                     self.last_answer = answer
+            self.stopping.wait(self.pause_s)
 
     def __enter__(self) -> "ContinuousLoad":
         for thread in self.threads:

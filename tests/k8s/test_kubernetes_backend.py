@@ -16,11 +16,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kuberec.backends import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
-from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, KINDS
+from kuberec.backends.k8s.kinds import INFERENCE_GRAPH, INFERENCE_SERVICE, KINDS
 from kuberec.backends.k8s.naming import CREATED_BY_POD, POD_NAME_ENV, POD_NAMESPACE_ENV
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render as render_resource
+from kuberec.backends.k8s.serving import MODEL_URI_ANNOTATION
 from kuberec.backends.kubernetes import JobCancelled, JobTimeout, KubernetesBackend, KubernetesError
+from kuberec.errors import KuberecError
 from kuberec.settings import Settings
 
 JOBS = {
@@ -464,6 +466,129 @@ def test_deploy_timeout_keeps_existing_service(backend_for, progress_log):
     with pytest.raises(JobTimeout, match="deleted it"):
         backend.deploy(ServingJob("other", "s3://kuberec/models/other"))
     assert not exists(backend, INFERENCE_SERVICE, "other")
+
+
+class FakeKServe:
+    """What KServe and the kubelet do for a canary, at once: every InferenceService and InferenceGraph generation is
+    made Ready, the predictors' pods serve the stored spec's models, and the router runs the stored split. The test
+    API server has no Deployments or pods (PredictorPods says why); the real ones are followed on the cluster
+    (benchmarks/canary_rollout.py). `steps` records what was served after each change, in order."""
+
+    def __init__(self, backend: KubernetesBackend):
+        self.backend = backend
+        self.steps: list[tuple[str, object]] = []
+        self.seen: dict[str, int] = {}
+        self.stopping = threading.Event()
+        backend.predictor_pods = self.pods
+        backend.router_shares = self.shares
+        self.thread = threading.Thread(target=self._reconcile, daemon=True)
+        self.thread.start()
+
+    def _objects(self, kind) -> list[dict]:
+        return self.backend.api.list_namespaced_custom_object(
+            kind.group, kind.version, self.backend.namespace, kind.plural)["items"]
+
+    def _reconcile(self) -> None:
+        while not self.stopping.is_set():
+            for kind in (INFERENCE_SERVICE, INFERENCE_GRAPH):
+                for obj in self._objects(kind):
+                    name, generation = obj["metadata"]["name"], obj["metadata"]["generation"]
+                    if self.seen.get(f"{kind.kind}/{name}") == generation:
+                        continue
+                    self.seen[f"{kind.kind}/{name}"] = generation
+                    if kind is INFERENCE_SERVICE:
+                        self.steps.append(("serving", self._served(obj)))
+                        write_status(self.backend, kind, name, isvc_ready(generation, f"http://{name}.example"))
+                    else:
+                        self.steps.append(("split", self._split(obj)))
+                        write_status(self.backend, kind, name, {"url": f"http://{name}.ns.svc.cluster.local",
+                                                                "conditions": [{"type": "Ready", "status": "True"}]})
+            time.sleep(0.05)
+
+    @staticmethod
+    def _served(isvc: dict) -> dict[str, str]:
+        served = {"stable": isvc["spec"]["predictor"]["model"]["storageUri"]}
+        for canary in isvc["spec"].get("canary") or []:
+            served[canary["predictor"]["name"]] = canary["predictor"]["model"]["storageUri"]
+        return served
+
+    @staticmethod
+    def _split(graph: dict) -> dict[str, int]:
+        return {step["name"]: step["weight"] for step in graph["spec"]["nodes"]["root"]["steps"]}
+
+    def pods(self, name: str) -> list[tuple[str, bool]]:
+        return [(uri, True) for uri in self._served(self.backend.get(INFERENCE_SERVICE, name)).values()]
+
+    def shares(self, name: str) -> dict[str, int] | None:
+        graph = self.backend.get(INFERENCE_GRAPH, name)
+        return self._split(graph) if self.seen.get(f"InferenceGraph/{name}") == graph["metadata"]["generation"] \
+            else None
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def kserve(backend):
+    fake = FakeKServe(backend)
+    yield fake
+    fake.stop()
+
+
+def test_canary_then_promote(backend, kserve, progress_log):
+    stable, new = "s3://kuberec/m/1", "s3://kuberec/m/2"
+    backend.deploy(ServingJob("similarity", stable, extra={"KUBEREC_TOP_K": "10"}))
+    url = backend.deploy(ServingJob("similarity", new), canary_percent=10)
+    assert url == "http://similarity-split.ns.svc.cluster.local"
+    isvc = backend.get(INFERENCE_SERVICE, "similarity")
+    assert isvc["spec"]["canary"][0]["trafficPercent"] == 10
+    # The stable model keeps its settings; the canary gets the same ones.
+    assert isvc["spec"]["canary"][0]["predictor"]["model"]["env"] == [{"name": "KUBEREC_TOP_K", "value": "10"}]
+    graph = backend.get(INFERENCE_GRAPH, "similarity-split")
+    assert graph["metadata"]["ownerReferences"][0]["uid"] == isvc["metadata"]["uid"]
+    backend.deploy(ServingJob("similarity", new), canary_percent=30)  # a bigger share, the same canary
+    assert kserve.steps[-1] == ("split", {"stable": 70, "canary": 30})
+    with pytest.raises(KuberecError, match="has a canary .*promote it or roll it back first"):
+        backend.deploy(ServingJob("similarity", "s3://kuberec/m/3"))
+    with pytest.raises(KuberecError, match="has a canary of s3://kuberec/m/2"):
+        backend.deploy(ServingJob("similarity", "s3://kuberec/m/3"), canary_percent=10)
+
+    kserve.steps.clear()
+    backend.promote("similarity")
+    # Every request goes to the canary before the stable pods change model, and back only once they serve it.
+    assert kserve.steps == [
+        ("split", {"canary": 100}),
+        ("serving", {"stable": new, "canary": new}),
+        ("split", {"stable": 100}),
+        ("serving", {"stable": new}),
+    ]
+    isvc = backend.get(INFERENCE_SERVICE, "similarity")
+    assert "canary" not in isvc["spec"] and isvc["metadata"]["annotations"][MODEL_URI_ANNOTATION] == new
+    assert isvc["spec"]["predictor"]["model"]["env"] == [{"name": "KUBEREC_TOP_K", "value": "10"}]
+    with pytest.raises(KuberecError, match="has no canary to promote"):
+        backend.promote("similarity")
+
+
+def test_canary_rolled_back(backend, kserve):
+    stable = "s3://kuberec/m/1"
+    backend.deploy(ServingJob("widedeep", stable, max_replicas=2))
+    backend.deploy(ServingJob("widedeep", "s3://kuberec/m/2"), canary_percent=10)
+    kserve.steps.clear()
+    backend.rollback("widedeep")
+    assert kserve.steps == [("split", {"stable": 100}), ("serving", {"stable": stable})]
+    isvc = backend.get(INFERENCE_SERVICE, "widedeep")
+    assert "canary" not in isvc["spec"] and isvc["spec"]["predictor"]["maxReplicas"] == 2
+    with pytest.raises(KuberecError, match="has no canary to roll back"):
+        backend.rollback("widedeep")
+
+
+def test_canary_needs_another_version_of_a_served_model(backend, kserve):
+    with pytest.raises(KuberecError, match=r"no InferenceService .*/similarity: deploy a model first"):
+        backend.deploy(ServingJob("similarity", "s3://kuberec/m/1"), canary_percent=10)
+    backend.deploy(ServingJob("similarity", "s3://kuberec/m/1"))
+    with pytest.raises(KuberecError, match="serves s3://kuberec/m/1 already"):
+        backend.deploy(ServingJob("similarity", "s3://kuberec/m/1"), canary_percent=10)
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------------

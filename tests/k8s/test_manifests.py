@@ -11,7 +11,7 @@ import yaml
 from overlays import TARGETS
 
 from kuberec.backends import HorovodJob
-from kuberec.backends.k8s.kinds import KINDS
+from kuberec.backends.k8s.kinds import INFERENCE_GRAPH, KINDS
 from kuberec.backends.k8s.options import ClusterOptions, Toleration
 from kuberec.backends.k8s.render import render
 from kuberec.settings import Settings
@@ -73,6 +73,8 @@ def test_runner_rbac_is_exactly_what_the_backend_uses(built):
     watch = {"create", "get", "list", "watch", "delete"}
     expected = {(k.group, k.plural): watch | ({"update"} if k.kind == "InferenceService" else set())
                 for k in KINDS.values()}
+    # A canary's split, and its router Deployment (router_shares)
+    expected |= {(INFERENCE_GRAPH.group, INFERENCE_GRAPH.plural): watch | {"update"}, ("apps", "deployments"): {"get"}}
     expected |= {("", "pods"): {"list"}, ("", "pods/log"): {"get"}}  # a failed job's program error (program_error)
     assert rules == expected
     for obj in objects:

@@ -18,6 +18,14 @@ from kuberec.backends.k8s.naming import dns_label, run_name
 from kuberec.backends.k8s.options import ClusterConfigError, ClusterOptions, Toleration
 from kuberec.backends.k8s.pods import pod_env
 from kuberec.backends.k8s.render import render
+from kuberec.backends.k8s.serving import (
+    CANARY,
+    MODEL_URI_ANNOTATION,
+    Canary,
+    render_inference_service,
+    render_traffic_split,
+)
+from kuberec.errors import KuberecError
 from kuberec.settings import Settings
 
 pytestmark = pytest.mark.fast  # no JVM, no training, no server: part of `make test-fast`
@@ -170,7 +178,63 @@ def test_inference_service(cluster_settings):
     assert model == {"modelFormat": {"name": "mlflow"}, "protocolVersion": "v2",
                      "storageUri": "s3://kuberec/mlflow/2/x/artifacts/model", "runtime": "custom-rt"}
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 4)
+    # Between min and max replicas KServe's HPA scales on the pods' CPU, percent of their request.
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("cpu", 80)
     assert predictor["serviceAccountName"] == "kuberec-serving"
+    assert "canary" not in cr["spec"]
+    fixed = render(ServingJob("wd", "s3://kuberec/m/1"), cluster_settings, ClusterOptions())
+    assert "scaleMetric" not in fixed["spec"]["predictor"]  # one replica: nothing to scale
+
+
+@pytest.mark.parametrize(("job", "message"), [
+    (ServingJob("wd", "s3://kuberec/m/1", min_replicas=3, max_replicas=2), r"min \(3\) <= max \(2\)"),
+    (ServingJob("wd", "s3://kuberec/m/1", min_replicas=0), r"min \(0\)"),
+    (ServingJob("wd", "s3://kuberec/m/1", max_replicas=2, cpu_target=0), "CPU target"),
+])
+def test_bad_replicas_are_refused(cluster_settings, job, message):
+    with pytest.raises(KuberecError, match=message):
+        render(job, cluster_settings, ClusterOptions())
+
+
+def test_canary_beside_the_stable_model(cluster_settings):
+    job = ServingJob("similarity", "s3://kuberec/m/1", extra={"KUBEREC_TOP_K": "10"})
+    cr = render_inference_service(job, cluster_settings, ClusterOptions(), Canary("s3://kuberec/m/2", 10))
+    assert cr["spec"]["predictor"]["model"]["storageUri"] == "s3://kuberec/m/1"
+    assert cr["metadata"]["annotations"] == {MODEL_URI_ANNOTATION: "s3://kuberec/m/1"}
+    (canary,) = cr["spec"]["canary"]
+    assert canary["trafficPercent"] == 10
+    # The canary's pods say which model they serve (a predictor's annotations win over the service's).
+    assert canary["predictor"]["name"] == CANARY
+    assert canary["predictor"]["annotations"] == {MODEL_URI_ANNOTATION: "s3://kuberec/m/2"}
+    assert canary["predictor"]["model"] == {**cr["spec"]["predictor"]["model"], "storageUri": "s3://kuberec/m/2",
+                                            "name": "kserve-container"}
+
+
+@pytest.mark.parametrize("percent", [0, 100, -5, 150])
+def test_canary_share_is_between_1_and_99(percent):
+    with pytest.raises(KuberecError, match="between 1 and 99 percent"):
+        Canary("s3://kuberec/m/2", percent)
+
+
+def test_traffic_split(cluster_settings):
+    isvc = render(ServingJob("similarity", "s3://kuberec/m/1"), cluster_settings, ClusterOptions())
+    isvc["metadata"]["uid"] = "0f6f1c2e"
+    graph = render_traffic_split(isvc, {"": 70, CANARY: 30})
+    assert graph["kind"] == "InferenceGraph" and graph["metadata"]["name"] == "similarity-split"
+    assert graph["metadata"]["ownerReferences"][0]["uid"] == "0f6f1c2e"  # deleted with its service
+    root = graph["spec"]["nodes"]["root"]
+    namespace = cluster_settings.namespace
+    assert root == {"routerType": "Splitter", "steps": [
+        {"name": "stable", "weight": 70,
+         "serviceUrl": f"http://similarity-predictor.{namespace}.svc.cluster.local/v2/models/similarity/infer"},
+        {"name": "canary", "weight": 30,
+         "serviceUrl": f"http://similarity-canary-predictor.{namespace}.svc.cluster.local"
+                       "/v2/models/similarity/infer"}]}
+    # A step with no share is left out (KServe's router would never pick it).
+    assert [step["name"] for step in render_traffic_split(isvc, {"": 0, CANARY: 100})["spec"]["nodes"]["root"][
+        "steps"]] == ["canary"]
+    with pytest.raises(KuberecError, match="sum to 100"):
+        render_traffic_split(isvc, {"": 70, CANARY: 20})
 
 
 @pytest.mark.parametrize("text", ["Ingest: Fashion_MNIST v2!", "2-step", "-x-", "a" * 80, "步骤"])

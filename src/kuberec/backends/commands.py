@@ -72,19 +72,50 @@ def _deploy(args: argparse.Namespace) -> None:
     storage_uri = tracking.artifact_store_uri(backend.settings, args.model_uri, backend.options.mlflow_artifacts)
     if storage_uri != args.model_uri:
         print(f"{args.model_uri} is stored at {storage_uri}")
-    job = ServingJob(args.name, storage_uri, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
-    url = backend.deploy(job)
-    print(f"InferenceService {args.name} ready at {url}")
+    job = ServingJob(args.name, storage_uri, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                     cpu_target=args.cpu_target)
+    url = backend.deploy(job, canary_percent=args.canary_percent)
+    if args.canary_percent is None:
+        print(f"InferenceService {args.name} ready at {url}")
+    else:
+        print(f"InferenceService {args.name}: the canary {storage_uri} takes {args.canary_percent}% of the inference "
+              f"requests sent to {url}/v2/models/{args.name}/infer (promote or roll back: kuberec k8s promote|"
+              f"rollback {args.name})")
 
 
 def _deploy_args(parser: argparse.ArgumentParser) -> None:
+    from kuberec.backends.jobs import ServingJob
+
     parser.add_argument("name", help="InferenceService name (the model's, e.g. similarity); an existing one is "
                                      "rolled to the new model")
     parser.add_argument("--model-uri", required=True,
                         help="the MLflow model: a registry URI (models:/similarity@champion), runs:/<id>/<path> or "
                              "its storage URI (s3://...)")
     parser.add_argument("--min-replicas", type=int, default=1)
-    parser.add_argument("--max-replicas", type=int, default=1)
+    parser.add_argument("--max-replicas", type=int, default=1,
+                        help="above --min-replicas, KServe's HorizontalPodAutoscaler adds pods on CPU")
+    parser.add_argument("--cpu-target", type=int, default=ServingJob.cpu_target, metavar="PERCENT",
+                        help="the pods' CPU, in percent of their request, that the autoscaler keeps them at")
+    parser.add_argument("--canary-percent", type=int, metavar="N",
+                        help="serve the model as a canary beside the existing one, taking N percent of the "
+                             "requests through the service's split (<name>-split); again with another N changes "
+                             "the share")
+
+
+def _canary_command(action: str):
+    def run(args: argparse.Namespace) -> None:
+        from kuberec.backends.kubernetes import KubernetesBackend
+        from kuberec.settings import load_settings
+
+        backend = KubernetesBackend(load_settings())
+        url = getattr(backend, action)(args.name)
+        print(f"InferenceService {args.name}: canary {'promoted' if action == 'promote' else 'rolled back'}; "
+              f"{url} sends every request to its predictor")
+    return run
+
+
+def _canary_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the InferenceService with a canary")
 
 
 def _reap(args: argparse.Namespace) -> None:
@@ -109,6 +140,10 @@ COMMANDS = [
             _render, _render_args),
     Command("k8s", "deploy", "create or roll out a KServe InferenceService for an MLflow model and wait until "
                              "it is ready", _deploy, _deploy_args),
+    Command("k8s", "promote", "make an InferenceService's canary its stable version, with no request failing",
+            _canary_command("promote"), _canary_args),
+    Command("k8s", "rollback", "remove an InferenceService's canary, sending every request to the stable version",
+            _canary_command("rollback"), _canary_args),
     Command("k8s", "reap", "delete the unfinished Spark, MPI and Ray jobs whose step's pod has stopped (a "
                            "terminated Kubeflow Pipelines run's)", _reap, _reap_args),
 ]

@@ -65,6 +65,7 @@ class ServingJob:
     model_uri: str  # storage URI of the MLflow model directory (s3://... in a cluster, a path locally)
     min_replicas: int = 1
     max_replicas: int = 1
+    cpu_target: int = 80  # between min and max replicas: the pods' CPU, percent of their request (KServe's default)
     extra: dict[str, str] = field(default_factory=dict)
 
 

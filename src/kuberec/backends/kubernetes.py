@@ -23,17 +23,26 @@ import time
 from typing import Iterator
 
 from kuberec.backends.jobs import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
-from kuberec.backends.k8s.kinds import INFERENCE_SERVICE, JOB_KINDS, KINDS, Kind, Progress
+from kuberec.backends.k8s.kinds import INFERENCE_GRAPH, INFERENCE_SERVICE, JOB_KINDS, KINDS, Kind, Progress
 from kuberec.backends.k8s.naming import CREATED_BY_POD, MANAGED_BY_SELECTOR
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render_horovod, render_ray, render_spark
-from kuberec.backends.k8s.serving import MODEL_URI_ANNOTATION, PREDICTOR_LABEL, render_inference_service
+from kuberec.backends.k8s.serving import (
+    CANARY,
+    MODEL_URI_ANNOTATION,
+    PREDICTOR_LABEL,
+    Canary,
+    render_inference_service,
+    render_traffic_split,
+    service_name,
+)
 from kuberec.errors import KuberecError
 from kuberec.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "kuberec"
+RESOURCE_KINDS = {**KINDS, INFERENCE_GRAPH.kind: INFERENCE_GRAPH}  # every kind kuberec creates
 # How kuberec.entrypoint reports an error a user can fix: `<program>: error: <message>`.
 PROGRAM_ERROR = re.compile(r"^[\w.-]+: error: \S")
 
@@ -133,7 +142,7 @@ class KubernetesBackend:
 
     def create(self, body: dict, *, dry_run: bool = False) -> dict:
         """Create a rendered resource (strict field validation: an unknown field is an error, not dropped)."""
-        kind = KINDS[body["kind"]]
+        kind = RESOURCE_KINDS[body["kind"]]
         with _api_errors(f"create {kind.kind} {self.namespace}/{body['metadata']['name']}"):
             return self.api.create_namespaced_custom_object(
                 kind.group, kind.version, self.namespace, kind.plural, body,
@@ -146,7 +155,7 @@ class KubernetesBackend:
 
     def replace(self, body: dict) -> dict:
         """Replace the stored object with `body` (which carries the stored resourceVersion)."""
-        kind = KINDS[body["kind"]]
+        kind = RESOURCE_KINDS[body["kind"]]
         name = body["metadata"]["name"]
         with _api_errors(f"update {kind.kind} {self.namespace}/{name}"):
             return self.api.replace_namespaced_custom_object(
@@ -238,9 +247,12 @@ class KubernetesBackend:
             raise
 
     # -- serving ---------------------------------------------------------------------------------------------
-    def deploy(self, job: ServingJob) -> str:
+    def deploy(self, job: ServingJob, canary_percent: int | None = None) -> str:
         """Create the InferenceService, or roll the existing one to the new model; wait until the new version is
-        ready and return its URL. Cancelling a rollout of an existing service never deletes it."""
+        ready and return its URL. Cancelling a rollout of an existing service never deletes it. With
+        `canary_percent` the new model is a canary beside the stable one instead (`start_canary`)."""
+        if canary_percent is not None:
+            return self.start_canary(job, Canary(job.model_uri, canary_percent))
         body = render_inference_service(job, self.settings, self.options)
         kind, name = INFERENCE_SERVICE, body["metadata"]["name"]
         with _sigterm_raises_interrupt():
@@ -253,16 +265,16 @@ class KubernetesBackend:
                     raise
                 created = False
                 current = self.get(kind, name)
-                # A new spec on the existing object: KServe rolls it out and bumps observedGeneration when done.
-                body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-                body["metadata"]["annotations"] = {**current["metadata"].get("annotations", {}),
-                                                   **body["metadata"].get("annotations", {})}
-                self.replace(body)
+                if _canary(current):
+                    raise KuberecError(f"InferenceService {self.namespace}/{name} has a canary "
+                                       f"({_canary(current).model_uri}): promote it or roll it back first "
+                                       f"(kuberec k8s promote|rollback {name})") from None
+                self._update_service(body, current)
                 log.info("updated InferenceService %s/%s to %s", self.namespace, name, job.model_uri)
             try:
                 deadline = time.monotonic() + self.options.serving_timeout_s
                 final = self.wait_ready(name)
-                self.wait_serving(name, job.model_uri, deadline)
+                self.wait_serving(name, {job.model_uri}, deadline)
             except (KeyboardInterrupt, JobTimeout) as err:
                 if created:
                     outcome = self._abandon(kind, name)
@@ -273,24 +285,148 @@ class KubernetesBackend:
                 raise error(f"{message} for InferenceService {self.namespace}/{name}; {outcome}") from None
         return (final.get("status") or {}).get("url", "")
 
+    def start_canary(self, job: ServingJob, canary: Canary) -> str:
+        """Serve `canary` beside the existing service's model (KServe's canary Deployment), then send it
+        `canary.percent` of the requests through the service's split (an InferenceGraph). Run again with another
+        percent to change the share. Returns the split's URL."""
+        name = service_name(job.name)
+        current = self._serving(name)
+        stable_uri = current["metadata"]["annotations"][MODEL_URI_ANNOTATION]
+        if stable_uri == canary.model_uri:
+            raise KuberecError(f"InferenceService {self.namespace}/{name} serves {stable_uri} already: a canary is "
+                               "another model version")
+        running = _canary(current)
+        if running and running.model_uri != canary.model_uri:
+            raise KuberecError(f"InferenceService {self.namespace}/{name} has a canary of {running.model_uri}: "
+                               f"promote it or roll it back before another (kuberec k8s promote|rollback {name})")
+        # Again with another percent: the canary keeps its pods, only the split changes.
+        updated = self._roll_service(_serving_job(current, stable_uri), canary, {stable_uri, canary.model_uri})
+        url = self._route(updated, {"": 100 - canary.percent, CANARY: canary.percent})
+        log.info("InferenceService %s: the canary %s takes %d%% of the requests sent to %s", name,
+                 canary.model_uri, canary.percent, url)
+        return url
+
+    def promote(self, name: str) -> str:
+        """Make the canary the stable version with no request failing: all requests to the canary, the stable
+        predictor rolled to the canary's model, all requests back to the stable predictor, the canary removed."""
+        current = self._serving(name)
+        canary = _canary(current)
+        if not canary:
+            raise KuberecError(f"InferenceService {self.namespace}/{name} has no canary to promote")
+        self._route(current, {CANARY: 100})
+        promoted = _serving_job(current, canary.model_uri)
+        updated = self._roll_service(promoted, canary, {canary.model_uri})
+        url = self._route(updated, {"": 100})
+        self._roll_service(promoted, None, {canary.model_uri})
+        log.info("InferenceService %s: promoted %s", name, canary.model_uri)
+        return url
+
+    def rollback(self, name: str) -> str:
+        """Drop the canary: all requests to the stable predictor, then the canary's Deployment removed."""
+        current = self._serving(name)
+        canary = _canary(current)
+        if not canary:
+            raise KuberecError(f"InferenceService {self.namespace}/{name} has no canary to roll back")
+        url = self._route(current, {"": 100})
+        stable_uri = current["metadata"]["annotations"][MODEL_URI_ANNOTATION]
+        self._roll_service(_serving_job(current, stable_uri), None, {stable_uri})
+        log.info("InferenceService %s: rolled back the canary %s; %s serves every request", name,
+                 canary.model_uri, stable_uri)
+        return url
+
+    def _serving(self, name: str) -> dict:
+        try:
+            return self.get(INFERENCE_SERVICE, name)
+        except KubernetesError as err:
+            if err.status == 404:
+                raise KuberecError(f"no InferenceService {self.namespace}/{name}: deploy a model first "
+                                   f"(kuberec k8s deploy {name} --model-uri ...)") from None
+            raise
+
+    def _update_service(self, body: dict, current: dict) -> dict:
+        """A new spec on the existing object: KServe rolls it out and bumps observedGeneration when done."""
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        body["metadata"]["annotations"] = {**current["metadata"].get("annotations", {}),
+                                           **body["metadata"].get("annotations", {})}
+        return self.replace(body)
+
+    def _roll_service(self, job: ServingJob, canary: Canary | None, serving: set[str]) -> dict:
+        """Give the existing service this stable model and canary; wait until its pods serve exactly `serving`."""
+        body = render_inference_service(job, self.settings, self.options, canary)
+        name = body["metadata"]["name"]
+        updated = self._update_service(body, self.get(INFERENCE_SERVICE, name))
+        deadline = time.monotonic() + self.options.serving_timeout_s
+        self.wait_ready(name)
+        self.wait_serving(name, serving, deadline)
+        return updated
+
+    def _route(self, isvc: dict, weights: dict[str, int]) -> str:
+        """Create or update the service's split with these weights; wait until its router runs them. Returns the
+        split's URL."""
+        body = render_traffic_split(isvc, weights)
+        name = body["metadata"]["name"]
+        try:
+            self.create(body)
+        except KubernetesError as err:
+            if err.status != 409:
+                raise
+            body["metadata"]["resourceVersion"] = self.get(INFERENCE_GRAPH, name)["metadata"]["resourceVersion"]
+            self.replace(body)
+        shares = {step["name"]: step["weight"] for step in body["spec"]["nodes"]["root"]["steps"]}
+        deadline = time.monotonic() + self.options.serving_timeout_s
+        while self.router_shares(name) != shares:
+            if time.monotonic() >= deadline:
+                raise JobTimeout(f"the router of InferenceGraph {self.namespace}/{name} does not run {shares} yet; "
+                                 f"look at `kubectl get deployment {name} -n {self.namespace}`")
+            time.sleep(1)
+        log.info("InferenceGraph %s: %s", name, ", ".join(f"{step} {weight}%" for step, weight in shares.items()))
+        final = self.wait(INFERENCE_GRAPH, name, timeout=max(deadline - time.monotonic(), 1))
+        return (final.get("status") or {}).get("url", "")
+
+    def router_shares(self, name: str) -> dict[str, int] | None:
+        """{step: weight} that every pod of the InferenceGraph's router Deployment runs; None while its rollout
+        is under way (KServe passes the graph to the router as an argument: a new split is a new pod)."""
+        from kubernetes import client
+
+        apps = client.AppsV1Api(self.api.api_client)
+        try:
+            with _api_errors(f"get the router Deployment {self.namespace}/{name}"):
+                deployment = apps.read_namespaced_deployment(name, self.namespace)
+        except KubernetesError as err:
+            if err.status == 404:  # KServe has not made it yet
+                return None
+            raise
+        status, want = deployment.status, deployment.spec.replicas
+        rolled = ((status.observed_generation or 0) >= deployment.metadata.generation
+                  and status.replicas == want and status.updated_replicas == want
+                  and status.available_replicas == want)
+        if not rolled:
+            return None
+        args = deployment.spec.template.spec.containers[0].args or []
+        graph = json.loads(args[args.index("--graph-json") + 1]) if "--graph-json" in args else {}
+        steps = ((graph.get("nodes") or {}).get("root") or {}).get("steps") or []
+        return {step.get("name", ""): step.get("weight") for step in steps}
+
     def wait_ready(self, name: str, timeout: float | None = None) -> dict:
         return self.wait(INFERENCE_SERVICE, name, timeout=timeout or self.options.serving_timeout_s)
 
-    def wait_serving(self, name: str, model_uri: str, deadline: float, poll_s: float = 1.0) -> None:
-        """Wait until every pod of the InferenceService's predictor serves `model_uri` and is ready. KServe keeps
-        the service Ready during a rollout (the previous pods serve), so Ready alone returned while the old model
-        still answered every request (found with make e2e); pods on their way out are not counted."""
+    def wait_serving(self, name: str, model_uris: set[str], deadline: float, poll_s: float = 1.0) -> None:
+        """Wait until every pod of the InferenceService's predictors (stable and canary) is ready and serves one of
+        `model_uris`, and each of them has a pod. KServe keeps the service Ready during a rollout (the previous
+        pods serve), so Ready alone returned while the old model still answered every request (found with make
+        e2e); pods on their way out are not counted."""
         while True:
             pods = self.predictor_pods(name)
-            behind = [uri for uri, ready in pods if uri != model_uri or not ready]
-            if pods and not behind:
-                log.info("InferenceService %s: %d pod(s) serve %s", name, len(pods), model_uri)
+            behind = [uri for uri, ready in pods if uri not in model_uris or not ready]
+            missing = model_uris - {uri for uri, ready in pods if ready}
+            if pods and not behind and not missing:
+                log.info("InferenceService %s: %d pod(s) serve %s", name, len(pods), ", ".join(sorted(model_uris)))
                 return
             if time.monotonic() >= deadline:
                 raise JobTimeout(f"InferenceService {self.namespace}/{name} is Ready but {len(behind)} of its "
-                                 f"{len(pods)} pod(s) do not serve {model_uri} yet; look at `kubectl get pods -l "
-                                 f"{PREDICTOR_LABEL}={name} -n {self.namespace}`, or allow longer with "
-                                 "KUBEREC_K8S_SERVING_TIMEOUT")
+                                 f"{len(pods)} pod(s) do not serve {' or '.join(sorted(model_uris))} yet; look at "
+                                 f"`kubectl get pods -l {PREDICTOR_LABEL}={name} -n {self.namespace}`, or allow "
+                                 "longer with KUBEREC_K8S_SERVING_TIMEOUT")
             time.sleep(poll_s)
 
     def predictor_pods(self, name: str) -> list[tuple[str, bool]]:
@@ -383,6 +519,24 @@ class KubernetesBackend:
                 yield obj
             finally:
                 stream.stop()
+
+
+def _canary(isvc: dict) -> Canary | None:
+    """The canary an InferenceService object runs beside its stable model (kuberec's one), if any."""
+    for entry in (isvc.get("spec") or {}).get("canary") or []:
+        predictor = entry.get("predictor") or {}
+        if predictor.get("name") == CANARY:
+            return Canary(predictor["model"]["storageUri"], int(entry["trafficPercent"]))
+    return None
+
+
+def _serving_job(isvc: dict, model_uri: str) -> ServingJob:
+    """The ServingJob the stored InferenceService was rendered from, serving `model_uri`."""
+    predictor = isvc["spec"]["predictor"]
+    return ServingJob(isvc["metadata"]["name"], model_uri, min_replicas=predictor.get("minReplicas", 1),
+                      max_replicas=predictor.get("maxReplicas", 1),
+                      cpu_target=predictor.get("scaleTarget", ServingJob.cpu_target),
+                      extra={env["name"]: env["value"] for env in predictor["model"].get("env") or []})
 
 
 def reap_forever(settings: Settings, every_s: float) -> None:

@@ -119,6 +119,14 @@ def inferenceservice_progress(obj: dict) -> Progress:
     return Progress(f"NotReady ({reason})" if reason else "NotReady", detail)
 
 
+def inferencegraph_progress(obj: dict) -> Progress:
+    """KServe's InferenceGraph: its Ready condition (the router Deployment is available)."""
+    ready = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+    if ready.get("status") == "True":
+        return Progress("Ready", succeeded=True)
+    return Progress("NotReady", ready.get("reason") or ready.get("message") or "")
+
+
 SPARK_APPLICATION = Kind("SparkApplication", "sparkoperator.k8s.io", "v1beta2", "sparkapplications", spark_progress,
                          lambda name: f"sparkoperator.k8s.io/app-name={name},spark-role=driver")
 MPIJOB = Kind("MPIJob", "kubeflow.org", "v2beta1", "mpijobs", mpijob_progress,
@@ -126,6 +134,8 @@ MPIJOB = Kind("MPIJob", "kubeflow.org", "v2beta1", "mpijobs", mpijob_progress,
 RAYJOB = Kind("RayJob", "ray.io", "v1", "rayjobs", rayjob_progress, lambda name: f"job-name={name}")
 INFERENCE_SERVICE = Kind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices",
                          inferenceservice_progress)
+# The router that splits an InferenceService's requests between its stable and canary predictors.
+INFERENCE_GRAPH = Kind("InferenceGraph", "serving.kserve.io", "v1alpha1", "inferencegraphs", inferencegraph_progress)
 KINDS: dict[str, Kind] = {k.kind: k for k in (SPARK_APPLICATION, MPIJOB, RAYJOB, INFERENCE_SERVICE)}
 # The kinds that run to an end; an InferenceService serves until it is deleted or rolled to another model.
 JOB_KINDS = (SPARK_APPLICATION, MPIJOB, RAYJOB)
