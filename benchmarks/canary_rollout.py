@@ -1,9 +1,10 @@
 """Canary rollouts and autoscaling of an InferenceService on the cluster of `make cluster-up`, under load.
 
-The registered model (--model, default kuberec-similarity) needs two versions: its champion and an earlier one
-(run `make e2e` twice). Every request goes through `kubectl proxy` on 127.0.0.1 (the API server's proxy sends each
-request to a ready endpoint of the Service, as an ingress would), from --clients threads asking the model's probe
-query one request after another; the answer (the response's outputs) says which version answered.
+The registered model (--model, default kuberec-similarity) needs two versions: its champion and another one, the
+newest other, called "earlier" below (run `make e2e` twice). Every request goes through `kubectl proxy` on
+127.0.0.1 (the API server's proxy sends each request to a ready endpoint of the Service, as an ingress would), from
+--clients threads asking the model's probe query one request after another; the answer (the response's outputs)
+says which version answered.
 
 1. The earlier version is deployed as the stable one (`kuberec k8s deploy`).
 2. For each --percent N: the champion as a canary (`kuberec k8s deploy ... --canary-percent N`), then --requests
@@ -145,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         env = access.client_env(minio.url, mlflow.url, "s3://kuberec/e2e")
         registry = MlflowClient(env["MLFLOW_TRACKING_URI"])
         champion = int(registry.get_model_version_by_alias(name, "champion").version)
-        earlier = max(int(v.version) for v in registry.search_model_versions(f"name='{name}'")
-                      if int(v.version) < champion)
+        others = [int(v.version) for v in registry.search_model_versions(f"name='{name}'")
+                  if int(v.version) != champion]
+        if not others:
+            raise SystemExit(f"{name} has one registered version; the canary needs two (run make e2e again)")
+        earlier = max(others)  # the champion gate may have kept an earlier champion
         champion_uri, earlier_uri = f"models:/{name}/{champion}", f"models:/{name}/{earlier}"
         summary.update(champion=champion, earlier=earlier)
         service = proxy.url + access.service_path(f"{name}-predictor", 80)

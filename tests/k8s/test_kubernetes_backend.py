@@ -405,11 +405,11 @@ def test_deploy_then_roll_out_new_version(backend, progress_log):
     first.join()
     assert first.error is None and first.result == url
 
-    # Version 2: the old Ready status (generation 1) must not count for the new spec.
+    # Version 2: the old Ready status must not count for the new spec; the pods say when it serves.
     second_job = ServingJob(job.name, "s3://kuberec/mlflow/1/def/artifacts/model", extra=job.extra)
     progress_log.clear()
     second = InThread(backend.deploy, second_job)
-    wait_for_log(progress_log, f"InferenceService {name}: Reconciling")
+    wait_for_log(progress_log, f"updated InferenceService {backend.namespace}/{name}")
     current = backend.get(INFERENCE_SERVICE, name)
     assert current["metadata"]["generation"] == 2
     assert current["spec"]["predictor"]["model"]["storageUri"] == second_job.model_uri
@@ -478,6 +478,7 @@ class FakeKServe:
         self.backend = backend
         self.steps: list[tuple[str, object]] = []
         self.seen: dict[str, int] = {}
+        self.served: dict[str, dict[str, str]] = {}  # what each service's pods serve, as last reconciled
         self.stopping = threading.Event()
         backend.predictor_pods = self.pods
         backend.router_shares = self.shares
@@ -497,7 +498,8 @@ class FakeKServe:
                         continue
                     self.seen[f"{kind.kind}/{name}"] = generation
                     if kind is INFERENCE_SERVICE:
-                        self.steps.append(("serving", self._served(obj)))
+                        self.served[name] = self._served(obj)
+                        self.steps.append(("serving", self.served[name]))
                         write_status(self.backend, kind, name, isvc_ready(generation, f"http://{name}.example"))
                     else:
                         self.steps.append(("split", self._split(obj)))
@@ -517,12 +519,21 @@ class FakeKServe:
         return {step["name"]: step["weight"] for step in graph["spec"]["nodes"]["root"]["steps"]}
 
     def pods(self, name: str) -> list[tuple[str, bool]]:
-        return [(uri, True) for uri in self._served(self.backend.get(INFERENCE_SERVICE, name)).values()]
+        return [(uri, True) for uri in self.served.get(name, {}).values()]
 
     def shares(self, name: str) -> dict[str, int] | None:
         graph = self.backend.get(INFERENCE_GRAPH, name)
         return self._split(graph) if self.seen.get(f"InferenceGraph/{name}") == graph["metadata"]["generation"] \
             else None
+
+    def settle(self, timeout: float = 10) -> None:
+        """Until every stored generation has been reconciled (the last step of a command is not waited for when
+        the pods serve the same model either way: removing a canary of the stable model)."""
+        deadline = time.monotonic() + timeout
+        while any(self.seen.get(f"{kind.kind}/{obj['metadata']['name']}") != obj["metadata"]["generation"]
+                  for kind in (INFERENCE_SERVICE, INFERENCE_GRAPH) for obj in self._objects(kind)):
+            assert time.monotonic() < deadline, "not reconciled"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -556,6 +567,7 @@ def test_canary_then_promote(backend, kserve, progress_log):
 
     kserve.steps.clear()
     backend.promote("similarity")
+    kserve.settle()
     # Every request goes to the canary before the stable pods change model, and back only once they serve it.
     assert kserve.steps == [
         ("split", {"canary": 100}),
@@ -576,6 +588,7 @@ def test_canary_rolled_back(backend, kserve):
     backend.deploy(ServingJob("widedeep", "s3://kuberec/m/2"), canary_percent=10)
     kserve.steps.clear()
     backend.rollback("widedeep")
+    kserve.settle()
     assert kserve.steps == [("split", {"stable": 100}), ("serving", {"stable": stable})]
     isvc = backend.get(INFERENCE_SERVICE, "widedeep")
     assert "canary" not in isvc["spec"] and isvc["spec"]["predictor"]["maxReplicas"] == 2
@@ -589,6 +602,30 @@ def test_canary_needs_another_version_of_a_served_model(backend, kserve):
     backend.deploy(ServingJob("similarity", "s3://kuberec/m/1"))
     with pytest.raises(KuberecError, match="serves s3://kuberec/m/1 already"):
         backend.deploy(ServingJob("similarity", "s3://kuberec/m/1"), canary_percent=10)
+
+
+def test_a_replica_change_is_done_when_the_pods_serve(backend, kserve):
+    """In Standard mode KServe's observedGeneration is its Deployment's, which a replica change does not move: the
+    rollout is judged by the pods, not by a status that never catches up."""
+    backend.deploy(ServingJob("widedeep", "s3://kuberec/m/1"))
+    kserve.stop()  # no more status writes; the pods serve what they served
+    backend.deploy(ServingJob("widedeep", "s3://kuberec/m/1", max_replicas=2))
+    assert backend.get(INFERENCE_SERVICE, "widedeep")["spec"]["predictor"]["maxReplicas"] == 2
+
+
+def test_a_canary_that_fails_to_load_fails_the_command(backend, kserve, progress_log):
+    backend.deploy(ServingJob("similarity", "s3://kuberec/m/1"))
+    kserve.stop()
+    backend.predictor_pods = lambda name: [("s3://kuberec/m/1", True), ("s3://kuberec/m/2", False)]
+    run = InThread(backend.deploy, ServingJob("similarity", "s3://kuberec/m/2"), 10)
+    wait_for_log(progress_log, "InferenceService similarity: pods ready s3://kuberec/m/1; starting s3://kuberec/m/2")
+    message = "Failed to load model: no MLmodel file"
+    write_status(backend, INFERENCE_SERVICE, "similarity", {"modelStatus": {
+        "transitionStatus": "BlockedByFailedLoad",
+        "states": {"activeModelState": "", "targetModelState": "FailedToLoad"},
+        "lastFailureInfo": {"reason": "ModelLoadFailed", "message": message, "time": ts(5)}}})
+    run.join()
+    assert isinstance(run.error, JobFailed) and f"ModelLoadFailed: {message}" in str(run.error)
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------------

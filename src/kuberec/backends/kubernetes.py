@@ -20,10 +20,18 @@ import re
 import signal
 import threading
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 from kuberec.backends.jobs import HorovodJob, JobFailed, RayJob, ServingJob, SparkJob
-from kuberec.backends.k8s.kinds import INFERENCE_GRAPH, INFERENCE_SERVICE, JOB_KINDS, KINDS, Kind, Progress
+from kuberec.backends.k8s.kinds import (
+    INFERENCE_GRAPH,
+    INFERENCE_SERVICE,
+    JOB_KINDS,
+    KINDS,
+    Kind,
+    Progress,
+    model_load_failure,
+)
 from kuberec.backends.k8s.naming import CREATED_BY_POD, MANAGED_BY_SELECTOR
 from kuberec.backends.k8s.options import ClusterOptions
 from kuberec.backends.k8s.render import render_horovod, render_ray, render_spark
@@ -273,8 +281,11 @@ class KubernetesBackend:
                 log.info("updated InferenceService %s/%s to %s", self.namespace, name, job.model_uri)
             try:
                 deadline = time.monotonic() + self.options.serving_timeout_s
-                final = self.wait_ready(name)
-                self.wait_serving(name, {job.model_uri}, deadline)
+                if created:  # a new service's generation is its Deployment's: its status can be followed
+                    self.wait_ready(name)
+                    final = self.wait_serving(name, {job.model_uri}, deadline)
+                else:
+                    final = self.wait_serving(name, {job.model_uri}, deadline, _failure(current))
             except (KeyboardInterrupt, JobTimeout) as err:
                 if created:
                     outcome = self._abandon(kind, name)
@@ -354,10 +365,9 @@ class KubernetesBackend:
         """Give the existing service this stable model and canary; wait until its pods serve exactly `serving`."""
         body = render_inference_service(job, self.settings, self.options, canary)
         name = body["metadata"]["name"]
-        updated = self._update_service(body, self.get(INFERENCE_SERVICE, name))
-        deadline = time.monotonic() + self.options.serving_timeout_s
-        self.wait_ready(name)
-        self.wait_serving(name, serving, deadline)
+        current = self.get(INFERENCE_SERVICE, name)
+        updated = self._update_service(body, current)
+        self.wait_serving(name, serving, time.monotonic() + self.options.serving_timeout_s, _failure(current))
         return updated
 
     def _route(self, isvc: dict, weights: dict[str, int]) -> str:
@@ -410,18 +420,33 @@ class KubernetesBackend:
     def wait_ready(self, name: str, timeout: float | None = None) -> dict:
         return self.wait(INFERENCE_SERVICE, name, timeout=timeout or self.options.serving_timeout_s)
 
-    def wait_serving(self, name: str, model_uris: set[str], deadline: float, poll_s: float = 1.0) -> None:
+    def wait_serving(self, name: str, model_uris: set[str], deadline: float, known_failure: Any = None,
+                     poll_s: float = 1.0) -> dict:
         """Wait until every pod of the InferenceService's predictors (stable and canary) is ready and serves one of
-        `model_uris`, and each of them has a pod. KServe keeps the service Ready during a rollout (the previous
-        pods serve), so Ready alone returned while the old model still answered every request (found with make
-        e2e); pods on their way out are not counted."""
+        `model_uris`, and each of them has a pod; return the service. The pods say when a rollout is done: KServe
+        keeps the service Ready while the previous pods serve (Ready alone returned while the old model still
+        answered every request, found with make e2e), and in Standard mode its observedGeneration is the stable
+        Deployment's, which a canary or a replica change never moves (found with the canary on the cluster). The
+        status still says when a model failed to load: a failure other than `known_failure` (the one before the
+        update) ends the wait. Pods on their way out are not counted."""
+        shown = None
         while True:
+            service = self.get(INFERENCE_SERVICE, name)
+            failure = model_load_failure(service)
+            if failure and _failure(service) != known_failure:
+                raise JobFailed(f"InferenceService {self.namespace}/{name} failed: {failure} (details: "
+                                f"kubectl describe inferenceservices {name} -n {self.namespace})")
             pods = self.predictor_pods(name)
             behind = [uri for uri, ready in pods if uri not in model_uris or not ready]
             missing = model_uris - {uri for uri, ready in pods if ready}
             if pods and not behind and not missing:
                 log.info("InferenceService %s: %d pod(s) serve %s", name, len(pods), ", ".join(sorted(model_uris)))
-                return
+                return service
+            state = sorted(pods)
+            if state != shown:
+                shown = state
+                log.info("InferenceService %s: pods %s", name, "; ".join(
+                    f"{'ready' if ready else 'starting'} {uri}" for uri, ready in state) or "none yet")
             if time.monotonic() >= deadline:
                 raise JobTimeout(f"InferenceService {self.namespace}/{name} is Ready but {len(behind)} of its "
                                  f"{len(pods)} pod(s) do not serve {' or '.join(sorted(model_uris))} yet; look at "
@@ -528,6 +553,11 @@ def _canary(isvc: dict) -> Canary | None:
         if predictor.get("name") == CANARY:
             return Canary(predictor["model"]["storageUri"], int(entry["trafficPercent"]))
     return None
+
+
+def _failure(isvc: dict) -> Any:
+    """KServe's last model-load failure of an InferenceService (None: none)."""
+    return ((isvc.get("status") or {}).get("modelStatus") or {}).get("lastFailureInfo")
 
 
 def _serving_job(isvc: dict, model_uri: str) -> ServingJob:

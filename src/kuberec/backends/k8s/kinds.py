@@ -109,14 +109,24 @@ def inferenceservice_progress(obj: dict) -> Progress:
                                    f"url {status['url']}" if status.get("url") else "") if x)
     if not current:
         return Progress("Reconciling", detail)
-    if transition in ("BlockedByFailedLoad", "InvalidSpec"):
-        failure = model.get("lastFailureInfo") or {}
-        message = ": ".join(x for x in (failure.get("reason"), failure.get("message")) if x)
-        return Progress(transition, detail, failed=True, message=message or transition)
+    failure = model_load_failure(obj)
+    if failure:
+        return Progress(transition, detail, failed=True, message=failure)
     if ready.get("status") == "True":
         return Progress("Ready", detail, succeeded=True)
     reason = ready.get("reason") or ready.get("message") or ""
     return Progress(f"NotReady ({reason})" if reason else "NotReady", detail)
+
+
+def model_load_failure(obj: dict) -> str | None:
+    """KServe's words when the InferenceService's model failed to load or its spec is invalid, whatever the
+    generation; None otherwise."""
+    model = (obj.get("status") or {}).get("modelStatus") or {}
+    transition = model.get("transitionStatus") or ""
+    if transition not in ("BlockedByFailedLoad", "InvalidSpec"):
+        return None
+    failure = model.get("lastFailureInfo") or {}
+    return ": ".join(x for x in (failure.get("reason"), failure.get("message")) if x) or transition
 
 
 def inferencegraph_progress(obj: dict) -> Progress:
