@@ -551,7 +551,7 @@ def test_canary_then_promote(backend, kserve, progress_log):
     stable, new = "s3://kuberec/m/1", "s3://kuberec/m/2"
     backend.deploy(ServingJob("similarity", stable, extra={"KUBEREC_TOP_K": "10"}))
     url = backend.deploy(ServingJob("similarity", new), canary_percent=10)
-    assert url == "http://similarity-split.ns.svc.cluster.local"
+    assert url == f"http://similarity-split.{backend.namespace}.svc.cluster.local"
     isvc = backend.get(INFERENCE_SERVICE, "similarity")
     assert isvc["spec"]["canary"][0]["trafficPercent"] == 10
     # The stable model keeps its settings; the canary gets the same ones.

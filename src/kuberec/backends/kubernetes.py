@@ -372,7 +372,7 @@ class KubernetesBackend:
 
     def _route(self, isvc: dict, weights: dict[str, int]) -> str:
         """Create or update the service's split with these weights; wait until its router runs them. Returns the
-        split's URL."""
+        split's in-cluster URL (its status URL is an ingress domain's, which there is none of in Standard mode)."""
         body = render_traffic_split(isvc, weights)
         name = body["metadata"]["name"]
         try:
@@ -390,8 +390,8 @@ class KubernetesBackend:
                                  f"look at `kubectl get deployment {name} -n {self.namespace}`")
             time.sleep(1)
         log.info("InferenceGraph %s: %s", name, ", ".join(f"{step} {weight}%" for step, weight in shares.items()))
-        final = self.wait(INFERENCE_GRAPH, name, timeout=max(deadline - time.monotonic(), 1))
-        return (final.get("status") or {}).get("url", "")
+        self.wait(INFERENCE_GRAPH, name, timeout=max(deadline - time.monotonic(), 1))
+        return f"http://{name}.{self.namespace}.svc.cluster.local"
 
     def router_shares(self, name: str) -> dict[str, int] | None:
         """{step: weight} that every pod of the InferenceGraph's router Deployment runs; None while its rollout
