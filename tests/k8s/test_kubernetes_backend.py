@@ -471,8 +471,9 @@ def test_deploy_timeout_keeps_existing_service(backend_for, progress_log):
 class FakeKServe:
     """What KServe and the kubelet do for a canary, at once: every InferenceService and InferenceGraph generation is
     made Ready, the predictors' pods serve the stored spec's models, and the router runs the stored split. The test
-    API server has no Deployments or pods (PredictorPods says why); the real ones are followed on the cluster
-    (benchmarks/canary_rollout.py). `steps` records what was served after each change, in order."""
+    API server has no Deployments, pods or HorizontalPodAutoscalers (PredictorPods says why); the real ones are
+    followed on the cluster (benchmarks/canary_rollout.py). `steps` records what was served after each change, in
+    order."""
 
     def __init__(self, backend: KubernetesBackend):
         self.backend = backend
@@ -482,6 +483,8 @@ class FakeKServe:
         self.stopping = threading.Event()
         backend.predictor_pods = self.pods
         backend.router_shares = self.shares
+        self.deleted_autoscalers: list[str] = []
+        backend.delete_canary_autoscaler = self.deleted_autoscalers.append
         self.thread = threading.Thread(target=self._reconcile, daemon=True)
         self.thread.start()
 
@@ -577,6 +580,7 @@ def test_canary_then_promote(backend, kserve, progress_log):
     ]
     isvc = backend.get(INFERENCE_SERVICE, "similarity")
     assert "canary" not in isvc["spec"] and isvc["metadata"]["annotations"][MODEL_URI_ANNOTATION] == new
+    assert kserve.deleted_autoscalers == ["similarity"]  # the one KServe leaves behind
     assert isvc["spec"]["predictor"]["model"]["env"] == [{"name": "KUBEREC_TOP_K", "value": "10"}]
     with pytest.raises(KuberecError, match="has no canary to promote"):
         backend.promote("similarity")

@@ -74,7 +74,8 @@ def test_runner_rbac_is_exactly_what_the_backend_uses(built):
     expected = {(k.group, k.plural): watch | ({"update"} if k.kind == "InferenceService" else set())
                 for k in KINDS.values()}
     # A canary's split, and its router Deployment (router_shares)
-    expected |= {(INFERENCE_GRAPH.group, INFERENCE_GRAPH.plural): watch | {"update"}, ("apps", "deployments"): {"get"}}
+    expected |= {(INFERENCE_GRAPH.group, INFERENCE_GRAPH.plural): watch | {"update"}, ("apps", "deployments"): {"get"},
+                 ("autoscaling", "horizontalpodautoscalers"): {"delete"}}  # delete_canary_autoscaler
     expected |= {("", "pods"): {"list"}, ("", "pods/log"): {"get"}}  # a failed job's program error (program_error)
     assert rules == expected
     for obj in objects:

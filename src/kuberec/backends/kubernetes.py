@@ -40,6 +40,7 @@ from kuberec.backends.k8s.serving import (
     MODEL_URI_ANNOTATION,
     PREDICTOR_LABEL,
     Canary,
+    predictor_service,
     render_inference_service,
     render_traffic_split,
     service_name,
@@ -329,6 +330,7 @@ class KubernetesBackend:
         updated = self._roll_service(promoted, canary, {canary.model_uri})
         url = self._route(updated, {"": 100})
         self._roll_service(promoted, None, {canary.model_uri})
+        self.delete_canary_autoscaler(name)
         log.info("InferenceService %s: promoted %s", name, canary.model_uri)
         return url
 
@@ -341,9 +343,23 @@ class KubernetesBackend:
         url = self._route(current, {"": 100})
         stable_uri = current["metadata"]["annotations"][MODEL_URI_ANNOTATION]
         self._roll_service(_serving_job(current, stable_uri), None, {stable_uri})
+        self.delete_canary_autoscaler(name)
         log.info("InferenceService %s: rolled back the canary %s; %s serves every request", name,
                  canary.model_uri, stable_uri)
         return url
+
+    def delete_canary_autoscaler(self, name: str) -> None:
+        """KServe 0.20 deletes a removed canary's Deployment and Service but leaves the HorizontalPodAutoscaler it
+        made for it, with no owner: delete it too (found on the cluster)."""
+        from kubernetes import client
+
+        try:
+            with _api_errors(f"delete the canary's HorizontalPodAutoscaler of {self.namespace}/{name}"):
+                client.AutoscalingV2Api(self.api.api_client).delete_namespaced_horizontal_pod_autoscaler(
+                    predictor_service(name, CANARY), self.namespace)
+        except KubernetesError as err:
+            if err.status != 404:
+                raise
 
     def _serving(self, name: str) -> dict:
         try:
