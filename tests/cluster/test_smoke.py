@@ -2,7 +2,8 @@
 kuberec's own images: each test passes only when the real operator reports its resource finished (the backend
 reads that status; nothing here writes one). In order: Spark ingests a Fashion-MNIST subset into a Delta table in
 MinIO; an MPIJob trains the similarity model for one short epoch on 2 Horovod workers; a RayJob runs a 2-trial
-sweep logged to the in-cluster MLflow; KServe serves the registered model and answers a V2 request."""
+sweep logged to the in-cluster MLflow; KServe serves the registered model and answers a V2 request, and the resource
+metrics API (metrics-server) reports its pod."""
 
 from __future__ import annotations
 
